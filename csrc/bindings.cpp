@@ -1,0 +1,30 @@
+// Operator schemas of synthcl_fast. Each backend file registers its implementations with
+// TORCH_LIBRARY_IMPL(synthcl_fast, <CPU|CUDA>, m); autograd and fake (meta) implementations are
+// registered from Python (synthcl_fast/backends/native.py) with torch.library.
+//
+// Integer codes: reduction 0 = none, 1 = mean, 2 = sum; mode 0 = two_sided, 1 = floor.
+
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(synthcl_fast, m) {
+  m.def(
+      "contrastive_forward(Tensor anchors, Tensor candidates, Tensor anchor_labels, Tensor candidate_labels, "
+      "Tensor temperature, bool exclude_self, int reduction, float eps, bool compute_grad) -> "
+      "(Tensor loss, Tensor row_lse, Tensor row_n_positive, Tensor grad_anchors, Tensor grad_candidates, "
+      "Tensor grad_temperature)");
+  m.def(
+      "contrastive_backward(Tensor grad_rows, Tensor anchors, Tensor candidates, Tensor anchor_labels, "
+      "Tensor candidate_labels, Tensor temperature, Tensor row_lse, Tensor row_n_positive, bool exclude_self, "
+      "float eps) -> (Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
+  m.def(
+      "positive_pair_forward(Tensor a, Tensor b, Tensor target, int mode, int reduction, float eps, "
+      "bool compute_grad_a, bool compute_grad_b) -> "
+      "(Tensor loss, Tensor cosine, Tensor grad_a, Tensor grad_b, Tensor grad_target)");
+}
+
+// Lets `import synthcl_fast._C` load the library (and run the registrations above) like a Python module.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

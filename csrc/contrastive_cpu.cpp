@@ -1,0 +1,389 @@
+// Fused CPU kernels for the general contrastive op (DESIGN.md section 2).
+//
+//   u_i = A_i / max(||A_i||, eps),  v_j = C_j / max(||C_j||, eps),  s_ij = (u_i . v_j) / t
+//   P(i) = { j : c_j == a_i, c_j >= 0, j != i if exclude_self },  N(i) = all j (minus i if exclude_self)
+//   L_i  = logsumexp_{j in N(i)} s_ij - (1/|P(i)|) sum_{p in P(i)} s_ip      (0 when |P(i)| == 0)
+//
+// Gradients, with w_i the upstream weight of row i (0 when |P(i)| == 0):
+//   G_ij      = w_i * (softmax_i(s)_j - [j in P(i)] / |P(i)|)
+//   dL/du_i   = (1/t) sum_j G_ij v_j          dL/dv_j = (1/t) sum_i G_ij u_i
+//   dL/dt     = -(1/t) sum_ij G_ij s_ij
+//   dx        = (du - u (u . du)) / ||x||    (du / eps where ||x|| < eps)
+//
+// Work layout: rows in blocks of at most 256; for each block the logits strip S = (U_b / t) V^T is
+// formed one column tile at a time in a buffer of at most kStripBytes (never R x K), with an online
+// log-sum-exp across tiles. When the strip fits in one tile and the gradient is wanted in forward
+// (reduction "mean"/"sum": the upstream gradient is a scalar), the strip is reused for the gradient:
+// three matrix products per row block (S, G V, G^T U) instead of four. Matrix products go to ATen's
+// multi-threaded BLAS; per-row passes are spread over threads with at::parallel_for; per-row partial
+// sums are reduced in a fixed order, so results are deterministic for a fixed thread count.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "common.h"
+
+namespace synthcl_fast {
+namespace {
+
+constexpr int64_t kStripBytes = 4 << 20;
+constexpr int64_t kMaxBlockRows = 256;
+constexpr int64_t kMinBlockRows = 16;
+constexpr int64_t kRowGrain = 8;
+
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
+at::ScalarType accumulate_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Row-normalized copy in the accumulation type, and the clamped norms max(||x||, eps).
+std::pair<at::Tensor, at::Tensor> normalize_rows(const at::Tensor& x, double eps) {
+  at::Tensor xa = x.to(accumulate_type(x.scalar_type())).contiguous();
+  at::Tensor norms = at::linalg_vector_norm(xa, 2, at::IntArrayRef{1}, /*keepdim=*/false).clamp_min(eps);
+  return {xa / norms.unsqueeze(1), norms};
+}
+
+// dx = (du - u (u . du)) / ||x|| where ||x|| > eps, else du / eps (the clamp passes no gradient to ||x||).
+at::Tensor normalize_backward(const at::Tensor& du, const at::Tensor& u, const at::Tensor& norms, double eps,
+                              at::ScalarType out_dtype) {
+  at::Tensor radial = (u * du).sum(1, /*keepdim=*/true);
+  at::Tensor unclamped = (norms > eps).unsqueeze(1).to(du.scalar_type());
+  return ((du - unclamped * u * radial) / norms.unsqueeze(1)).to(out_dtype);
+}
+
+// Calls fn(lo, hi) on [begin, end) minus the excluded self column, so the inner loops stay branch-free.
+template <typename Fn>
+inline void for_each_allowed(int64_t begin, int64_t end, int64_t self, Fn fn) {
+  if (self >= begin && self < end) {
+    if (self > begin) fn(begin, self);
+    if (self + 1 < end) fn(self + 1, end);
+  } else {
+    fn(begin, end);
+  }
+}
+
+// What every pass needs to know about the problem; pointers are to contiguous host memory.
+template <typename acc_t>
+struct Problem {
+  at::Tensor scaled_u;  // (R, D) u_i / t
+  at::Tensor v;         // (K, D) v_j
+  const int64_t* anchor_labels;
+  const int64_t* candidate_labels;
+  int64_t n_rows, n_cols, dim;
+  bool exclude_self;
+  acc_t inv_t;
+  int64_t block_rows, tile_cols;
+};
+
+template <typename acc_t>
+Problem<acc_t> make_problem(const at::Tensor& u, const at::Tensor& v, const at::Tensor& anchor_labels,
+                            const at::Tensor& candidate_labels, bool exclude_self, double inv_t) {
+  Problem<acc_t> p;
+  p.scaled_u = u * inv_t;
+  p.v = v;
+  p.anchor_labels = anchor_labels.data_ptr<int64_t>();
+  p.candidate_labels = candidate_labels.data_ptr<int64_t>();
+  p.n_rows = u.size(0);
+  p.n_cols = v.size(0);
+  p.dim = u.size(1);
+  p.exclude_self = exclude_self;
+  p.inv_t = static_cast<acc_t>(inv_t);
+  // A block of rows spans the whole strip when it fits; otherwise the columns are tiled.
+  const int64_t strip_rows = kStripBytes / (static_cast<int64_t>(sizeof(acc_t)) * p.n_cols);
+  p.block_rows = std::min(p.n_rows, std::clamp(strip_rows, kMinBlockRows, kMaxBlockRows));
+  p.tile_cols = std::min(p.n_cols, std::max<int64_t>(1, kStripBytes / (static_cast<int64_t>(sizeof(acc_t)) * p.block_rows)));
+  return p;
+}
+
+// S[0:bm, 0:tn] = (U_b / t) V_tile^T into the front of the strip buffer; returns that (bm, tn) view.
+template <typename acc_t>
+at::Tensor logits_tile(const Problem<acc_t>& p, at::Tensor& strip, int64_t r0, int64_t bm, int64_t c0, int64_t tn) {
+  at::Tensor tile = strip.narrow(0, 0, bm * tn).view({bm, tn});
+  at::mm_out(tile, p.scaled_u.narrow(0, r0, bm), p.v.narrow(0, c0, tn).t());
+  return tile;
+}
+
+// Online log-sum-exp and positive statistics of rows [r0, r0+bm) over the tile of columns [c0, c0+tn).
+template <typename acc_t>
+void accumulate_row_stats(const Problem<acc_t>& p, const acc_t* tile, int64_t r0, int64_t bm, int64_t c0,
+                          int64_t tn, acc_t* row_max, acc_t* row_sum_exp, acc_t* row_positive_sum,
+                          int64_t* row_n_positive) {
+  at::parallel_for(0, bm, kRowGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t row = r0 + i;
+      const acc_t* s = tile + i * tn;
+      const int64_t self = p.exclude_self ? row - c0 : -1;
+      const int64_t label = p.anchor_labels[row];
+      const int64_t* labels = p.candidate_labels + c0;
+      acc_t tile_max = -std::numeric_limits<acc_t>::infinity();
+      acc_t positive_sum = 0;
+      int64_t n_positive = 0;
+      for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+#pragma omp simd reduction(max : tile_max) reduction(+ : positive_sum, n_positive)
+        for (int64_t j = a; j < b; ++j) {
+          tile_max = std::max(tile_max, s[j]);
+          const bool positive = labels[j] == label && labels[j] >= 0;
+          positive_sum += positive ? s[j] : acc_t(0);
+          n_positive += positive ? 1 : 0;
+        }
+      });
+      row_positive_sum[i] += positive_sum;
+      row_n_positive[i] += n_positive;
+      const acc_t new_max = std::max(row_max[i], tile_max);
+      if (new_max == -std::numeric_limits<acc_t>::infinity()) continue;  // nothing allowed yet
+      acc_t sum_exp = 0;
+      for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+#pragma omp simd reduction(+ : sum_exp)
+        for (int64_t j = a; j < b; ++j) sum_exp += exp_nonpositive(s[j] - new_max);
+      });
+      row_sum_exp[i] = row_sum_exp[i] * exp_nonpositive(row_max[i] - new_max) + sum_exp;
+      row_max[i] = new_max;
+    }
+  });
+}
+
+// Overwrites the logits tile with G_ij = w_i (exp(s_ij - lse_i) - [j in P(i)] / |P(i)|) and adds
+// sum_j G_ij s_ij of each row to row_gs (for the temperature gradient). The self column gets G = 0.
+template <typename acc_t>
+void gradient_tile(const Problem<acc_t>& p, acc_t* tile, int64_t r0, int64_t bm, int64_t c0, int64_t tn,
+                   const acc_t* lse, const int32_t* n_positive, const acc_t* weight, double* row_gs) {
+  at::parallel_for(0, bm, kRowGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t row = r0 + i;
+      acc_t* s = tile + i * tn;
+      const int64_t self = p.exclude_self ? row - c0 : -1;
+      const acc_t w = n_positive[row] > 0 ? weight[row] : acc_t(0);
+      if (w == acc_t(0)) {  // a row without positives (or zero upstream weight) adds nothing
+        std::fill(s, s + tn, acc_t(0));
+        continue;
+      }
+      const int64_t label = p.anchor_labels[row];
+      const int64_t* labels = p.candidate_labels + c0;
+      const acc_t row_lse = lse[row];
+      const acc_t positive_weight = acc_t(1) / static_cast<acc_t>(n_positive[row]);
+      acc_t gs = 0;
+      for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+#pragma omp simd reduction(+ : gs)
+        for (int64_t j = a; j < b; ++j) {
+          const bool positive = labels[j] == label && labels[j] >= 0;
+          const acc_t g = w * (exp_nonpositive(s[j] - row_lse) - (positive ? positive_weight : acc_t(0)));
+          gs += g * s[j];
+          s[j] = g;
+        }
+      });
+      if (self >= 0 && self < tn) s[self] = 0;
+      row_gs[row] += static_cast<double>(gs);
+    }
+  });
+}
+
+// dU_b += G V_tile and dV_tile += G^T (U_b / t): both still lack the factor 1/t on dU (applied once at the end).
+template <typename acc_t>
+void accumulate_feature_grads(const Problem<acc_t>& p, const at::Tensor& g, int64_t r0, int64_t bm, int64_t c0,
+                              int64_t tn, at::Tensor& grad_u, at::Tensor& grad_v) {
+  at::Tensor grad_u_block = grad_u.narrow(0, r0, bm);
+  at::Tensor grad_v_tile = grad_v.narrow(0, c0, tn);
+  grad_u_block.addmm_(g, p.v.narrow(0, c0, tn));
+  grad_v_tile.addmm_(g.t(), p.scaled_u.narrow(0, r0, bm));
+}
+
+struct Gradients {
+  at::Tensor grad_u, grad_v;  // w.r.t. the normalized rows
+  double sum_gs = 0;          // sum_ij G_ij s_ij
+};
+
+// Gradient pass over all row blocks with known lse and |P(i)| (the recompute backward).
+template <typename acc_t>
+Gradients gradient_pass(const Problem<acc_t>& p, const acc_t* lse, const int32_t* n_positive, const acc_t* weight) {
+  auto opts = p.v.options();
+  Gradients out{at::zeros({p.n_rows, p.dim}, opts), at::zeros({p.n_cols, p.dim}, opts)};
+  at::Tensor strip = empty_output({p.block_rows * p.tile_cols}, opts);  // scratch: poisoned in tests too
+  std::vector<double> row_gs(p.n_rows, 0.0);
+  for (int64_t r0 = 0; r0 < p.n_rows; r0 += p.block_rows) {
+    const int64_t bm = std::min(p.block_rows, p.n_rows - r0);
+    for (int64_t c0 = 0; c0 < p.n_cols; c0 += p.tile_cols) {
+      const int64_t tn = std::min(p.tile_cols, p.n_cols - c0);
+      at::Tensor tile = logits_tile(p, strip, r0, bm, c0, tn);
+      gradient_tile(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, lse, n_positive, weight, row_gs.data());
+      accumulate_feature_grads(p, tile, r0, bm, c0, tn, out.grad_u, out.grad_v);
+    }
+  }
+  for (double gs : row_gs) out.sum_gs += gs;
+  out.grad_u.mul_(p.inv_t);
+  return out;
+}
+
+struct ForwardResult {
+  at::Tensor row_loss, lse, n_positive;
+  int64_t n_valid = 0;
+  bool has_grads = false;
+  Gradients grads;
+};
+
+// Forward pass; with want_grad, also the gradient for upstream weight 1 on every row with a positive
+// (the caller scales it by the reduction). Reuses the logits when a row block's strip is one tile.
+template <typename acc_t>
+ForwardResult forward_pass(const Problem<acc_t>& p, bool want_grad) {
+  auto opts = p.v.options();
+  ForwardResult out;
+  out.row_loss = empty_output({p.n_rows}, opts);
+  out.lse = empty_output({p.n_rows}, opts);
+  out.n_positive = empty_output({p.n_rows}, opts.dtype(at::kInt));
+  acc_t* loss_ptr = out.row_loss.data_ptr<acc_t>();
+  acc_t* lse_ptr = out.lse.data_ptr<acc_t>();
+  int32_t* npos_ptr = out.n_positive.data_ptr<int32_t>();
+  const bool single_tile = p.tile_cols >= p.n_cols;
+  if (want_grad) {
+    out.has_grads = true;
+    out.grads = Gradients{at::zeros({p.n_rows, p.dim}, opts), at::zeros({p.n_cols, p.dim}, opts)};
+  }
+  std::vector<acc_t> unit_weight(want_grad ? p.n_rows : 0, acc_t(1));
+  std::vector<double> row_gs(want_grad ? p.n_rows : 0, 0.0);
+  at::Tensor strip = empty_output({p.block_rows * p.tile_cols}, opts);  // scratch: poisoned in tests too
+  std::vector<acc_t> row_max(p.block_rows), row_sum_exp(p.block_rows), row_positive_sum(p.block_rows);
+  std::vector<int64_t> row_n_positive(p.block_rows);
+
+  for (int64_t r0 = 0; r0 < p.n_rows; r0 += p.block_rows) {
+    const int64_t bm = std::min(p.block_rows, p.n_rows - r0);
+    std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<acc_t>::infinity());
+    std::fill(row_sum_exp.begin(), row_sum_exp.end(), acc_t(0));
+    std::fill(row_positive_sum.begin(), row_positive_sum.end(), acc_t(0));
+    std::fill(row_n_positive.begin(), row_n_positive.end(), 0);
+    at::Tensor tile;
+    for (int64_t c0 = 0; c0 < p.n_cols; c0 += p.tile_cols) {
+      const int64_t tn = std::min(p.tile_cols, p.n_cols - c0);
+      tile = logits_tile(p, strip, r0, bm, c0, tn);
+      accumulate_row_stats(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, row_max.data(), row_sum_exp.data(),
+                           row_positive_sum.data(), row_n_positive.data());
+    }
+    for (int64_t i = 0; i < bm; ++i) {
+      const int64_t row = r0 + i;
+      // A row whose denominator is empty (R = K = 1 with exclude_self) has no positive either.
+      lse_ptr[row] = row_max[i] + std::log(row_sum_exp[i]);
+      npos_ptr[row] = static_cast<int32_t>(row_n_positive[i]);
+      loss_ptr[row] = row_n_positive[i] > 0
+                          ? lse_ptr[row] - row_positive_sum[i] / static_cast<acc_t>(row_n_positive[i])
+                          : acc_t(0);
+      out.n_valid += row_n_positive[i] > 0;
+    }
+    if (!want_grad) continue;
+    for (int64_t c0 = 0; c0 < p.n_cols; c0 += p.tile_cols) {
+      const int64_t tn = std::min(p.tile_cols, p.n_cols - c0);
+      if (!single_tile) tile = logits_tile(p, strip, r0, bm, c0, tn);
+      gradient_tile(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, lse_ptr, npos_ptr, unit_weight.data(), row_gs.data());
+      accumulate_feature_grads(p, tile, r0, bm, c0, tn, out.grads.grad_u, out.grads.grad_v);
+    }
+  }
+  if (want_grad) {
+    for (double gs : row_gs) out.grads.sum_gs += gs;
+    out.grads.grad_u.mul_(p.inv_t);
+  }
+  return out;
+}
+
+void check_contrastive_inputs(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+                              const at::Tensor& candidate_labels, const at::Tensor& temperature) {
+  check_matrix(anchors, "anchors");
+  check_matrix(candidates, "candidates");
+  TORCH_CHECK(anchors.size(1) == candidates.size(1), "anchors and candidates must have the same feature dimension, got ",
+              anchors.size(1), " and ", candidates.size(1));
+  TORCH_CHECK(anchors.scalar_type() == candidates.scalar_type(), "anchors and candidates must have the same dtype, got ",
+              anchors.scalar_type(), " and ", candidates.scalar_type());
+  check_vector(anchor_labels, "anchor_labels", anchors.size(0), at::kLong);
+  check_vector(candidate_labels, "candidate_labels", candidates.size(0), at::kLong);
+  check_scalar(temperature, "temperature");
+  for (const auto& [t, name] : {std::pair{&candidates, "candidates"}, {&anchor_labels, "anchor_labels"},
+                                {&candidate_labels, "candidate_labels"}, {&temperature, "temperature"}}) {
+    check_same_device(*t, anchors, name);
+  }
+  TORCH_CHECK(anchors.device().is_cpu(), "the CPU kernel got tensors on ", anchors.device());
+}
+
+double checked_inverse_temperature(const at::Tensor& temperature) {
+  const double t = temperature.item<double>();
+  TORCH_CHECK(std::isfinite(t) && t > 0, "temperature must be a finite positive number, got ", t);
+  return 1.0 / t;
+}
+
+// Returns (loss, row_lse, row_n_positive, grad_anchors, grad_candidates, grad_temperature).
+// loss: (R,) for reduction none, else a scalar, in float32 (float64 for float64 inputs). With
+// compute_grad (reduction mean or sum only) the gradients of that loss are returned, else empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cpu(
+    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+    const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self, int64_t reduction,
+    double eps, bool compute_grad) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature);
+  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, "reduction code must be 0, 1 or 2, got ",
+              reduction);
+  TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
+  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+  const double inv_t = checked_inverse_temperature(temperature);
+  auto [u, norm_a] = normalize_rows(anchors, eps);
+  auto [v, norm_c] = normalize_rows(candidates, eps);
+  at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
+
+  ForwardResult fwd;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_forward_cpu", [&] {
+    auto p = make_problem<scalar_t>(u, v, a_labels, c_labels, exclude_self, inv_t);
+    fwd = forward_pass<scalar_t>(p, compute_grad);
+  });
+
+  const double scale = reduction == kMean ? 1.0 / static_cast<double>(std::max<int64_t>(fwd.n_valid, 1)) : 1.0;
+  at::Tensor loss = reduction == kNone ? fwd.row_loss
+                                       : (fwd.row_loss.to(at::kDouble).sum() * scale).to(u.scalar_type());
+  at::Tensor grad_anchors = at::empty({0}, anchors.options());
+  at::Tensor grad_candidates = at::empty({0}, candidates.options());
+  at::Tensor grad_temperature = at::empty({0}, temperature.options());
+  if (compute_grad) {
+    grad_anchors = normalize_backward(fwd.grads.grad_u.mul_(scale), u, norm_a, eps, anchors.scalar_type());
+    grad_candidates = normalize_backward(fwd.grads.grad_v.mul_(scale), v, norm_c, eps, candidates.scalar_type());
+    grad_temperature = at::full({}, -inv_t * fwd.grads.sum_gs * scale, temperature.options());
+  }
+  return {loss, fwd.lse, fwd.n_positive, grad_anchors, grad_candidates, grad_temperature};
+}
+
+// Recompute backward. grad_rows (R,) is dLoss/dL_i (the reduction weight already folded in).
+// Returns (grad_anchors, grad_candidates, grad_temperature).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
+    const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
+    const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
+    const at::Tensor& row_lse, const at::Tensor& row_n_positive, bool exclude_self, double eps) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature);
+  const int64_t n_rows = anchors.size(0);
+  const auto acc = accumulate_type(anchors.scalar_type());
+  check_vector(row_lse, "row_lse", n_rows, acc);
+  check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
+  TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
+              grad_rows.sizes());
+  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+  const double inv_t = checked_inverse_temperature(temperature);
+  auto [u, norm_a] = normalize_rows(anchors, eps);
+  auto [v, norm_c] = normalize_rows(candidates, eps);
+  at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
+  at::Tensor lse = row_lse.contiguous(), npos = row_n_positive.contiguous();
+  at::Tensor weight = grad_rows.to(acc).contiguous();
+
+  Gradients grads;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_backward_cpu", [&] {
+    auto p = make_problem<scalar_t>(u, v, a_labels, c_labels, exclude_self, inv_t);
+    grads = gradient_pass<scalar_t>(p, lse.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(), weight.data_ptr<scalar_t>());
+  });
+  return {normalize_backward(grads.grad_u, u, norm_a, eps, anchors.scalar_type()),
+          normalize_backward(grads.grad_v, v, norm_c, eps, candidates.scalar_type()),
+          at::full({}, -inv_t * grads.sum_gs, temperature.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(synthcl_fast, CPU, m) {
+  m.impl("contrastive_forward", &contrastive_forward_cpu);
+  m.impl("contrastive_backward", &contrastive_backward_cpu);
+}
+
+}  // namespace synthcl_fast

@@ -1,0 +1,114 @@
+// Fused CPU kernel for the similarity-controlled positive-pair loss (DESIGN.md section 2).
+//
+//   c_k = (a_k . b_k) / (max(||a_k||, eps) max(||b_k||, eps))
+//   "two_sided": L_k = (c_k - s*_k)^2            dL_k/dc_k = 2 (c_k - s*_k)
+//   "floor":     L_k = relu(s*_k - c_k)^2         dL_k/dc_k = -2 relu(s*_k - c_k)
+//   dc/da = (b^ - c a^) / ||a||   (b^ / eps where ||a|| < eps), symmetric for b;  dL/ds* = -dL/dc
+//
+// Memory-bound: each row reads a_k and b_k once for the three dot products and, when gradients are
+// wanted, once more from L1 to write them. Every row is independent, so the per-row gradients of the
+// reduced loss are written in forward and the backward only scales them by the upstream gradient.
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
+#include "common.h"
+
+namespace synthcl_fast {
+namespace {
+
+enum Mode : int64_t { kTwoSided = 0, kFloor = 1 };
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
+template <typename scalar_t, typename acc_t>
+void positive_pair_rows(const scalar_t* a, const scalar_t* b, const acc_t* target, int64_t n_rows, int64_t dim,
+                        int64_t mode, acc_t eps, acc_t weight, acc_t* loss, acc_t* cosine, scalar_t* grad_a,
+                        scalar_t* grad_b, acc_t* grad_target) {
+  at::parallel_for(0, n_rows, 64, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) {
+      const scalar_t* ak = a + k * dim;
+      const scalar_t* bk = b + k * dim;
+      acc_t aa = 0, bb = 0, ab = 0;
+#pragma omp simd reduction(+ : aa, bb, ab)
+      for (int64_t d = 0; d < dim; ++d) {
+        const acc_t x = static_cast<acc_t>(ak[d]), y = static_cast<acc_t>(bk[d]);
+        aa += x * x;
+        bb += y * y;
+        ab += x * y;
+      }
+      const acc_t norm_a_raw = std::sqrt(aa), norm_b_raw = std::sqrt(bb);
+      const acc_t norm_a = std::max(norm_a_raw, eps), norm_b = std::max(norm_b_raw, eps);
+      const acc_t c = ab / (norm_a * norm_b);
+      const acc_t gap = mode == kTwoSided ? c - target[k] : std::max(target[k] - c, acc_t(0));
+      loss[k] = gap * gap;
+      cosine[k] = c;
+      const acc_t dc = weight * (mode == kTwoSided ? 2 * gap : -2 * gap);  // dL/dc_k, reduction folded in
+      grad_target[k] = -dc;
+      // dc/da = (b/||b|| - c a/||a||) / ||a||; the radial term vanishes where the norm is clamped.
+      if (grad_a != nullptr) {
+        const acc_t fb = dc / (norm_a * norm_b), fa = norm_a_raw > eps ? dc * c / (norm_a * norm_a) : acc_t(0);
+        scalar_t* ga = grad_a + k * dim;
+#pragma omp simd
+        for (int64_t d = 0; d < dim; ++d)
+          ga[d] = static_cast<scalar_t>(fb * static_cast<acc_t>(bk[d]) - fa * static_cast<acc_t>(ak[d]));
+      }
+      if (grad_b != nullptr) {
+        const acc_t fa = dc / (norm_a * norm_b), fb = norm_b_raw > eps ? dc * c / (norm_b * norm_b) : acc_t(0);
+        scalar_t* gb = grad_b + k * dim;
+#pragma omp simd
+        for (int64_t d = 0; d < dim; ++d)
+          gb[d] = static_cast<scalar_t>(fa * static_cast<acc_t>(ak[d]) - fb * static_cast<acc_t>(bk[d]));
+      }
+    }
+  });
+}
+
+// Returns (loss, cosine, grad_a, grad_b, grad_target): loss (R,) or scalar; cosine (R,); gradients of
+// the reduced loss (per row for reduction none) or empty tensors where not asked for.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> positive_pair_forward_cpu(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& target, int64_t mode, int64_t reduction, double eps,
+    bool compute_grad_a, bool compute_grad_b) {
+  check_matrix(a, "a");
+  check_matrix(b, "b");
+  TORCH_CHECK(a.sizes() == b.sizes(), "a and b must have the same shape, got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b must have the same dtype, got ", a.scalar_type(), " and ",
+              b.scalar_type());
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && target.device().is_cpu(),
+              "the CPU kernel got tensors on another device");
+  TORCH_CHECK(mode == kTwoSided || mode == kFloor, "mode code must be 0 or 1, got ", mode);
+  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, "reduction code must be 0, 1 or 2, got ",
+              reduction);
+  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+  const int64_t n_rows = a.size(0), dim = a.size(1);
+  const auto acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  check_vector(target, "target", n_rows, acc);
+  at::Tensor ac = a.contiguous(), bc = b.contiguous(), tc = target.contiguous();
+  auto acc_opts = a.options().dtype(acc);
+  at::Tensor loss = empty_output({n_rows}, acc_opts), cosine = empty_output({n_rows}, acc_opts);
+  at::Tensor grad_target = empty_output({n_rows}, acc_opts);
+  at::Tensor grad_a = compute_grad_a ? empty_output(ac.sizes(), ac.options()) : at::empty({0}, a.options());
+  at::Tensor grad_b = compute_grad_b ? empty_output(bc.sizes(), bc.options()) : at::empty({0}, b.options());
+  const double weight = reduction == kMean ? 1.0 / static_cast<double>(n_rows) : 1.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "positive_pair_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    positive_pair_rows<scalar_t, acc_t>(
+        ac.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), tc.data_ptr<acc_t>(), n_rows, dim, mode,
+        static_cast<acc_t>(eps), static_cast<acc_t>(weight), loss.data_ptr<acc_t>(), cosine.data_ptr<acc_t>(),
+        compute_grad_a ? grad_a.data_ptr<scalar_t>() : nullptr, compute_grad_b ? grad_b.data_ptr<scalar_t>() : nullptr,
+        grad_target.data_ptr<acc_t>());
+  });
+  if (reduction != kNone) loss = (loss.to(at::kDouble).sum() * weight).to(acc);
+  return {loss, cosine, grad_a, grad_b, grad_target};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(synthcl_fast, CPU, m) { m.impl("positive_pair_forward", &positive_pair_forward_cpu); }
+
+}  // namespace synthcl_fast

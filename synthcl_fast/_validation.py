@@ -1,0 +1,88 @@
+"""Checks of user input with errors that name the argument. Kernels get only what passes here."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_features(x, name: str, ndim: int = 2, allow_empty: bool = False) -> torch.Tensor:
+    """A floating tensor of `ndim` dimensions (rows, dim) with no zero-sized dimension."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if x.shape[-1] == 0 or (not allow_empty and x.numel() == 0):
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_like(x: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
+    """x matches ref in feature dimension, dtype and device."""
+    if x.shape[-1] != ref.shape[-1]:
+        raise ValueError(f"{name} has feature dimension {x.shape[-1]} but {ref_name} has {ref.shape[-1]}")
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but {ref_name} has {ref.dtype}")
+    if x.device != ref.device:
+        raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}")
+
+
+def check_labels(labels, name: str, length: int, device: torch.device) -> torch.Tensor:
+    """Integer labels of shape (length,) on `device`, returned as int64. -1 marks a never-positive candidate."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    if labels.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"{name} is on {labels.device} but the features are on {device}")
+    if not _compiling() and length > 0 and int(labels.min()) < -1:
+        raise ValueError(f"{name} must be >= -1 (-1 marks a candidate that is never a positive), "
+                         f"got {int(labels.min())}")
+    return labels.to(torch.int64)
+
+
+def check_positive_scalar(value, name: str, like: torch.Tensor) -> torch.Tensor:
+    """A finite value > 0 (Python number or one-element tensor, which may require grad) as a 0-d tensor."""
+    acc = torch.float64 if like.dtype == torch.float64 else torch.float32
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a float or a floating tensor with one element, "
+                             f"got shape {tuple(value.shape)} and dtype {value.dtype}")
+        if value.device != like.device:
+            raise ValueError(f"{name} is on {value.device} but the features are on {like.device}")
+        value = value.reshape(())
+        if not _compiling():
+            number = float(value.detach())
+            if not (math.isfinite(number) and number > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {number}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return torch.full((), float(value), dtype=acc, device=like.device)
+
+
+def check_reduction(reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite float > 0, got {eps!r}")
+    return float(eps)

@@ -1,0 +1,120 @@
+"""Backend selection. Each backend is a small class that says why it cannot take an input.
+
+    backend="auto"       the fastest available for the device and dtype (override: SYNTHCL_FAST_BACKEND)
+    backend="reference"  plain PyTorch (synthcl_fast.reference), materializes the logits; always available
+    backend="cpu"        fused C++ kernels (csrc/*_cpu.cpp) on CPU tensors
+
+An explicit backend that cannot run an input raises BackendUnavailableError naming the reason;
+"auto" quietly takes the next one in its order.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import reference
+from ._ops import MODE_CODES, REDUCTION_CODES
+
+BACKEND_ENV = "SYNTHCL_FAST_BACKEND"
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run the given input."""
+
+
+class Backend:
+    name = ""
+
+    def unavailable_reason(self, device: torch.device, dtype: torch.dtype) -> str | None:
+        """None when this backend can run inputs on `device` with `dtype`, else why not."""
+        raise NotImplementedError
+
+    def contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
+                    reduction, eps):
+        raise NotImplementedError
+
+    def positive_pair(self, a, b, target, mode, reduction, eps):
+        raise NotImplementedError
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def unavailable_reason(self, device, dtype):
+        return None
+
+    def contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
+                    reduction, eps):
+        return reference.contrastive_loss(anchors, candidates, anchor_labels, candidate_labels,
+                                          temperature=temperature, exclude_self=exclude_self,
+                                          reduction=reduction, eps=eps)
+
+    def positive_pair(self, a, b, target, mode, reduction, eps):
+        return reference.positive_pair_loss(a, b, target, mode=mode, reduction=reduction, eps=eps)
+
+
+class FusedBackend(Backend):
+    """A backend whose kernels implement the three ops of backends/_ops.py."""
+
+    def ops(self):
+        """(contrastive_forward, positive_pair_forward) callables of this backend."""
+        raise NotImplementedError
+
+    def contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
+                    reduction, eps):
+        contrastive_forward, _ = self.ops()
+        # For a scalar loss the gradient is cheapest computed in the forward pass (see _ops.py).
+        compute_grad = (reduction != "none" and torch.is_grad_enabled()
+                        and (anchors.requires_grad or candidates.requires_grad or temperature.requires_grad))
+        return contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
+                                   exclude_self, REDUCTION_CODES[reduction], eps, compute_grad)[0]
+
+    def positive_pair(self, a, b, target, mode, reduction, eps):
+        _, positive_pair_forward = self.ops()
+        grad_enabled = torch.is_grad_enabled()
+        return positive_pair_forward(a, b, target, MODE_CODES[mode], REDUCTION_CODES[reduction], eps,
+                                     grad_enabled and a.requires_grad, grad_enabled and b.requires_grad)[0]
+
+
+class CpuBackend(FusedBackend):
+    name = "cpu"
+
+    def unavailable_reason(self, device, dtype):
+        if device.type != "cpu":
+            return f"it runs on CPU tensors only, got {device}"
+        from .native import load_error
+
+        return load_error()
+
+    def ops(self):
+        ops = torch.ops.synthcl_fast
+        return ops.contrastive_forward, ops.positive_pair_forward
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend())}
+AUTO_ORDER = {"cpu": ("cpu", "reference")}
+
+
+def available_backends(device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict[str, str | None]:
+    """Each backend's name mapped to None if it can run on (device, dtype), else the reason it cannot."""
+    device = torch.device(device)
+    return {name: backend.unavailable_reason(device, dtype) for name, backend in BACKENDS.items()}
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
+    """The backend that will run an input on (device, dtype) for backend=`name`."""
+    if name == "auto":
+        name = os.environ.get(BACKEND_ENV, "auto")
+    if name == "auto":
+        for candidate in AUTO_ORDER.get(device.type, ("reference",)):
+            if BACKENDS[candidate].unavailable_reason(device, dtype) is None:
+                return BACKENDS[candidate]
+        return BACKENDS["reference"]
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {name!r}")
+    reason = BACKENDS[name].unavailable_reason(device, dtype)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run {dtype} inputs on {device}: {reason}")
+    return BACKENDS[name]

@@ -1,0 +1,77 @@
+"""The compiled extension (csrc/): loading it, and the autograd and fake registrations of its ops.
+
+The ops are defined in C++ (csrc/bindings.cpp, TORCH_LIBRARY) with CPU and, where built, CUDA
+implementations. Here they get an autograd formula and a fake (shape-only) implementation through
+torch.library, so they work under torch.compile(fullgraph=True) and torch.library.opcheck.
+
+Loading order: the ahead-of-time build `synthcl_fast._C` (made by `pip install --no-build-isolation`
+against the torch in the environment), else a one-time compile of the CPU sources on first use,
+cached per torch version (needs ninja and a C++ compiler).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ._ops import register_contrastive_autograd, register_positive_pair_autograd
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+CPU_SOURCES = ("bindings.cpp", "contrastive_cpu.cpp", "positive_pair_cpu.cpp")
+CXX_FLAGS = ["-O3", "-fopenmp-simd"]
+
+
+def cxx_flags() -> list[str]:
+    """-march=native unless SYNTHCL_FAST_PORTABLE=1 (the exp and label loops vectorize much wider)."""
+    portable = os.environ.get("SYNTHCL_FAST_PORTABLE") == "1"
+    return CXX_FLAGS + ([] if portable else ["-march=native"])
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("SYNTHCL_FAST_CACHE", Path.home() / ".cache" / "synthcl_fast"))
+    sources = b"".join((CSRC / name).read_bytes() for name in CPU_SOURCES + ("common.h",))
+    key = hashlib.sha256(sources + torch.__version__.encode() + " ".join(cxx_flags()).encode()).hexdigest()[:16]
+    return root / f"torch-{torch.__version__}-{key}"
+
+
+def _jit_build() -> None:
+    from torch.utils.cpp_extension import load
+
+    build_dir = cache_dir()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / "synthcl_fast_cpu.so").exists():
+        print(f"synthcl_fast: compiling the CPU kernels for torch {torch.__version__} once (cache: {build_dir})",
+              file=sys.stderr)
+    load(name="synthcl_fast_cpu", sources=[str(CSRC / s) for s in CPU_SOURCES], extra_cflags=cxx_flags(),
+         build_directory=str(build_dir), is_python_module=False, verbose=False)
+
+
+@functools.cache
+def load_error() -> str | None:
+    """Loads the extension once; returns None on success, else why it is unavailable."""
+    try:
+        import synthcl_fast._C  # noqa: F401  (registers the ops)
+    except ImportError as aot_error:
+        if os.environ.get("SYNTHCL_FAST_NO_JIT") == "1":
+            return f"the compiled extension synthcl_fast._C is missing ({aot_error}) and SYNTHCL_FAST_NO_JIT=1"
+        if not CSRC.is_dir():
+            return f"the compiled extension is missing ({aot_error}) and no csrc/ to compile it from"
+        try:
+            _jit_build()
+        except Exception as jit_error:  # a compiler or ninja problem: report it, do not crash the caller
+            return f"the compiled extension is missing and compiling it failed: {jit_error}"
+    ops = torch.ops.synthcl_fast
+    register_contrastive_autograd(ops.contrastive_forward, ops.contrastive_backward)
+    register_positive_pair_autograd(ops.positive_pair_forward)
+    return None
+
+
+def has_cuda_kernels() -> bool:
+    """True when the loaded extension has CUDA implementations of the ops."""
+    return load_error() is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "synthcl_fast::contrastive_forward", "CUDA")
