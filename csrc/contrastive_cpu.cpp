@@ -33,7 +33,7 @@
 namespace synthcl_fast {
 namespace {
 
-constexpr int64_t kStripBytes = 4 << 20;
+constexpr int64_t kStripBytes = 2 << 20;
 constexpr int64_t kMaxBlockRows = 256;
 constexpr int64_t kMinBlockRows = 16;
 constexpr int64_t kRowGrain = 8;
@@ -50,11 +50,28 @@ std::pair<at::Tensor, at::Tensor> normalize_rows(const at::Tensor& x, double eps
 }
 
 // dx = (du - u (u . du)) / ||x|| where ||x|| > eps, else du / eps (the clamp passes no gradient to ||x||).
-at::Tensor normalize_backward(const at::Tensor& du, const at::Tensor& u, const at::Tensor& norms, double eps,
+// Overwrites du (no temporaries of its size), then casts to the input dtype.
+template <typename acc_t>
+at::Tensor normalize_backward(at::Tensor du, const at::Tensor& u, const at::Tensor& norms, double eps,
                               at::ScalarType out_dtype) {
-  at::Tensor radial = (u * du).sum(1, /*keepdim=*/true);
-  at::Tensor unclamped = (norms > eps).unsqueeze(1).to(du.scalar_type());
-  return ((du - unclamped * u * radial) / norms.unsqueeze(1)).to(out_dtype);
+  const int64_t dim = u.size(1);
+  acc_t* du_ptr = du.data_ptr<acc_t>();
+  const acc_t* u_ptr = u.data_ptr<acc_t>();
+  const acc_t* norm_ptr = norms.data_ptr<acc_t>();
+  at::parallel_for(0, u.size(0), kRowGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      acc_t* g = du_ptr + i * dim;
+      const acc_t* ui = u_ptr + i * dim;
+      acc_t radial = 0;
+#pragma omp simd reduction(+ : radial)
+      for (int64_t d = 0; d < dim; ++d) radial += ui[d] * g[d];
+      if (!(norm_ptr[i] > eps)) radial = 0;
+      const acc_t inv_norm = acc_t(1) / norm_ptr[i];
+#pragma omp simd
+      for (int64_t d = 0; d < dim; ++d) g[d] = (g[d] - ui[d] * radial) * inv_norm;
+    }
+  });
+  return du.to(out_dtype);
 }
 
 // Calls fn(lo, hi) on [begin, end) minus the excluded self column, so the inner loops stay branch-free.
@@ -71,8 +88,8 @@ inline void for_each_allowed(int64_t begin, int64_t end, int64_t self, Fn fn) {
 // What every pass needs to know about the problem; pointers are to contiguous host memory.
 template <typename acc_t>
 struct Problem {
-  at::Tensor scaled_u;  // (R, D) u_i / t
-  at::Tensor v;         // (K, D) v_j
+  at::Tensor u;  // (R, D) u_i
+  at::Tensor v;  // (K, D) v_j (the same tensor as u when the candidates are the anchors)
   const int64_t* anchor_labels;
   const int64_t* candidate_labels;
   int64_t n_rows, n_cols, dim;
@@ -85,7 +102,7 @@ template <typename acc_t>
 Problem<acc_t> make_problem(const at::Tensor& u, const at::Tensor& v, const at::Tensor& anchor_labels,
                             const at::Tensor& candidate_labels, bool exclude_self, double inv_t) {
   Problem<acc_t> p;
-  p.scaled_u = u * inv_t;
+  p.u = u;
   p.v = v;
   p.anchor_labels = anchor_labels.data_ptr<int64_t>();
   p.candidate_labels = candidate_labels.data_ptr<int64_t>();
@@ -101,11 +118,12 @@ Problem<acc_t> make_problem(const at::Tensor& u, const at::Tensor& v, const at::
   return p;
 }
 
-// S[0:bm, 0:tn] = (U_b / t) V_tile^T into the front of the strip buffer; returns that (bm, tn) view.
+// S[0:bm, 0:tn] = (1/t) U_b V_tile^T into the front of the strip buffer (1/t folded into the product's
+// alpha); returns that (bm, tn) view.
 template <typename acc_t>
 at::Tensor logits_tile(const Problem<acc_t>& p, at::Tensor& strip, int64_t r0, int64_t bm, int64_t c0, int64_t tn) {
   at::Tensor tile = strip.narrow(0, 0, bm * tn).view({bm, tn});
-  at::mm_out(tile, p.scaled_u.narrow(0, r0, bm), p.v.narrow(0, c0, tn).t());
+  at::addmm_out(tile, tile, p.u.narrow(0, r0, bm), p.v.narrow(0, c0, tn).t(), /*beta=*/0, /*alpha=*/p.inv_t);
   return tile;
 }
 
@@ -183,14 +201,14 @@ void gradient_tile(const Problem<acc_t>& p, acc_t* tile, int64_t r0, int64_t bm,
   });
 }
 
-// dU_b += G V_tile and dV_tile += G^T (U_b / t): both still lack the factor 1/t on dU (applied once at the end).
+// dU_b += G V_tile (the factor 1/t is applied once at the end) and dV_tile += (1/t) G^T U_b.
 template <typename acc_t>
 void accumulate_feature_grads(const Problem<acc_t>& p, const at::Tensor& g, int64_t r0, int64_t bm, int64_t c0,
                               int64_t tn, at::Tensor& grad_u, at::Tensor& grad_v) {
   at::Tensor grad_u_block = grad_u.narrow(0, r0, bm);
   at::Tensor grad_v_tile = grad_v.narrow(0, c0, tn);
   grad_u_block.addmm_(g, p.v.narrow(0, c0, tn));
-  grad_v_tile.addmm_(g.t(), p.scaled_u.narrow(0, r0, bm));
+  grad_v_tile.addmm_(g.t(), p.u.narrow(0, r0, bm), /*beta=*/1, /*alpha=*/p.inv_t);
 }
 
 struct Gradients {
@@ -325,7 +343,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
   const double inv_t = checked_inverse_temperature(temperature);
   auto [u, norm_a] = normalize_rows(anchors, eps);
-  auto [v, norm_c] = normalize_rows(candidates, eps);
+  auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
 
   ForwardResult fwd;
@@ -341,8 +359,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grad_candidates = at::empty({0}, candidates.options());
   at::Tensor grad_temperature = at::empty({0}, temperature.options());
   if (compute_grad) {
-    grad_anchors = normalize_backward(fwd.grads.grad_u.mul_(scale), u, norm_a, eps, anchors.scalar_type());
-    grad_candidates = normalize_backward(fwd.grads.grad_v.mul_(scale), v, norm_c, eps, candidates.scalar_type());
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_forward_cpu_grad", [&] {
+      grad_anchors = normalize_backward<scalar_t>(fwd.grads.grad_u.mul_(scale), u, norm_a, eps, anchors.scalar_type());
+      grad_candidates =
+          normalize_backward<scalar_t>(fwd.grads.grad_v.mul_(scale), v, norm_c, eps, candidates.scalar_type());
+    });
     grad_temperature = at::full({}, -inv_t * fwd.grads.sum_gs * scale, temperature.options());
   }
   return {loss, fwd.lse, fwd.n_positive, grad_anchors, grad_candidates, grad_temperature};
@@ -364,19 +385,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
   TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
   const double inv_t = checked_inverse_temperature(temperature);
   auto [u, norm_a] = normalize_rows(anchors, eps);
-  auto [v, norm_c] = normalize_rows(candidates, eps);
+  auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
   at::Tensor lse = row_lse.contiguous(), npos = row_n_positive.contiguous();
   at::Tensor weight = grad_rows.to(acc).contiguous();
 
-  Gradients grads;
+  at::Tensor grad_anchors, grad_candidates;
+  double sum_gs = 0;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_backward_cpu", [&] {
     auto p = make_problem<scalar_t>(u, v, a_labels, c_labels, exclude_self, inv_t);
-    grads = gradient_pass<scalar_t>(p, lse.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(), weight.data_ptr<scalar_t>());
+    Gradients grads =
+        gradient_pass<scalar_t>(p, lse.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(), weight.data_ptr<scalar_t>());
+    grad_anchors = normalize_backward<scalar_t>(grads.grad_u, u, norm_a, eps, anchors.scalar_type());
+    grad_candidates = normalize_backward<scalar_t>(grads.grad_v, v, norm_c, eps, candidates.scalar_type());
+    sum_gs = grads.sum_gs;
   });
-  return {normalize_backward(grads.grad_u, u, norm_a, eps, anchors.scalar_type()),
-          normalize_backward(grads.grad_v, v, norm_c, eps, candidates.scalar_type()),
-          at::full({}, -inv_t * grads.sum_gs, temperature.options())};
+  return {grad_anchors, grad_candidates, at::full({}, -inv_t * sum_gs, temperature.options())};
 }
 
 }  // namespace
