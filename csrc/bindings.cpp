@@ -4,8 +4,11 @@
 //
 // Integer codes: reduction 0 = none, 1 = mean, 2 = sum; mode 0 = two_sided, 1 = floor.
 
-#include <Python.h>
 #include <torch/library.h>
+
+#ifdef TORCH_EXTENSION_NAME  // built as the Python extension synthcl_fast._C (not by CMakeLists.txt)
+#include <Python.h>
+#endif
 
 TORCH_LIBRARY(synthcl_fast, m) {
   m.def(
@@ -23,8 +26,10 @@ TORCH_LIBRARY(synthcl_fast, m) {
       "(Tensor loss, Tensor cosine, Tensor grad_a, Tensor grad_b, Tensor grad_target)");
 }
 
+#ifdef TORCH_EXTENSION_NAME
 // Lets `import synthcl_fast._C` load the library (and run the registrations above) like a Python module.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module);
 }
+#endif

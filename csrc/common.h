@@ -14,6 +14,10 @@
 
 namespace synthcl_fast {
 
+// Below this the logits (|s| <= 1/t) and the temperature gradient (~ 1/t^2) leave fp32's range.
+// Mirrored by synthcl_fast/_validation.py MIN_TEMPERATURE.
+constexpr double kMinTemperature = 1e-6;
+
 inline void check_matrix(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2, name, " must be a 2-D tensor (rows, dim), got ", t.dim(), " dimensions");
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be floating point, got ", t.scalar_type());

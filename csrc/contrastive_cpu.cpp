@@ -325,7 +325,8 @@ void check_contrastive_inputs(const at::Tensor& anchors, const at::Tensor& candi
 
 double checked_inverse_temperature(const at::Tensor& temperature) {
   const double t = temperature.item<double>();
-  TORCH_CHECK(std::isfinite(t) && t > 0, "temperature must be a finite positive number, got ", t);
+  TORCH_CHECK(std::isfinite(t) && t >= kMinTemperature, "temperature must be finite and >= ", kMinTemperature,
+              ", got ", t);
   return 1.0 / t;
 }
 

@@ -9,6 +9,9 @@ import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
+# Below this the logits (|s| <= 1/t) and the temperature gradient (~ 1/t^2) leave fp32's range.
+# Mirrored by csrc/common.h kMinTemperature.
+MIN_TEMPERATURE = 1e-6
 
 
 def _compiling() -> bool:
@@ -54,8 +57,10 @@ def check_labels(labels, name: str, length: int, device: torch.device) -> torch.
     return labels.to(torch.int64)
 
 
-def check_positive_scalar(value, name: str, like: torch.Tensor) -> torch.Tensor:
-    """A finite value > 0 (Python number or one-element tensor, which may require grad) as a 0-d tensor."""
+def check_positive_scalar(value, name: str, like: torch.Tensor, minimum: float = 0.0,
+                          maximum: float = math.inf) -> torch.Tensor:
+    """A finite value in (0, inf) and in [minimum, maximum] (a Python number or a one-element tensor, which
+    may require grad) as a 0-d tensor."""
     acc = torch.float64 if like.dtype == torch.float64 else torch.float32
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or not value.dtype.is_floating_point:
@@ -65,15 +70,27 @@ def check_positive_scalar(value, name: str, like: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"{name} is on {value.device} but the features are on {like.device}")
         value = value.reshape(())
         if not _compiling():
-            number = float(value.detach())
-            if not (math.isfinite(number) and number > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {number}")
+            _check_range(float(value.detach()), name, minimum, maximum)
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    _check_range(value, name, minimum, maximum)
     return torch.full((), float(value), dtype=acc, device=like.device)
+
+
+def _check_range(number: float, name: str, minimum: float, maximum: float) -> None:
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {number}")
+    if not minimum <= number <= maximum:
+        raise ValueError(f"{name} must be in [{minimum:g}, {maximum:g}], got {number}")
+
+
+def check_temperature(value, like: torch.Tensor) -> torch.Tensor:
+    return check_positive_scalar(value, "temperature", like, minimum=MIN_TEMPERATURE)
+
+
+def check_logit_scale(value, like: torch.Tensor) -> torch.Tensor:
+    return check_positive_scalar(value, "logit_scale", like, maximum=1 / MIN_TEMPERATURE)
 
 
 def check_reduction(reduction) -> str:

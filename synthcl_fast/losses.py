@@ -48,7 +48,7 @@ __all__ = [
 def _contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction,
                  backend, eps):
     """Validated inputs -> the chosen backend's contrastive op."""
-    temperature = check.check_positive_scalar(temperature, "temperature", anchors)
+    temperature = check.check_temperature(temperature, anchors)
     reduction, eps = check.check_reduction(reduction), check.check_eps(eps)
     chosen = resolve_backend(backend, anchors.device, anchors.dtype)
     return chosen.contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
@@ -194,7 +194,7 @@ def clip_loss(image_features, text_features, *, logit_scale, symmetric=True, red
     check.check_features(image_features, "image_features")
     check.check_features(text_features, "text_features")
     check.check_like(text_features, "text_features", image_features, "image_features")
-    scale = check.check_positive_scalar(logit_scale, "logit_scale", image_features)
+    scale = check.check_logit_scale(logit_scale, image_features)
     temperature = scale.reciprocal()
     kwargs = dict(temperature=temperature, reduction=reduction, backend=backend, eps=eps)
     image_to_text = info_nce(image_features, text_features, **kwargs)

@@ -27,6 +27,8 @@ X = torch.randn(6, 4)
     (lambda b: L.contrastive_loss(X, temperature=0.0, backend=b), ValueError, "temperature must be finite and > 0"),
     (lambda b: L.contrastive_loss(X, temperature=-1.0, backend=b), ValueError, "temperature"),
     (lambda b: L.contrastive_loss(X, temperature=math.nan, backend=b), ValueError, "temperature"),
+    (lambda b: L.contrastive_loss(X, temperature=1e-9, backend=b), ValueError, r"temperature must be in \[1e-06"),
+    (lambda b: L.clip_loss(X, X, logit_scale=1e9, backend=b), ValueError, "logit_scale must be in"),
     (lambda b: L.contrastive_loss(X, temperature=torch.tensor(-0.1), backend=b), ValueError, "temperature"),
     (lambda b: L.contrastive_loss(X, temperature=torch.ones(2), backend=b), ValueError, "temperature must be"),
     (lambda b: L.contrastive_loss(X, temperature="0.1", backend=b), TypeError, "temperature"),

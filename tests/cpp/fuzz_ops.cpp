@@ -1,0 +1,161 @@
+// Fuzz test of the compiled ops' entry points, called through the dispatcher as any C++ or Python caller
+// could (no Python-side checks in between): random shapes (0 included), strides (transposed, sliced,
+// expanded with stride 0), dtypes, label lengths and dtypes, temperatures (0, negative, NaN, Inf),
+// reduction codes and eps. Every call must either raise a c10::Error or return well-formed, finite
+// outputs. Built by CMakeLists.txt with AddressSanitizer + UBSan in CI: an out-of-bounds read or write,
+// or undefined behaviour, aborts the run.
+//
+//   fuzz_ops [iterations] [seed]
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using Tensors6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensors5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+struct Fuzzer {
+  std::mt19937_64 rng;
+  explicit Fuzzer(uint64_t seed) : rng(seed) {}
+
+  int64_t uniform(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); }
+  bool chance(double p) { return std::bernoulli_distribution(p)(rng); }
+  template <typename T>
+  T pick(const std::vector<T>& options) { return options[uniform(0, options.size() - 1)]; }
+
+  at::ScalarType feature_dtype() {
+    if (chance(0.9)) return pick<at::ScalarType>({at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
+    return pick<at::ScalarType>({at::kLong, at::kInt, at::kBool});
+  }
+
+  // A (rows, cols) matrix in one of several memory layouts, or occasionally a tensor of the wrong rank.
+  at::Tensor matrix(int64_t rows, int64_t cols, at::ScalarType dtype) {
+    auto opts = at::TensorOptions().dtype(at::kFloat);
+    at::Tensor t;
+    switch (uniform(0, 5)) {
+      case 0: t = at::randn({cols, rows}, opts).t(); break;                       // transposed
+      case 1: t = at::randn({rows * 2 + 1, cols}, opts).slice(0, 0, rows * 2, 2); break;  // row stride 2
+      case 2: t = at::randn({1, cols}, opts).expand({rows, cols}); break;         // stride 0
+      case 3: t = chance(0.5) ? at::randn({rows}, opts) : at::randn({rows, cols, 2}, opts); break;  // wrong rank
+      default: t = at::randn({rows, cols}, opts);
+    }
+    return dtype == at::kBool ? t > 0 : t.to(dtype);
+  }
+
+  at::Tensor labels(int64_t length) {
+    if (chance(0.05)) length += uniform(-2, 2);
+    length = std::max<int64_t>(length, 0);
+    at::Tensor t = at::randint(-3, 6, {length}, at::kLong);
+    if (chance(0.02)) t.fill_(std::numeric_limits<int64_t>::max());
+    if (chance(0.05)) return t.to(pick<at::ScalarType>({at::kInt, at::kFloat}));
+    if (chance(0.1)) return at::randint(-1, 4, {length * 2 + 1}, at::kLong).slice(0, 0, length * 2, 2);
+    return t;
+  }
+
+  at::Tensor temperature() {
+    const double value = chance(0.85) ? pick<double>({0.01, 0.1, 0.5, 3.0})
+                                      : pick<double>({0.0, -1.0, NAN, INFINITY, 1e-300});
+    if (chance(0.03)) return at::full({2}, value, at::kFloat);
+    if (chance(0.03)) return at::full({}, 1, at::kLong);
+    return at::full({}, value, chance(0.5) ? at::kFloat : at::kDouble);
+  }
+};
+
+int failures = 0;
+
+void require(bool ok, const std::string& what, int64_t iteration) {
+  if (!ok) {
+    std::fprintf(stderr, "iteration %lld: %s\n", static_cast<long long>(iteration), what.c_str());
+    ++failures;
+  }
+}
+
+bool all_finite(const at::Tensor& t) {
+  return t.numel() == 0 || !at::isFloatingType(t.scalar_type()) || at::isfinite(t).all().item<bool>();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int64_t iterations = argc > 1 ? std::atoll(argv[1]) : 2000;
+  Fuzzer fuzz(argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 20261123);
+  auto& dispatcher = c10::Dispatcher::singleton();
+  auto forward = dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_forward", "")
+                     .typed<Tensors6(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                     const at::Tensor&, bool, int64_t, double, bool)>();
+  auto backward = dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_backward", "")
+                      .typed<Tensors3(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      bool, double)>();
+  auto positive_pair = dispatcher.findSchemaOrThrow("synthcl_fast::positive_pair_forward", "")
+                           .typed<Tensors5(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                           int64_t, double, bool, bool)>();
+  int64_t accepted = 0, rejected = 0;
+
+  for (int64_t it = 0; it < iterations; ++it) {
+    const int64_t rows = fuzz.uniform(0, 37), cols = fuzz.chance(0.3) ? rows : fuzz.uniform(0, 300);
+    const int64_t dim = fuzz.uniform(0, 19), dim_c = fuzz.chance(0.05) ? fuzz.uniform(0, 19) : dim;
+    const auto dtype = fuzz.feature_dtype();
+    const auto dtype_c = fuzz.chance(0.05) ? fuzz.feature_dtype() : dtype;
+    at::Tensor anchors = fuzz.matrix(rows, dim, dtype);
+    at::Tensor candidates = fuzz.chance(0.2) ? anchors : fuzz.matrix(cols, dim_c, dtype_c);
+    at::Tensor anchor_labels = fuzz.labels(rows), candidate_labels = fuzz.labels(candidates.size(0));
+    at::Tensor temperature = fuzz.temperature();
+    const bool exclude_self = fuzz.chance(0.5), compute_grad = fuzz.chance(0.5);
+    const int64_t reduction = fuzz.chance(0.95) ? fuzz.uniform(0, 2) : fuzz.pick<int64_t>({-1, 3});
+    const double eps = fuzz.chance(0.97) ? 1e-12 : fuzz.pick<double>({0.0, -1.0});
+
+    try {
+      auto [loss, lse, n_positive, grad_a, grad_c, grad_t] = forward.call(
+          anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps,
+          compute_grad);
+      ++accepted;
+      const int64_t n_rows = anchors.size(0);
+      require(loss.numel() == (reduction == 0 ? n_rows : 1), "loss has the wrong size", it);
+      require(lse.numel() == n_rows && n_positive.numel() == n_rows, "row statistics have the wrong size", it);
+      require(all_finite(loss), "non-finite loss from finite inputs", it);
+      require((n_positive >= 0).all().item<bool>(), "negative positive count", it);
+      if (compute_grad) {
+        require(grad_a.sizes() == anchors.sizes() && grad_c.sizes() == candidates.sizes(), "gradient shapes", it);
+        require(all_finite(grad_a) && all_finite(grad_c) && all_finite(grad_t), "non-finite gradients", it);
+      }
+      // The recompute backward on the same inputs, with a random (and sometimes mis-shaped) upstream.
+      at::Tensor grad_rows = at::randn({fuzz.chance(0.9) ? n_rows : n_rows + 1}, at::kFloat);
+      auto [bwd_a, bwd_c, bwd_t] = backward.call(grad_rows, anchors, candidates, anchor_labels, candidate_labels,
+                                                 temperature, lse, n_positive, exclude_self, eps);
+      require(bwd_a.sizes() == anchors.sizes() && bwd_c.sizes() == candidates.sizes(), "backward shapes", it);
+      require(all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t), "non-finite backward", it);
+    } catch (const c10::Error&) {
+      ++rejected;
+    }
+
+    try {
+      at::Tensor a = fuzz.matrix(rows, dim, dtype);
+      at::Tensor b = fuzz.chance(0.9) ? fuzz.matrix(rows, dim, dtype) : fuzz.matrix(cols, dim_c, dtype_c);
+      const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+      at::Tensor target = at::rand({fuzz.chance(0.95) ? rows : cols}, fuzz.chance(0.95) ? acc : at::kHalf);
+      const int64_t mode = fuzz.chance(0.95) ? fuzz.uniform(0, 1) : 2;
+      auto [loss, cosine, grad_a, grad_b, grad_target] =
+          positive_pair.call(a, b, target, mode, reduction, eps, fuzz.chance(0.5), fuzz.chance(0.5));
+      ++accepted;
+      require(cosine.numel() == a.size(0) && all_finite(loss) && all_finite(cosine), "positive pair outputs", it);
+      require((cosine.abs() <= 1 + 1e-3).all().item<bool>(), "cosine outside [-1, 1]", it);
+      require(all_finite(grad_a) && all_finite(grad_b) && all_finite(grad_target), "positive pair gradients", it);
+    } catch (const c10::Error&) {
+      ++rejected;
+    }
+  }
+  std::printf("fuzz_ops: %lld calls accepted, %lld rejected with an error, %d failures\n",
+              static_cast<long long>(accepted), static_cast<long long>(rejected), failures);
+  return failures == 0 && accepted > 0 && rejected > 0 ? 0 : 1;
+}
