@@ -55,6 +55,8 @@ def _jit_build() -> None:
 def load_error() -> str | None:
     """Loads the extension once; returns None on success, else why it is unavailable."""
     try:
+        if os.environ.get("SYNTHCL_FAST_FORCE_JIT") == "1":  # test the first-use compile path
+            raise ImportError("SYNTHCL_FAST_FORCE_JIT=1")
         import synthcl_fast._C  # noqa: F401  (registers the ops)
     except ImportError as aot_error:
         if os.environ.get("SYNTHCL_FAST_NO_JIT") == "1":
