@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ecosystem_helpers import assert_close, assert_same_loss_and_grads, loss_and_grads
+from conftest import assert_close
+from ecosystem_helpers import RTOL, assert_same_loss_and_grads, loss_and_grads
 from synthcl_fast.compat import lightly as our_lightly
 from synthcl_fast.compat import open_clip as our_open_clip
 from synthcl_fast.compat import pytorch_metric_learning as our_pml
@@ -56,13 +57,13 @@ def test_lightly_memory_bank(lightly_loss):
     for step in range(3):
         out0, out1 = features(8, 16, seed=10 + step), features(8, 16, seed=20 + step)
         assert_same_loss_and_grads(ours, theirs, out0, out1)
-        assert_close(ours.bank, theirs.memory_bank.bank, f"bank after step {step}")
+        assert_close(ours.bank, theirs.memory_bank.bank, RTOL, f"bank after step {step}")
         assert int(ours.bank_ptr) == int(theirs.memory_bank.bank_ptr)
     # Without grad (evaluation) the bank is read but not written, in both.
     with torch.no_grad():
         out0, out1 = features(8, 16, seed=30, requires_grad=False), features(8, 16, seed=31, requires_grad=False)
-        assert_close(ours(out0, out1), theirs(out0, out1), "loss without grad")
-    assert_close(ours.bank, theirs.memory_bank.bank, "bank after a step without grad")
+        assert_close(ours(out0, out1), theirs(out0, out1), RTOL, "loss without grad")
+    assert_close(ours.bank, theirs.memory_bank.bank, RTOL, "bank after a step without grad")
 
 
 def test_lightly_rejects_what_lightly_rejects(lightly_loss):
@@ -208,9 +209,9 @@ def test_open_clip_output_dict_and_logit_bias(open_clip_loss):
     inputs = (*clip_inputs(6, 8), torch.tensor(-10.0, requires_grad=True))
     our_loss, our_grads = loss_and_grads(run(our_open_clip.ClipLoss), *inputs)
     their_loss, their_grads = loss_and_grads(run(open_clip_loss.ClipLoss), *inputs)
-    assert_close(our_loss, their_loss, "loss")
+    assert_close(our_loss, their_loss, RTOL, "loss")
     for index in range(3):
-        assert_close(our_grads[index], their_grads[index], f"gradient of input {index}")
+        assert_close(our_grads[index], their_grads[index], RTOL, f"gradient of input {index}")
     assert float(our_grads[3]) == 0.0
     assert abs(float(their_grads[3])) < 36 * torch.finfo(torch.float32).eps  # 6 x 6 logits, each rounded once
 
@@ -229,4 +230,4 @@ def test_loss_and_grads_sees_a_difference():
     ours, _ = loss_and_grads(lambda a, b: our_solo.simclr_loss_func(a, b, temperature=0.1), x, y)
     shifted, _ = loss_and_grads(lambda a, b: our_solo.simclr_loss_func(a, b, temperature=0.1 * (1 + 1e-4)), x, y)
     with pytest.raises(AssertionError):
-        assert_close(shifted, ours, "loss")
+        assert_close(shifted, ours, RTOL, "loss")

@@ -25,7 +25,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn import functional as F
 
-from ecosystem_helpers import RTOL, loss_and_grads, relative_error
+from conftest import relative_error
+from ecosystem_helpers import RTOL, loss_and_grads
 from synthcl_fast import losses
 from synthcl_fast import distributed
 
