@@ -50,8 +50,10 @@ class _AllGather(torch.autograd.Function):
     def forward(ctx, x, sizes, group):
         ctx.sizes, ctx.group = sizes, group
         longest = max(sizes)
-        padded = x.new_zeros((longest, *x.shape[1:]))
-        padded[: x.shape[0]] = x
+        padded = x
+        if x.shape[0] < longest:  # all_gather needs one shape on every rank
+            padded = x.new_zeros((longest, *x.shape[1:]))
+            padded[: x.shape[0]] = x
         out = x.new_empty((len(sizes) * longest, *x.shape[1:]))
         dist.all_gather_into_tensor(out, padded, group=group)
         return torch.cat([out[q * longest: q * longest + n] for q, n in enumerate(sizes)])
@@ -145,6 +147,5 @@ def share_of_global(row_loss_sum: torch.Tensor, n_global_rows, reduction: str, g
     """This rank's share of a loss over all ranks, scaled so that the mean over ranks is the global loss."""
     scaled = row_loss_sum * world_size(group)
     if reduction == "mean":
-        count = n_global_rows if isinstance(n_global_rows, torch.Tensor) else torch.tensor(n_global_rows)
-        return scaled / count.to(scaled.device).clamp_min(1)
+        return scaled / torch.as_tensor(n_global_rows, device=scaled.device).clamp_min(1)
     return scaled
