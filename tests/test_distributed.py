@@ -27,8 +27,7 @@ from torch.nn import functional as F
 
 from conftest import relative_error
 from ecosystem_helpers import RTOL, loss_and_grads
-from synthcl_fast import losses
-from synthcl_fast import distributed
+from synthcl_fast import distributed, losses
 
 SKIPPED = "skipped"
 
@@ -192,16 +191,17 @@ def case_open_clip(world_size):
     from synthcl_fast.compat.open_clip import ClipLoss
     rank, errors = dist.get_rank(), {}
     inputs = [random(4, 8, seed=60 + rank), random(4, 8, seed=70 + rank), torch.tensor(2.659, requires_grad=True)]
+
+    def run(loss_class, **options):
+        return lambda x, y, log_scale: loss_class(rank=rank, world_size=world_size, **options)(
+            F.normalize(x, dim=-1), F.normalize(y, dim=-1), log_scale.exp())
     for local_loss in (False, True):
         for gather_with_grad in (False, True):
-            options = dict(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
-
-            def run(loss_class):
-                return lambda x, y, log_scale: loss_class(**options)(F.normalize(x, dim=-1), F.normalize(y, dim=-1),
-                                                                     log_scale.exp())
+            options = dict(local_loss=local_loss, gather_with_grad=gather_with_grad)
             mode = f"local_loss={local_loss} gather_with_grad={gather_with_grad}"
             errors.update({f"{mode} {k}": v for k, v in
-                           against_library(run(ClipLoss), run(open_clip_loss.ClipLoss), inputs).items()})
+                           against_library(run(ClipLoss, **options), run(open_clip_loss.ClipLoss, **options),
+                                           inputs).items()})
     return errors
 
 
