@@ -405,8 +405,9 @@ def _finish_tiles(tiles: dict, n_other: int, device: torch.device, n_programs_pe
     tiles.update(tile_overrides())
     if "splits" not in tiles:
         tiles["splits"] = _splits(n_programs_per_split, n_other, tiles["block_n"], device)
-    n_per_split = triton.cdiv(triton.cdiv(n_other, tiles["splits"]), tiles["block_n"]) * tiles["block_n"]
-    tiles["splits"] = triton.cdiv(n_other, n_per_split)  # no empty split
+    # Whole column tiles per split, rounded down (at least as many programs as asked for), no empty split.
+    n_per_split = max(1, n_other // tiles["splits"] // tiles["block_n"]) * tiles["block_n"]
+    tiles["splits"] = triton.cdiv(n_other, n_per_split)
     return _Tiles(n_per_split=n_per_split, **tiles)
 
 

@@ -36,15 +36,20 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.cache
+_IMPORT_ERROR: list[str | None] = []  # filled once (a plain global, not functools.cache: torch.compile traces it)
+
+
 def triton_import_error() -> str | None:
-    """None when triton imports, else why not (cached: the answer does not change within a process)."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as error:  # ImportError, or a broken install raising anything else
-        return f"triton is not importable ({type(error).__name__}: {error}); pip install triton"
-    return None
+    """None when triton imports, else why not (checked once: the answer does not change within a process)."""
+    if not _IMPORT_ERROR:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+        except Exception as error:  # ImportError, or a broken install raising anything else
+            _IMPORT_ERROR.append(f"triton is not importable ({type(error).__name__}: {error}); pip install triton")
+        else:
+            _IMPORT_ERROR.append(None)
+    return _IMPORT_ERROR[0]
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
