@@ -504,7 +504,8 @@ def markdown(result: dict) -> str:
         lines.append(f"Ceilings measured here: bf16 matrix product {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s, "
                      f"device copy {ceilings['copy_gb_per_s']:.0f} GB/s.")
     if result.get("checks"):
-        lines += ["", "| check | dtype | max rel. error | target | deterministic | passed |", "|---|---|---|---|---|---|"]
+        lines += ["", "| check | dtype | max rel. error | target | deterministic | passed |",
+                  "|---|---|---|---|---|---|"]
         for c in result["checks"]:
             lines.append(f"| {c['check']} | {c['dtype']} | {c['max_error']:.2e} | {c['target']:.0e} | "
                          f"{c['deterministic']} | {c['passed']} |")

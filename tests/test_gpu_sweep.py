@@ -18,8 +18,11 @@ SWEEP = ROOT / "benchmarks" / "gpu_sweep.py"
 
 
 def _load():
+    if "gpu_sweep" in sys.modules:
+        return sys.modules["gpu_sweep"]
     spec = importlib.util.spec_from_file_location("gpu_sweep", SWEEP)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_sweep"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -30,6 +30,9 @@ How it runs (no R x K buffer anywhere; memory O((R + K) D)):
    also sums G_ij s_ij per row for the temperature gradient. When one program holds a whole gradient row
    (no split, BLOCK_DO >= D) it applies the normalization backward in its epilogue; otherwise it writes
    fp32 partial sums and `_normalize_backward_kernel` adds them in split order and finishes.
+4. One-program kernels reduce the row losses (triton_common.reduce_rows: sum in float64, the mean over rows
+   with a positive, the upstream weight of each row) and the temperature gradient (`_temperature_grad_kernel`),
+   in place of a handful of small torch ops each: at small shapes launches, not flops, set the time.
 
 Work per forward + backward: 2RKD flops (forward) + 2 x 4RKD (each backward launch recomputes s: 2RKD, and
 does one gradient product: 2RKD) = 10RKD, against 8RKD for a kernel that accumulates one of the two
@@ -56,7 +59,7 @@ from torch import Tensor
 
 from ._ops import (REDUCTION_CODES, accumulate_dtype, register_contrastive_autograd,
                    register_symmetric_contrastive_autograd)
-from .triton_common import INTERPRET, TL_DTYPES, cast_output, round_by_hand
+from .triton_common import INTERPRET, TL_DTYPES, cast_output, reduce_rows, round_by_hand
 from .triton_support import (empty_output, fp32_precision, multiprocessor_count, next_power_of_2, split_float,
                              tile_overrides)
 
@@ -348,6 +351,17 @@ def _normalize_backward_kernel(PART_ptr, X_ptr, stride_x, NORM_X_ptr, T_ptr, DX_
                  cast_output(dx, DX_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
 
 
+@triton.jit
+def _temperature_grad_kernel(GS_ptr, T_ptr, OUT_ptr, n, ROUND_BY_HAND: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: OUT = -(1/t) sum(GS) (GS: per split and row sum_j G_ij s_ij), summed in float64."""
+    total = tl.zeros([BLOCK], dtype=tl.float64)
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        total += tl.load(GS_ptr + offs, mask=offs < n, other=0.0).to(tl.float64)
+    grad = -tl.sum(total, axis=0) / tl.load(T_ptr).to(tl.float64)
+    tl.store(OUT_ptr, cast_output(grad, OUT_ptr.dtype.element_ty, ROUND_BY_HAND))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
@@ -413,9 +427,11 @@ def _finish_tiles(tiles: dict, n_other: int, device: torch.device, n_programs_pe
 
 def _forward_tiles(n_x: int, n_y: int, dim: int, dtype: torch.dtype, device: torch.device) -> _Tiles:
     wide = dtype.itemsize <= 2
-    block_m = _fit(n_x, 64 if INTERPRET or not wide else 128)
+    block_d = _feature_block(dim, dtype)
+    # The row tile (BLOCK_M x BLOCK_D) stays on chip for the whole loop: 128 rows up to D = 128, 64 above.
+    block_m = _fit(n_x, 64 if INTERPRET or not wide or block_d > 128 else 128)
     block_n = _fit(n_y, 64 if wide or INTERPRET else 32)
-    tiles = dict(block_m=block_m, block_n=block_n, block_d=_feature_block(dim, dtype), block_do=16,
+    tiles = dict(block_m=block_m, block_n=block_n, block_d=block_d, block_do=16,
                  num_warps=8 if block_m * block_n >= 128 * 64 else 4,
                  num_stages=3 if wide and next_power_of_2(dim) <= _single_chunk_limit(dtype) else 2)
     return _finish_tiles(tiles, n_y, device, triton.cdiv(n_x, block_m))
@@ -431,6 +447,20 @@ def _backward_tiles(n_x: int, n_y: int, dim: int, dtype: torch.dtype, device: to
                  num_warps=8 if block_m * max(block_n, block_do) >= 128 * 64 else 4, num_stages=2)
     n_do = triton.cdiv(dim, tiles.get("block_do", block_do))
     return _finish_tiles(tiles, n_y, device, triton.cdiv(n_x, block_m) * n_do)
+
+
+def _launch(kernel, grid, *args, **kwargs) -> None:
+    """kernel[grid](*args, **kwargs); if the GPU runs out of shared memory or registers for the software
+    pipeline (the tile sizes are derived from the shape, not tuned on every card), retry with a single stage
+    before giving up with a pointer to SYNTHCL_FAST_TRITON_TILES."""
+    try:
+        kernel[grid](*args, **kwargs)
+    except triton.runtime.OutOfResources as error:
+        if kwargs.get("num_stages", 1) <= 1:
+            name = getattr(getattr(kernel, "fn", kernel), "__name__", "a kernel")
+            raise RuntimeError(f"synthcl_fast: {name} does not fit this GPU with tiles {kwargs}; set "
+                               "smaller ones with SYNTHCL_FAST_TRITON_TILES (see triton_support.py)") from error
+        kernel[grid](*args, **{**kwargs, "num_stages": 1})
 
 
 def _device_guard(t: Tensor):
@@ -490,7 +520,8 @@ def _row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool
     else:
         part = tuple(empty_output((t.splits, n_x), d, x.device) for d in (acc, acc, acc, torch.int32))
     grid = (triton.cdiv(n_x, t.block_m), t.splits)
-    _contrastive_forward_kernel[grid](
+    _launch(
+        _contrastive_forward_kernel, grid,
         x, y, x.stride(0), y.stride(0), rows.norms, cols.norms, rows.labels, cols.labels, temperature,
         *part, lse, npos, loss, n_x, n_y, dim, *split_float(eps), t.n_per_split,
         EXCLUDE_SELF=exclude_self, FINAL=final, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d,
@@ -527,7 +558,8 @@ def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_s
                                              other_stats.stride) if other_stats is not None else (unused, unused,
                                                                                                   unused, 0))
     grid = (triton.cdiv(n_x, t.block_m), t.splits, triton.cdiv(dim, t.block_do))
-    _contrastive_backward_kernel[grid](
+    _launch(
+        _contrastive_backward_kernel, grid,
         x, y, x.stride(0), y.stride(0), own.norms, other.norms, own.labels, other.labels, temperature,
         own_lse, own_npos, own_w, own_stride, oth_lse, oth_npos, oth_w, oth_stride,
         g_scale if g_scale is not None else unused, out, out.stride(0) if final else dim,
@@ -592,17 +624,16 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
                 grad = _finish_feature_grad(own, partial, temperature, eps)
             grads.append(grad)
         grad_rows, grad_cols = grads
-    grad_t = (-(gs.to(torch.float64).sum() / temperature.to(torch.float64))).to(temperature.dtype).reshape(())
+    grad_t = empty_output((), temperature.dtype, x.device)
+    _temperature_grad_kernel[(1,)](gs, temperature, grad_t, gs.numel(), ROUND_BY_HAND=round_by_hand(temperature.dtype),
+                                   BLOCK=1024, num_warps=4)
     return grad_rows, grad_cols, grad_t
 
 
-def _reduce(row_loss: Tensor, n_positive: Tensor, reduction: int):
-    """(loss, the upstream weight of each row as a 0-d tensor) for mean/sum, like the CPU op: the sum in fp64."""
-    total = row_loss.to(torch.float64).sum()
-    if reduction == _SUM:
-        return total.to(row_loss.dtype), torch.ones((), dtype=row_loss.dtype, device=row_loss.device)
-    scale = 1.0 / (n_positive > 0).sum().clamp_min(1).to(torch.float64)
-    return (total * scale).to(row_loss.dtype), scale.to(row_loss.dtype)
+def _reduce(row_loss: Tensor, n_positive: Tensor, reduction: int, factor: float = 1.0, into: Tensor | None = None):
+    """(loss, upstream weight of every row as a 0-d tensor) for reduction mean/sum, times factor; with into,
+    the loss is added to into (the symmetric op: half the row loss plus half the column loss)."""
+    return reduce_rows(row_loss, n_positive if reduction == _MEAN else None, factor, into)
 
 
 def _check_inputs(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, candidate_labels: Tensor,
@@ -693,12 +724,11 @@ def symmetric_contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_la
         if reduction == _NONE:
             return (row_loss + col_loss) / 2, lse, col_lse, npos, col_npos, *_empty_grads(anchors, candidates,
                                                                                           temperature)
-        (row_total, row_weight), (col_total, col_weight) = _reduce(row_loss, npos, reduction), _reduce(
-            col_loss, col_npos, reduction)
-        loss = (row_total + col_total) / 2
+        loss, row_weight = _reduce(row_loss, npos, reduction, 0.5)
+        loss, col_weight = _reduce(col_loss, col_npos, reduction, 0.5, into=loss)
         if not compute_grad:
             return loss, lse, col_lse, npos, col_npos, *_empty_grads(anchors, candidates, temperature)
-        grads = _gradients(rows, cols, _Stats(lse, npos, row_weight / 2), _Stats(col_lse, col_npos, col_weight / 2),
+        grads = _gradients(rows, cols, _Stats(lse, npos, row_weight), _Stats(col_lse, col_npos, col_weight),
                            temperature, exclude_self, eps)
     return loss, lse, col_lse, npos, col_npos, *grads
 

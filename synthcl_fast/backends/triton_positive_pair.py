@@ -24,17 +24,40 @@ import triton.language as tl
 from torch import Tensor
 
 from ._ops import MODE_CODES, REDUCTION_CODES, accumulate_dtype, register_positive_pair_autograd
-from .triton_common import INTERPRET, TL_DTYPES, cast_output, round_by_hand
+from .triton_common import INTERPRET, TL_DTYPES, cast_output, reduce_rows, round_by_hand
 from .triton_support import empty_output, next_power_of_2, split_float
+
 _MAX_WHOLE_ROW = 1024  # features kept in registers in one pass
+
+
+@triton.jit
+def _load_chunk(X_ptr, stride_x, offs_m, mask_m, d0, dim, ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    return tl.load(X_ptr + offs_m[:, None] * stride_x + offs_d[None, :],
+                   mask=mask_m[:, None] & (offs_d[None, :] < dim), other=0.0).to(ACC)
+
+
+@triton.jit
+def _store_grads(GA_ptr, GB_ptr, a, b, cross, radial_a, radial_b, offs_m, mask_m, d0, dim,
+                 GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, ROUND_BY_HAND: tl.constexpr, BLOCK_D: tl.constexpr):
+    """ga = cross b - radial_a a and gb = cross a - radial_b b on features [d0, d0 + BLOCK_D) (contiguous)."""
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offsets = offs_m[:, None] * dim + offs_d[None, :]
+    mask = mask_m[:, None] & (offs_d[None, :] < dim)
+    if GRAD_A:
+        ga = cross[:, None] * b - radial_a[:, None] * a
+        tl.store(GA_ptr + offsets, cast_output(ga, GA_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
+    if GRAD_B:
+        gb = cross[:, None] * a - radial_b[:, None] * b
+        tl.store(GB_ptr + offsets, cast_output(gb, GB_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
 
 
 @triton.jit
 def _positive_pair_forward_kernel(
         A_ptr, B_ptr, stride_a, stride_b, TARGET_ptr, LOSS_ptr, COS_ptr, GA_ptr, GB_ptr, GT_ptr,
         n_rows, dim, eps_hi, eps_lo, weight_hi, weight_lo,
-        MODE: tl.constexpr, GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, ACC: tl.constexpr, ROUND_BY_HAND: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, WHOLE_ROW: tl.constexpr):
+        MODE: tl.constexpr, GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, ACC: tl.constexpr,
+        ROUND_BY_HAND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, WHOLE_ROW: tl.constexpr):
     """Rows [pid*BLOCK_M, +BLOCK_M): LOSS (per row), COS, GT = dL/ds*, and GA/GB (a's and b's dtype) scaled by
     the reduction weight (1/R for mean, 1 otherwise; the per-row loss is reduced by the caller)."""
     pid = tl.program_id(0).to(tl.int64)
@@ -42,23 +65,19 @@ def _positive_pair_forward_kernel(
     mask_m = offs_m < n_rows
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     weight = tl.cast(weight_hi, ACC) + tl.cast(weight_lo, ACC)
-    aa = tl.zeros([BLOCK_M], dtype=ACC)
-    bb = tl.zeros([BLOCK_M], dtype=ACC)
-    ab = tl.zeros([BLOCK_M], dtype=ACC)
-    if WHOLE_ROW:
-        offs_d = tl.arange(0, BLOCK_D)
-        mask = mask_m[:, None] & (offs_d[None, :] < dim)
-        a = tl.load(A_ptr + offs_m[:, None] * stride_a + offs_d[None, :], mask=mask, other=0.0).to(ACC)
-        b = tl.load(B_ptr + offs_m[:, None] * stride_b + offs_d[None, :], mask=mask, other=0.0).to(ACC)
+    if WHOLE_ROW:  # the rows stay in registers for the gradient
+        a = _load_chunk(A_ptr, stride_a, offs_m, mask_m, 0, dim, ACC, BLOCK_D)
+        b = _load_chunk(B_ptr, stride_b, offs_m, mask_m, 0, dim, ACC, BLOCK_D)
         aa = tl.sum(a * a, axis=1)
         bb = tl.sum(b * b, axis=1)
         ab = tl.sum(a * b, axis=1)
     else:
+        aa = tl.zeros([BLOCK_M], dtype=ACC)
+        bb = tl.zeros([BLOCK_M], dtype=ACC)
+        ab = tl.zeros([BLOCK_M], dtype=ACC)
         for d0 in range(0, dim, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask = mask_m[:, None] & (offs_d[None, :] < dim)
-            a = tl.load(A_ptr + offs_m[:, None] * stride_a + offs_d[None, :], mask=mask, other=0.0).to(ACC)
-            b = tl.load(B_ptr + offs_m[:, None] * stride_b + offs_d[None, :], mask=mask, other=0.0).to(ACC)
+            a = _load_chunk(A_ptr, stride_a, offs_m, mask_m, d0, dim, ACC, BLOCK_D)
+            b = _load_chunk(B_ptr, stride_b, offs_m, mask_m, d0, dim, ACC, BLOCK_D)
             aa += tl.sum(a * a, axis=1)
             bb += tl.sum(b * b, axis=1)
             ab += tl.sum(a * b, axis=1)
@@ -79,34 +98,18 @@ def _positive_pair_forward_kernel(
     tl.store(COS_ptr + offs_m, cosine, mask=mask_m)
     tl.store(GT_ptr + offs_m, -dc, mask=mask_m)
 
-    # ga = fb_a * b - fa_a * a;  gb = fa_b * a - fb_b * b  (the radial terms vanish where a norm is clamped)
     cross = dc / (norm_a * norm_b)
     radial_a = tl.where(norm_a_raw > eps, dc * cosine / (norm_a * norm_a), 0.0)
     radial_b = tl.where(norm_b_raw > eps, dc * cosine / (norm_b * norm_b), 0.0)
     if WHOLE_ROW:
-        offs_d = tl.arange(0, BLOCK_D)
-        mask = mask_m[:, None] & (offs_d[None, :] < dim)
-        if GRAD_A:
-            ga = cross[:, None] * b - radial_a[:, None] * a
-            tl.store(GA_ptr + offs_m[:, None] * dim + offs_d[None, :], cast_output(ga, GA_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
-        if GRAD_B:
-            gb = cross[:, None] * a - radial_b[:, None] * b
-            tl.store(GB_ptr + offs_m[:, None] * dim + offs_d[None, :], cast_output(gb, GB_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
-    else:
-        if GRAD_A or GRAD_B:
-            for d0 in range(0, dim, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                mask = mask_m[:, None] & (offs_d[None, :] < dim)
-                a = tl.load(A_ptr + offs_m[:, None] * stride_a + offs_d[None, :], mask=mask, other=0.0).to(ACC)
-                b = tl.load(B_ptr + offs_m[:, None] * stride_b + offs_d[None, :], mask=mask, other=0.0).to(ACC)
-                if GRAD_A:
-                    ga = cross[:, None] * b - radial_a[:, None] * a
-                    tl.store(GA_ptr + offs_m[:, None] * dim + offs_d[None, :], cast_output(ga, GA_ptr.dtype.element_ty, ROUND_BY_HAND),
-                             mask=mask)
-                if GRAD_B:
-                    gb = cross[:, None] * a - radial_b[:, None] * b
-                    tl.store(GB_ptr + offs_m[:, None] * dim + offs_d[None, :], cast_output(gb, GB_ptr.dtype.element_ty, ROUND_BY_HAND),
-                             mask=mask)
+        _store_grads(GA_ptr, GB_ptr, a, b, cross, radial_a, radial_b, offs_m, mask_m, 0, dim, GRAD_A, GRAD_B,
+                     ROUND_BY_HAND, BLOCK_D)
+    elif GRAD_A or GRAD_B:  # a second pass over the rows (from L2)
+        for d0 in range(0, dim, BLOCK_D):
+            a = _load_chunk(A_ptr, stride_a, offs_m, mask_m, d0, dim, ACC, BLOCK_D)
+            b = _load_chunk(B_ptr, stride_b, offs_m, mask_m, d0, dim, ACC, BLOCK_D)
+            _store_grads(GA_ptr, GB_ptr, a, b, cross, radial_a, radial_b, offs_m, mask_m, d0, dim, GRAD_A, GRAD_B,
+                         ROUND_BY_HAND, BLOCK_D)
 
 
 def _tiles(dim: int) -> tuple[int, int, bool, int]:
@@ -133,7 +136,8 @@ def positive_pair_forward(a: Tensor, b: Tensor, target: Tensor, mode: int, reduc
     n_rows, dim = a.shape
     acc = accumulate_dtype(a.dtype)
     torch._check(target.shape == (n_rows,) and target.dtype == acc,
-                 lambda: f"target must have shape ({n_rows},) and dtype {acc}, got {tuple(target.shape)} {target.dtype}")
+                 lambda: f"target must have shape ({n_rows},) and dtype {acc}, got {tuple(target.shape)} "
+                         f"{target.dtype}")
     torch._check(b.device == a.device and target.device == a.device, lambda: "a, b and target must share a device")
     torch._check(mode in MODE_CODES.values(), lambda: f"mode code must be 0 or 1, got {mode}")
     torch._check(reduction in REDUCTION_CODES.values(), lambda: f"reduction code must be 0, 1 or 2, got {reduction}")
@@ -151,10 +155,11 @@ def positive_pair_forward(a: Tensor, b: Tensor, target: Tensor, mode: int, reduc
             a_c, b_c, a_c.stride(0), b_c.stride(0), target.contiguous(), loss, cosine,
             grad_a if compute_grad_a else loss, grad_b if compute_grad_b else loss, grad_target,
             n_rows, dim, *split_float(eps), *split_float(weight),
-            MODE=mode, GRAD_A=compute_grad_a, GRAD_B=compute_grad_b, ACC=TL_DTYPES[acc], ROUND_BY_HAND=round_by_hand(a.dtype),
+            MODE=mode, GRAD_A=compute_grad_a, GRAD_B=compute_grad_b, ACC=TL_DTYPES[acc],
+            ROUND_BY_HAND=round_by_hand(a.dtype),
             BLOCK_M=block_m, BLOCK_D=block_d, WHOLE_ROW=whole_row, num_warps=num_warps)
-    if reduction != REDUCTION_CODES["none"]:
-        loss = (loss.to(torch.float64).sum() * weight).to(acc)
+        if reduction != REDUCTION_CODES["none"]:
+            loss, _ = reduce_rows(loss, None, weight)
     return loss, cosine, grad_a, grad_b, grad_target
 
 
