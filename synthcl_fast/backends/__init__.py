@@ -3,6 +3,7 @@
     backend="auto"       the fastest available for the device and dtype (override: SYNTHCL_FAST_BACKEND)
     backend="reference"  plain PyTorch (synthcl_fast.reference), materializes the logits; always available
     backend="cpu"        fused C++ kernels (csrc/*_cpu.cpp) on CPU tensors
+    backend="triton"     fused Triton kernels (backends/triton_*.py) on CUDA tensors (CPU: TRITON_INTERPRET=1)
 
 An explicit backend that cannot run an input raises BackendUnavailableError naming the reason;
 "auto" quietly takes the next one in its order.
@@ -38,6 +39,12 @@ class Backend:
     def positive_pair(self, a, b, target, mode, reduction, eps):
         raise NotImplementedError
 
+    def symmetric_contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature,
+                              exclude_self, reduction, eps):
+        """(row loss + column loss) / 2 in one call (CLIP's symmetric loss), or None where this backend has no
+        such kernel: the caller then adds two one-direction calls."""
+        return None
+
 
 class ReferenceBackend(Backend):
     name = "reference"
@@ -55,6 +62,12 @@ class ReferenceBackend(Backend):
         return reference.positive_pair_loss(a, b, target, mode=mode, reduction=reduction, eps=eps)
 
 
+def gradient_in_forward(reduction, *inputs) -> bool:
+    """For a scalar loss whose inputs need a gradient, the gradient is cheapest computed in the forward
+    pass (see _ops.py); a per-row loss ("none") is differentiated by the recompute backward instead."""
+    return reduction != "none" and torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+
+
 class FusedBackend(Backend):
     """A backend whose kernels implement the three ops of backends/_ops.py."""
 
@@ -65,11 +78,9 @@ class FusedBackend(Backend):
     def contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
                     reduction, eps):
         contrastive_forward, _ = self.ops()
-        # For a scalar loss the gradient is cheapest computed in the forward pass (see _ops.py).
-        compute_grad = (reduction != "none" and torch.is_grad_enabled()
-                        and (anchors.requires_grad or candidates.requires_grad or temperature.requires_grad))
-        return contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
-                                   exclude_self, REDUCTION_CODES[reduction], eps, compute_grad)[0]
+        return contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
+                                   REDUCTION_CODES[reduction], eps,
+                                   gradient_in_forward(reduction, anchors, candidates, temperature))[0]
 
     def positive_pair(self, a, b, target, mode, reduction, eps):
         _, positive_pair_forward = self.ops()
@@ -93,8 +104,31 @@ class CpuBackend(FusedBackend):
         return ops.contrastive_forward, ops.positive_pair_forward
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend())}
-AUTO_ORDER = {"cpu": ("cpu", "reference")}
+class TritonBackend(FusedBackend):
+    name = "triton"
+
+    def unavailable_reason(self, device, dtype):
+        from .triton_support import unavailable_reason
+
+        return unavailable_reason(device, dtype)
+
+    def ops(self):
+        from .triton_contrastive import contrastive_forward
+        from .triton_positive_pair import positive_pair_forward
+
+        return contrastive_forward, positive_pair_forward
+
+    def symmetric_contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature,
+                              exclude_self, reduction, eps):
+        from .triton_contrastive import symmetric_contrastive_forward
+
+        return symmetric_contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
+                                             exclude_self, REDUCTION_CODES[reduction], eps,
+                                             gradient_in_forward(reduction, anchors, candidates, temperature))[0]
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend(), TritonBackend())}
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
 
 
 def available_backends(device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict[str, str | None]:
