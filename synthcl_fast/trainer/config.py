@@ -60,7 +60,7 @@ class TrainConfig:
     projection_dim: int = 64
     # generator and discriminator
     latent_dim: int = 64
-    gan_width: int = 32
+    gan_width: int = 16
     synthetic_batch_size: int = 32          # synthetic pairs (G(z), G_ema(z)) per step
     lr_gan: float = 2e-4
     ema_decay: float = 0.99

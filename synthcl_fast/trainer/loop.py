@@ -257,14 +257,12 @@ class Trainer:
             return stats
         cfg = self.config
         z = torch.randn(cfg.synthetic_batch_size, cfg.latent_dim, device=self.device)
+        fake = self.generator(z)  # one forward for both players: the D step does not change G
         # 1. the discriminator: real vs G(z)
-        with torch.no_grad():
-            fake = self.generator(z)
-        loss_d = discriminator_loss(self.discriminator(real), self.discriminator(fake))
+        loss_d = discriminator_loss(self.discriminator(real), self.discriminator(fake.detach()))
         stats = self._check_finite({"loss_d": loss_d})
         self._backward(loss_d, self.discriminator)
         self.d_optimizer.step()
-        fake = self.generator(z)
         loss_g_adv = generator_adversarial_loss(self.discriminator(fake))
         if phase == "warmup":  # the GAN alone; the main model on real images only
             real_emb = self._embed_real(real)
