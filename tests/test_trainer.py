@@ -72,9 +72,11 @@ def test_each_method_trains_and_writes_its_outputs(tmp_path, method):
 
     assert TrainConfig.load(tmp_path / "config.json") == config
     rows = json.loads((tmp_path / "metrics.json").read_text())
-    assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [8, 16]
     csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("epoch,step,phase,loss_contrastive") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("epoch,step,phase,loss_contrastive") and len(csv_lines) == len(rows) + 1
+    warmup, rows = rows[:-2], rows[-2:]  # the GAN warm-up epochs are numbered <= 0, the main model's from 1
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [8 * len(warmup) + 8,
+                                                                                   8 * len(warmup) + 16]
     for row in rows:
         assert np.isfinite(row["loss_contrastive"]) and 0 <= row["probe_acc"] <= 1 and 0 <= row["knn_acc"] <= 1
     assert result.final == {"probe_acc": rows[-1]["probe_acc"], "knn_acc": rows[-1]["knn_acc"]}
@@ -82,18 +84,20 @@ def test_each_method_trains_and_writes_its_outputs(tmp_path, method):
     assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
     assert len(list_checkpoints(tmp_path / "checkpoints")) == config.keep_checkpoints
 
-    phases = [r["phase"] for r in rows]
     if method == "simclr":
-        assert phases == ["simclr", "simclr"] and rows[-1]["loss_d"] is None
+        assert not warmup and [r["phase"] for r in rows] == ["simclr", "simclr"] and rows[-1]["loss_d"] is None
         assert not (tmp_path / "samples.png").exists()
         return
-    assert phases == ["warmup", "joint"]
+    assert [r["epoch"] for r in warmup] == [0] and warmup[0]["phase"] == "gan-warmup"
+    assert warmup[0]["loss_contrastive"] is None and warmup[0]["probe_acc"] is None  # the encoder waits
+    assert np.isfinite(warmup[0]["loss_d"]) and np.isfinite(warmup[0]["loss_g_adv"])
+    assert [r["phase"] for r in rows] == ["joint", "joint"]
     assert np.isfinite(rows[1]["loss_d"]) and np.isfinite(rows[1]["loss_g_adv"])
     assert (tmp_path / "samples.png").read_bytes().startswith(PNG_MAGIC)
     if config.hard_pairs:  # positive-pair similarity and its scheduled target, in the joint epochs only
-        assert rows[0]["pair_cosine"] is None
+        assert warmup[0]["pair_cosine"] is None
         assert -1 <= rows[1]["pair_cosine"] <= 1
-        assert config.pair_target_end <= rows[1]["pair_target"] <= config.pair_target_start
+        assert config.pair_target_end <= rows[1]["pair_target"] < rows[0]["pair_target"] <= config.pair_target_start
     else:
         assert rows[1]["pair_cosine"] is None and rows[1]["loss_pair"] is None
 
@@ -103,9 +107,9 @@ def test_joint_step_sends_each_gradient_to_its_player(tmp_path):
     (lambda) and follows the pair loss (mu): its gradient does. D gets no gradient from G's objective."""
     trainer = Trainer.new(tiny(), tmp_path, progress=False)
     real = trainer.data.train_images[:16]
-    for _ in range(3):  # warm-up steps, so that G and G_ema differ (identical pairs have a zero pair gradient)
+    for _ in range(3):  # GAN warm-up steps, so that G and G_ema differ (identical pairs have a zero pair gradient)
         trainer.train_step(real)
-    trainer.epoch = trainer.config.warmup_epochs  # the joint phase
+    trainer.epoch = trainer.warmup_epochs  # the joint phase
     start_state, rng = copy.deepcopy(trainer.state()), torch.get_rng_state()
 
     def gradients_with(lambda_hard, mu_pair):
@@ -147,7 +151,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_mid_epoch_reproduces_the_uninterrupted_run(tmp_path):
-    config = tiny(checkpoint_every=3)  # checkpoints at steps 3, 6, 8 (epoch end), 9, 12, ...
+    config = tiny(checkpoint_every=3)  # checkpoints at steps 3, 6, 8 (end of the GAN warm-up), 9, 12, ...
     train(config, tmp_path / "uninterrupted", progress=False)
 
     killed = tmp_path / "killed"
@@ -156,7 +160,7 @@ def test_resume_after_sigkill_mid_epoch_reproduces_the_uninterrupted_run(tmp_pat
         [sys.executable, "-c", KILL_SCRIPT, str(torch.get_num_threads()), json.dumps(config.to_dict()), "11",
          str(killed)], env=env, capture_output=True, text=True, timeout=300)
     assert process.returncode == -signal.SIGKILL, process.stderr
-    assert load_checkpoint(list_checkpoints(killed / "checkpoints")[-1])["global_step"] == 9  # mid epoch 2
+    assert load_checkpoint(list_checkpoints(killed / "checkpoints")[-1])["global_step"] == 9  # mid epoch 1
 
     trainer = Trainer.resume(killed, progress=False)
     assert (trainer.epoch, trainer.batch, trainer.global_step) == (1, 1, 9)
@@ -167,13 +171,13 @@ def test_resume_after_sigkill_mid_epoch_reproduces_the_uninterrupted_run(tmp_pat
 
 def test_damaged_checkpoints_are_detected_and_the_previous_one_resumes(tmp_path, capsys):
     run = tmp_path / "run"
-    train(tiny("synthcl-no-hard-samples"), run, progress=False)  # checkpoints after steps 8 and 16 are kept
+    train(tiny("synthcl-no-hard-samples"), run, progress=False)  # checkpoints after steps 16 and 24 are kept
     uninterrupted = metrics_without_time(run)
     previous, newest = list_checkpoints(run / "checkpoints")
     intact = newest.read_bytes()
 
     newest.write_bytes(intact[: len(intact) // 2])  # a crash of the storage, a full disk
-    with pytest.raises(CheckpointError, match="ckpt-00000016.pt is truncated: its header announces"):
+    with pytest.raises(CheckpointError, match="ckpt-00000024.pt is truncated: its header announces"):
         load_checkpoint(newest)
     flipped = bytearray(intact)
     flipped[len(flipped) // 2] ^= 0x01  # one bit of rot
@@ -190,11 +194,11 @@ def test_damaged_checkpoints_are_detected_and_the_previous_one_resumes(tmp_path,
 
     # resuming the run folder reports the damaged checkpoint and continues from the previous one, exactly
     trainer = Trainer.resume(run, progress=False)
-    assert "ckpt-00000016.pt is truncated" in capsys.readouterr().err
-    assert (trainer.epoch, trainer.global_step) == (1, 8)
+    assert "ckpt-00000024.pt is truncated" in capsys.readouterr().err
+    assert (trainer.epoch, trainer.global_step) == (2, 16)
     trainer.fit()
     assert metrics_without_time(run) == uninterrupted
-    assert load_checkpoint(newest)["global_step"] == 16 and previous.exists()
+    assert load_checkpoint(newest)["global_step"] == 24 and previous.exists()
 
 
 def test_nan_loss_stops_training_naming_the_step_and_never_writes_nan_weights(tmp_path, monkeypatch, capsys):
@@ -239,7 +243,7 @@ def test_nan_loss_stops_training_naming_the_step_and_never_writes_nan_weights(tm
     (dict(lambda_hard=-1.0), "--lambda-hard"),
     (dict(temperature=0.0), "--temperature"),
     (dict(lr=float("nan")), "--lr"),
-    (dict(epochs=2, warmup_epochs=2), "--warmup-epochs"),
+    (dict(warmup_epochs=-1), "--warmup-epochs"),
     (dict(image_size=10), "--image-size"),
     (dict(train_fraction=1.5), "--train-fraction"),
     (dict(dataset="cifar10"), "--data-path"),
@@ -307,20 +311,24 @@ def test_cifar10_python_format_and_image_folder_load(tmp_path):
 
 # --- the command line ---------------------------------------------------------------------------------
 
+TINY_OPTIONS = ["--image-size", "8", "--train-fraction", "0.1", "--batch-size", "16", "--epochs", "2",
+                "--warmup-epochs", "1", "--width", "4", "--projection-dim", "8", "--latent-dim", "8",
+                "--gan-width", "4", "--synthetic-batch-size", "4", "--eval-every", "2", "--no-progress"]
+
+
 def test_compare_trains_each_method_per_seed_and_tabulates(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "--image-size", "8", "--train-fraction", "0.1", "--batch-size", "16", "--epochs", "2",
-            "--warmup-epochs", "1", "--width", "4", "--projection-dim", "8", "--latent-dim", "8", "--gan-width",
-            "4", "--synthetic-batch-size", "4", "--seeds", "0", "1", "--train-fractions", "1.0", "0.5",
-            "--output-dir", str(out), "--no-progress"]
+    args = ["compare", *TINY_OPTIONS, "--warmup-epochs", "0", "--seeds", "0", "1", "--output-dir", str(out)]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "| simclr | 100% |" in table and "| synthcl | 50% |" in table
+    assert "| simclr | 100% |" in table and "| synthcl | 100% |" in table
     rows = json.loads((out / "compare.json").read_text())
-    assert [(r["method"], r["train_fraction"], r["seeds"]) for r in rows] == [
-        ("simclr", 1.0, [0, 1]), ("synthcl", 1.0, [0, 1]), ("simclr", 0.5, [0, 1]), ("synthcl", 0.5, [0, 1])]
-    run = json.loads((out / "synthcl-frac0.5-seed1" / "result.json").read_text())
-    assert rows[3]["probe_acc"][1] == run["probe_acc"] and run["train_fraction"] == 0.5
+    assert [(r["method"], r["train_fraction"], r["seeds"]) for r in rows] == [("simclr", 1.0, [0, 1]),
+                                                                               ("synthcl", 1.0, [0, 1])]
+    run = json.loads((out / "synthcl-frac1-seed1" / "result.json").read_text())
+    assert rows[1]["probe_acc"][1] == run["probe_acc"] and run["seed"] == 1
+    mean = (rows[1]["probe_acc"][0] + rows[1]["probe_acc"][1]) / 2
+    assert f"| synthcl | 100% | {100 * mean:.2f} +- " in table
     # a second call reuses the finished runs: same accuracies, no training
     (out / "compare.json").unlink()
     assert main(args) == 0
@@ -329,10 +337,28 @@ def test_compare_trains_each_method_per_seed_and_tabulates(tmp_path, capsys):
     assert max(max(r["seconds"]) for r in again) < 1.0
 
 
+def test_two_process_data_parallel_run_with_gloo(tmp_path):
+    """torchrun, 2 CPU processes: each takes half of every global batch; the weights stay identical
+    across processes (checked at every checkpoint, else the run fails) and rank 0 writes the outputs."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "synthcl_fast.trainer", "train", *TINY_OPTIONS, "--checkpoint-every", "1",
+               "--output-dir", str(tmp_path)]
+    process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    # 135 images // (16 per process x 2 processes) = 4 steps per epoch; one GAN warm-up epoch, then two
+    assert [(r["epoch"], r["step"]) for r in rows] == [(0, 4), (1, 8), (2, 12)]
+    assert 0 <= rows[-1]["probe_acc"] <= 1
+    assert load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1])["world_size"] == 2
+
+
 def test_methods_with_one_seed_share_the_initial_encoder_and_the_data_order(tmp_path):
     simclr = Trainer(tiny("simclr"), tmp_path / "a", progress=False)
     synthcl = Trainer(tiny("synthcl"), tmp_path / "b", progress=False)
     assert_same_modules({"model": simclr.model.state_dict()}, {"model": synthcl.model.state_dict()})
-    assert torch.equal(simclr._epoch_batches(1), synthcl._epoch_batches(1))
+    # the main model's first epoch: after the GAN warm-up for synthcl
+    assert torch.equal(simclr._epoch_batches(0), synthcl._epoch_batches(synthcl.warmup_epochs))
+    assert not torch.equal(simclr._epoch_batches(0), synthcl._epoch_batches(0))  # a warm-up epoch
     other_seed = Trainer(tiny("simclr", seed=1), tmp_path / "c", progress=False)
-    assert not torch.equal(simclr._epoch_batches(1), other_seed._epoch_batches(1))
+    assert not torch.equal(simclr._epoch_batches(0), other_seed._epoch_batches(0))

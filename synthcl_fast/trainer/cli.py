@@ -35,7 +35,7 @@ HELP = {
     "train_fraction": "share of the training images used for training, for data-efficiency runs (default: 1.0)",
     "split_seed": "seed of the train/test split and of the train-fraction subset (default: 0)",
     "seed": "seed of initialization, data order, augmentations and latent codes (default: 0)",
-    "epochs": "epochs over the training images, the same budget for every method (default: %(default)s)",
+    "epochs": "epochs of the main model over the training images, the same for every method",
     "batch_size": "real images per step and per process",
     "lr": "Adam learning rate of the encoder and head",
     "weight_decay": "Adam weight decay of the encoder and head",
@@ -47,7 +47,7 @@ HELP = {
     "synthetic_batch_size": "synthetic pairs (G(z), G_ema(z)) per step",
     "lr_gan": "Adam learning rate of G and D (betas 0, 0.9)",
     "ema_decay": "decay of G_ema, the moving average of G",
-    "warmup_epochs": "epochs that train the GAN alone before its samples are used",
+    "warmup_epochs": "epochs that train the GAN alone before the --epochs of contrastive training",
     "lambda_hard": "weight of the contrastive loss G maximizes (hard samples; default 0.1, 0 for the ablation)",
     "mu_pair": "weight of the positive-pair loss between G(z) and G_ema(z) (default 1.0, 0 for the ablation)",
     "pair_target_start": "target cosine similarity of the positive pairs after the warm-up",
@@ -77,7 +77,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         help_text = HELP[field.name] + ("" if default is None or "default" in HELP[field.name] else
                                         f" (default: {default})")
         group.add_argument(option_name(field.name), dest=field.name, type=_field_type(field), default=None,
-                           choices=choices.get(field.name), help=help_text.replace("%(default)s", str(default)))
+                           choices=choices.get(field.name), help=help_text)
     group.add_argument("--config", type=Path, help="read the options from a config.json first")
 
 
@@ -163,8 +163,8 @@ def _run(args) -> None:
         start = time.perf_counter()
         rows = compare(config, args.methods, args.seeds, args.train_fractions, output_dir, **kwargs)
         if context.is_main:
-            header = (f"# synthcl-train compare\n\nDataset {config.dataset}, {config.epochs} epochs "
-                      f"({config.warmup_epochs} GAN warm-up for synthcl), batch {config.batch_size}, seeds "
+            header = (f"# synthcl-train compare\n\nDataset {config.dataset}, {config.epochs} epochs for every method "
+                      f"(+ {config.warmup_epochs} GAN warm-up epochs before them for synthcl), batch {config.batch_size}, seeds "
                       f"{' '.join(map(str, args.seeds))}; accuracy on the test split, mean +- std over seeds. "
                       f"Wall time {time.perf_counter() - start:.0f} s, torch threads {torch.get_num_threads()}. "
                       f"Runs in {output_dir}.")

@@ -64,7 +64,7 @@ class TrainConfig:
     synthetic_batch_size: int = 32          # synthetic pairs (G(z), G_ema(z)) per step
     lr_gan: float = 2e-4
     ema_decay: float = 0.99
-    warmup_epochs: int = 5                  # GAN alone (the encoder trains on real images only meanwhile)
+    warmup_epochs: int = 5                  # GAN alone, before the `epochs` of the main model
     lambda_hard: float | None = None        # None: 0.1 for methods with hard samples, 0 otherwise
     mu_pair: float | None = None            # None: 1.0 for methods with hard pairs, 0 otherwise
     pair_target_start: float = 0.9
@@ -156,9 +156,6 @@ class TrainConfig:
             integer(name, 1)
         integer("checkpoint_every", 0)
         integer("warmup_epochs", 0)
-        if self.uses_generator and self.warmup_epochs >= self.epochs:
-            fail("warmup_epochs", f"({self.warmup_epochs}) must be below --epochs ({self.epochs}) for "
-                                  f"--method {self.method}, or the synthetic data is never used")
         if self.batch_size < 2:
             fail("batch_size", f"must be at least 2 (a contrastive batch needs negatives); got {self.batch_size}")
         for name in ("lr", "lr_gan", "temperature"):

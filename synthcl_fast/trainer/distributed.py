@@ -48,6 +48,15 @@ class DistContext:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def average_buffers(self, module: torch.nn.Module) -> None:
+        """Average floating buffers (batch-norm running statistics, estimated from each process's own batches)
+        so that every process keeps the same model; DistributedDataParallel broadcasts rank 0's instead."""
+        if self.enabled:
+            for buffer in module.buffers():
+                if buffer.is_floating_point():
+                    dist.all_reduce(buffer)
+                    buffer /= self.world_size
+
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Mean over the processes of a tensor (a NaN on any process makes the result NaN everywhere)."""
         if not self.enabled:

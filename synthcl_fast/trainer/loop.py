@@ -12,9 +12,11 @@ One step of `synthcl` after the GAN warm-up (N real images, M latent codes z):
        f's parameters only, L_G into G's parameters only.
     4. G_ema <- EMA of G.
 
-During the warm-up epochs the GAN trains alone (steps 1 and the adversarial part of 3) while the main
-model trains on the real images only, so every method gives the main model the same number of updates
-on the same real batches. `simclr` is the main model's part alone, with NT-Xent.
+First, `warmup_epochs` epochs train the GAN alone (step 1 and the adversarial part of 3), so that its
+samples look like data before the main model learns from them. Then come `epochs` epochs of the joint
+step. `simclr` is the main model's part alone (NT-Xent on the real views), for the same `epochs`: every
+method gives the main model the same number of updates, on the same real batches in the same order.
+Epochs are numbered from 1 for the main model's epochs; the GAN warm-up epochs are numbered 1 - W .. 0.
 
 Every loss goes through synthcl_fast.losses with backend="auto" (the fastest kernels for the device).
 """
@@ -105,11 +107,13 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"--batch-size {config.batch_size} x {self.dist.world_size} processes is larger than "
                               f"the {self.data.pretrain_index.numel()} training images")
-        self.total_steps = config.epochs * self.steps_per_epoch
+        self.warmup_epochs = config.warmup_epochs if config.uses_generator else 0
+        self.n_epochs = self.warmup_epochs + config.epochs   # epochs of the loop, GAN warm-up included
+        self.total_steps = self.n_epochs * self.steps_per_epoch
         self._build_models()
         if self.dist.rank > 0:  # identical initial weights, different augmentations and latent codes per process
             seed_everything(config.seed + 1_000_003 * self.dist.rank)
-        # training position and records (restored from a checkpoint on resume)
+        # training position (self.epoch counts the loop's epochs from 0) and records; restored on resume
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.sums: dict[str, float] = {}
         self.count = 0
@@ -135,7 +139,7 @@ class Trainer:
             self.modules.update(generator=self.generator, generator_ema=self.generator_ema,
                                 discriminator=self.discriminator)
             self.optimizers.update(generator=self.g_optimizer, discriminator=self.d_optimizer)
-            warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
+            warmup_steps = self.warmup_epochs * self.steps_per_epoch
             self.schedule = losses.SimilaritySchedule(cfg.pair_target_start, cfg.pair_target_end, self.total_steps,
                                                       warmup_steps, cfg.pair_schedule)
             # fixed latent codes for the G(z) | G_ema(z) picture (their own generator: no effect on training)
@@ -170,13 +174,23 @@ class Trainer:
             return cls(TrainConfig.load(run_dir / "config.json"), run_dir, **kwargs)
         trainer = cls(TrainConfig.from_dict(state["config"]), run_dir, **kwargs)
         trainer.load_state(state)
-        print(f"synthcl-train: resuming {run_dir} from {checkpoint} (epoch {trainer.epoch + 1}, "
+        print(f"synthcl-train: resuming {run_dir} from {checkpoint} (epoch {trainer.epoch_number(trainer.epoch)}, "
               f"step {trainer.global_step})", file=sys.stderr)
         return trainer
 
     # --- checkpoint state -----------------------------------------------------------------------
+    def _weights_fingerprint(self) -> float:
+        return sum(float(t.double().sum()) for m in self.modules.values() for t in m.state_dict().values()
+                   if t.is_floating_point())
+
     def state(self) -> dict:
-        rng = self.dist.gather_objects(rng_state())  # every process's generators, for an exact resume
+        # every process's generators, for an exact resume; and a check that the processes still hold the
+        # same weights (they must: identical start, averaged gradients, identical optimizer arithmetic)
+        gathered = self.dist.gather_objects((rng_state(), self._weights_fingerprint()))
+        rng, fingerprints = [g[0] for g in gathered], [g[1] for g in gathered]
+        if len(set(fingerprints)) > 1:
+            raise RuntimeError(f"the processes' weights diverged at step {self.global_step} (fingerprints "
+                               f"{fingerprints}); data-parallel training is broken")
         return {
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "world_size": self.dist.world_size,
             "epoch": self.epoch, "batch": self.batch, "global_step": self.global_step,
@@ -210,10 +224,14 @@ class Trainer:
             save_checkpoint(self.run_dir / "checkpoints", state, self.global_step, self.config.keep_checkpoints)
 
     # --- the steps ------------------------------------------------------------------------------
+    def epoch_number(self, epoch: int) -> int:
+        """The displayed number of loop epoch `epoch`: 1.. for the main model's epochs, <= 0 for the warm-up."""
+        return epoch - self.warmup_epochs + 1
+
     def phase(self, epoch: int) -> str:
         if not self.config.uses_generator:
             return "simclr"
-        return "warmup" if epoch < self.config.warmup_epochs else "joint"
+        return "gan-warmup" if epoch < self.warmup_epochs else "joint"
 
     def _check_finite(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         """The losses as floats, averaged over processes; NonFiniteLossError if any is NaN or Inf."""
@@ -222,7 +240,8 @@ class Trainer:
         for name, value in zip(names, averaged):
             if not np.isfinite(value):
                 raise NonFiniteLossError(
-                    f"non-finite loss at step {self.global_step + 1} (epoch {self.epoch + 1}, batch {self.batch + 1}): "
+                    f"non-finite loss at step {self.global_step + 1} (epoch {self.epoch_number(self.epoch)}, "
+                    f"batch {self.batch + 1}): "
                     f"{name} = {value}. Training stopped before this step changed any weight; the last checkpoint "
                     f"in {self.run_dir / 'checkpoints'} holds the weights before it.")
         return dict(zip(names, averaged))
@@ -264,13 +283,9 @@ class Trainer:
         self._backward(loss_d, self.discriminator)
         self.d_optimizer.step()
         loss_g_adv = generator_adversarial_loss(self.discriminator(fake))
-        if phase == "warmup":  # the GAN alone; the main model on real images only
-            real_emb = self._embed_real(real)
-            loss = losses.nt_xent(real_emb[0], real_emb[1], temperature=cfg.temperature)
-            stats.update(self._check_finite({"loss_contrastive": loss, "loss_g_adv": loss_g_adv}))
-            self._backward(loss, self.model)
+        if phase == "gan-warmup":  # the GAN alone
+            stats.update(self._check_finite({"loss_g_adv": loss_g_adv}))
             self._backward(loss_g_adv, self.generator)
-            self.optimizer.step()
             self.g_optimizer.step()
             update_ema(self.generator_ema, self.generator, cfg.ema_decay)
             return stats
@@ -307,8 +322,11 @@ class Trainer:
 
     # --- epochs ---------------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> torch.Tensor:
-        """(steps_per_epoch, batch_size) indices of this process's images, a fixed function of (seed, epoch)."""
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        """(steps_per_epoch, batch_size) indices of this process's images: a fixed function of the seed and the
+        epoch's number, so that every method sees the same batches in its main-model epochs."""
+        number = self.epoch_number(epoch)
+        key = np.random.SeedSequence([self.config.seed, abs(number), int(number <= 0)]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(key))
         order = self.data.pretrain_index[torch.randperm(self.data.pretrain_index.numel(), generator=generator)]
         world_batch = self.config.batch_size * self.dist.world_size
         order = order[:self.steps_per_epoch * world_batch].view(self.steps_per_epoch, self.dist.world_size, -1)
@@ -317,15 +335,18 @@ class Trainer:
     def fit(self) -> RunResult:
         cfg, start = self.config, time.perf_counter()
         train_images = self.data.train_images
-        while self.epoch < cfg.epochs:
+        while self.epoch < self.n_epochs:
             epoch_start = time.perf_counter()
             batches = self._epoch_batches(self.epoch)
+            number = self.epoch_number(self.epoch)
+            where = f"epoch {number}/{cfg.epochs}" if number > 0 else \
+                f"GAN warm-up {number + self.warmup_epochs}/{self.warmup_epochs}"
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch, leave=False, dynamic_ncols=True,
-                       desc=f"{cfg.method} seed {cfg.seed} epoch {self.epoch + 1}/{cfg.epochs} ({self.phase(self.epoch)})",
-                       disable=not (self.progress and self.dist.is_main))
+                       desc=f"{cfg.method} seed {cfg.seed} {where}", disable=not (self.progress and self.dist.is_main))
             while self.batch < self.steps_per_epoch:
                 real = train_images[batches[self.batch]].to(self.device)
                 stats = self.train_step(real)
+                self.dist.average_buffers(self.model)
                 for key, value in stats.items():
                     self.sums[key] = self.sums.get(key, 0.0) + value
                 self.count += 1
@@ -348,18 +369,19 @@ class Trainer:
         return result
 
     def _end_epoch(self, seconds: float) -> None:
-        cfg, last = self.config, self.epoch + 1 == self.config.epochs
-        row = {"epoch": self.epoch + 1, "step": self.global_step, "phase": self.phase(self.epoch)}
+        cfg, number = self.config, self.epoch_number(self.epoch)
+        last = number == cfg.epochs
+        row = {"epoch": number, "step": self.global_step, "phase": self.phase(self.epoch)}
         row.update({key: self.sums[key] / self.count if key in self.sums else None for key in METRIC_KEYS})
         row.update(probe_acc=None, knn_acc=None, seconds=seconds)
-        if (self.epoch + 1) % cfg.eval_every == 0 or last:
+        if number > 0 and (number % cfg.eval_every == 0 or last):
             if self.dist.is_main:
                 row.update(evaluate(self.model, self.data, self.device, cfg.knn_k))
             self.dist.barrier()
-        if cfg.uses_generator and ((self.epoch + 1) % cfg.sample_every == 0 or last):
+        if cfg.uses_generator and (number % cfg.sample_every == 0 or last):  # number 0: the end of the warm-up
             with torch.no_grad():
                 pairs = torch.stack([self.generator(self.sample_z), self.generator_ema(self.sample_z)], dim=1)
-            self.snapshots[self.epoch + 1] = (pairs * 255).round().to(torch.uint8).cpu()
+            self.snapshots[number] = (pairs * 255).round().to(torch.uint8).cpu()
         self.history.append(row)
         self.epoch, self.batch, self.sums, self.count = self.epoch + 1, 0, {}, 0
         self.save_checkpoint()

@@ -27,8 +27,9 @@ def _series(history: list[dict], key: str):
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
-    """Losses, positive-pair similarity against its target, and evaluation accuracy per epoch."""
-    figure, axes = plt.subplots(2, 2, figsize=(10, 7))
+    """Losses, positive-pair similarity against its target, and evaluation accuracy per epoch (the GAN
+    warm-up epochs are numbered <= 0)."""
+    figure, axes = plt.subplots(2, 2, figsize=(10, 7), layout="constrained")
     panels = [
         (axes[0, 0], "contrastive loss", [("loss_contrastive", "PPCL / NT-Xent")]),
         (axes[0, 1], "GAN losses", [("loss_d", "D (hinge)"), ("loss_g_adv", "G adversarial"),
@@ -59,7 +60,8 @@ def plot_sample_pairs(snapshots: dict[int, torch.Tensor], path: Path) -> None:
 
     snapshots: epoch -> (K, 2, C, S, S) images in [0, 1]."""
     epochs = sorted(snapshots)
-    figure, axes = plt.subplots(1, len(epochs), figsize=(1.6 * len(epochs) + 0.5, 6), squeeze=False)
+    figure, axes = plt.subplots(1, len(epochs), figsize=(1.6 * len(epochs) + 0.5, 6), squeeze=False,
+                                layout="constrained")
     for axis, epoch in zip(axes[0], epochs):
         pairs = snapshots[epoch].float()
         k, _, channels, size, _ = pairs.shape
@@ -72,7 +74,7 @@ def plot_sample_pairs(snapshots: dict[int, torch.Tensor], path: Path) -> None:
         image = canvas.permute(1, 2, 0).numpy()
         axis.imshow(image.squeeze(-1) if channels == 1 else image, cmap="gray" if channels == 1 else None,
                     vmin=0, vmax=1, interpolation="nearest")
-        axis.set_title(f"epoch {epoch}\nG | G_ema", fontsize=9)
+        axis.set_title(f"{'end of warm-up' if epoch == 0 else f'epoch {epoch}'}\nG | G_ema", fontsize=9)
         axis.axis("off")
     _save(figure, path)
 
