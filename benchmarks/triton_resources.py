@@ -171,7 +171,8 @@ def compile_launches(launches: list[Launch], arch: int = 90, ptxas_info: bool = 
             spills = int(found.group(1)) if found else None
         shown = {k: str(v).replace("triton.language.", "") for k, v in launch.kwargs.items()
                  if k.isupper() or k in ("num_warps", "num_stages")}
-        results.append(Compiled(kernel.fn.__name__, launch.scenario, shown, compiled.metadata.shared, registers, spills))
+        results.append(Compiled(kernel.fn.__name__, launch.scenario, shown, compiled.metadata.shared, registers,
+                                spills))
     return results
 
 
