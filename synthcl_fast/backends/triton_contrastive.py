@@ -445,7 +445,9 @@ def _backward_tiles(n_x: int, n_y: int, dim: int, dtype: torch.dtype, device: to
     block_do = min(max(16, next_power_of_2(dim)), 64 if INTERPRET else (256 if wide else 128))
     # The (BLOCK_M, BLOCK_DO) fp32 gradient accumulator stays in registers: <= 16K elements per program.
     block_m = _fit(n_x, min(64 if INTERPRET else 128, max(16, 16384 // block_do)))
-    block_n = _fit(n_y, 64 if wide or INTERPRET else 32)
+    # 64 columns per tile, 32 for fp32/fp64 or a 256-wide gradient chunk (ptxas: 260 bytes of spills at 64
+    # for bf16 D = 256, 4 at 32; benchmarks/results/triton_sm90_resources.md).
+    block_n = _fit(n_y, 64 if INTERPRET or (wide and block_do < 256) else 32)
     tiles = dict(block_m=block_m, block_n=block_n, block_d=_feature_block(dim, dtype), block_do=block_do,
                  num_warps=8 if block_m * max(block_n, block_do) >= 128 * 64 else 4, num_stages=2)
     n_do = triton.cdiv(dim, tiles.get("block_do", block_do))
