@@ -432,10 +432,12 @@ def _forward_tiles(n_x: int, n_y: int, dim: int, dtype: torch.dtype, device: tor
     wide = dtype.itemsize <= 2
     block_d = _feature_block(dim, dtype)
     # The row tile (BLOCK_M x BLOCK_D) stays on chip for the whole loop: 128 rows up to D = 128, 64 above.
+    # Column tiles of 32 beside 128 rows, 64 beside 64 (16-bit): no register spills per ptxas at D = 128 and
+    # 256 (64 x 128 spilled 292 bytes; benchmarks/results/triton_sm90_resources.md). Untimed choices.
     block_m = _fit(n_x, 64 if INTERPRET or not wide or block_d > 128 else 128)
-    block_n = _fit(n_y, 64 if wide or INTERPRET else 32)
+    block_n = _fit(n_y, 64 if INTERPRET or (wide and block_m < 128) else 32)
     tiles = dict(block_m=block_m, block_n=block_n, block_d=block_d, block_do=16,
-                 num_warps=8 if block_m * block_n >= 128 * 64 or block_m * block_d >= 64 * 256 else 4,
+                 num_warps=8 if wide and (block_m >= 128 or block_m * block_d >= 128 * 128) else 4,
                  num_stages=3 if wide and next_power_of_2(dim) <= _single_chunk_limit(dtype) else 2)
     return _finish_tiles(tiles, n_y, device, triton.cdiv(n_x, block_m))
 
