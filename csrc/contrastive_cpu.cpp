@@ -26,6 +26,7 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -42,14 +43,38 @@ enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
 at::ScalarType accumulate_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-// Row-normalized copy in the accumulation type, and the clamped norms max(||x||, eps).
-std::pair<at::Tensor, at::Tensor> normalize_rows(const at::Tensor& x, double eps) {
-  at::Tensor xa = x.to(accumulate_type(x.scalar_type())).contiguous();
-  at::Tensor norms = at::linalg_vector_norm(xa, 2, at::IntArrayRef{1}, /*keepdim=*/false).clamp_min(eps);
-  return {xa / norms.unsqueeze(1), norms};
+// u = x / max(||x||, eps) in the accumulation type, and the clamped norms (float64). The squares are
+// summed in float64, so fp32 rows neither overflow (|x| up to fp32's max) nor underflow (subnormals).
+template <typename scalar_t, typename acc_t>
+void normalize_rows_kernel(const scalar_t* x, int64_t n_rows, int64_t dim, double eps, acc_t* u, double* norms) {
+  at::parallel_for(0, n_rows, kRowGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const scalar_t* xi = x + i * dim;
+      double squares = 0;
+#pragma omp simd reduction(+ : squares)
+      for (int64_t d = 0; d < dim; ++d) squares += static_cast<double>(xi[d]) * static_cast<double>(xi[d]);
+      const double norm = std::max(std::sqrt(squares), eps), inv_norm = 1.0 / norm;
+      norms[i] = norm;
+      for (int64_t d = 0; d < dim; ++d) u[i * dim + d] = static_cast<acc_t>(static_cast<double>(xi[d]) * inv_norm);
+    }
+  });
 }
 
-// dx = (du - u (u . du)) / ||x|| where ||x|| > eps, else du / eps (the clamp passes no gradient to ||x||).
+std::pair<at::Tensor, at::Tensor> normalize_rows(const at::Tensor& x, double eps) {
+  const at::Tensor xc = x.contiguous();
+  const int64_t n_rows = x.size(0), dim = x.size(1);
+  at::Tensor u = at::empty({n_rows, dim}, x.options().dtype(accumulate_type(x.scalar_type())));
+  at::Tensor norms = at::empty({n_rows}, x.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalize_rows", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    normalize_rows_kernel<scalar_t, acc_t>(xc.data_ptr<scalar_t>(), n_rows, dim, eps, u.data_ptr<acc_t>(),
+                                           norms.data_ptr<double>());
+  });
+  return {u, norms};
+}
+
+// dx = (du - u (u . du)) / ||x||. A row shorter than eps is treated as a constant and gets no gradient:
+// its exact gradient du / eps (about 1e12 du) would overflow fp16 and is useless to an optimizer.
 // Overwrites du (no temporaries of its size), then casts to the input dtype.
 template <typename acc_t>
 at::Tensor normalize_backward(at::Tensor du, const at::Tensor& u, const at::Tensor& norms, double eps,
@@ -57,21 +82,41 @@ at::Tensor normalize_backward(at::Tensor du, const at::Tensor& u, const at::Tens
   const int64_t dim = u.size(1);
   acc_t* du_ptr = du.data_ptr<acc_t>();
   const acc_t* u_ptr = u.data_ptr<acc_t>();
-  const acc_t* norm_ptr = norms.data_ptr<acc_t>();
+  const double* norm_ptr = norms.data_ptr<double>();
   at::parallel_for(0, u.size(0), kRowGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       acc_t* g = du_ptr + i * dim;
       const acc_t* ui = u_ptr + i * dim;
+      if (!(norm_ptr[i] > eps)) {
+        std::fill(g, g + dim, acc_t(0));
+        continue;
+      }
       acc_t radial = 0;
 #pragma omp simd reduction(+ : radial)
       for (int64_t d = 0; d < dim; ++d) radial += ui[d] * g[d];
-      if (!(norm_ptr[i] > eps)) radial = 0;
-      const acc_t inv_norm = acc_t(1) / norm_ptr[i];
+      const acc_t inv_norm = static_cast<acc_t>(1.0 / norm_ptr[i]);
 #pragma omp simd
       for (int64_t d = 0; d < dim; ++d) g[d] = (g[d] - ui[d] * radial) * inv_norm;
     }
   });
   return du.to(out_dtype);
+}
+
+// Gradients w.r.t. the raw anchors and candidates from those w.r.t. the normalized rows. When the candidates
+// are the anchors and the input dtype is narrower than the accumulation type, the two parts are summed
+// before the one rounding to the input dtype: rounded separately and added by autograd, parts that largely
+// cancel would lose the sum's precision. The candidates' gradient is then zero (autograd adds it exactly).
+template <typename acc_t>
+std::pair<at::Tensor, at::Tensor> input_gradients(at::Tensor grad_u, at::Tensor grad_v, const at::Tensor& u,
+                                                  const at::Tensor& norm_a, const at::Tensor& v,
+                                                  const at::Tensor& norm_c, const at::Tensor& anchors,
+                                                  const at::Tensor& candidates, double eps) {
+  if (candidates.is_same(anchors) && anchors.scalar_type() != grad_u.scalar_type()) {
+    return {normalize_backward<acc_t>(grad_u.add_(grad_v), u, norm_a, eps, anchors.scalar_type()),
+            at::zeros(candidates.sizes(), candidates.options())};
+  }
+  return {normalize_backward<acc_t>(grad_u, u, norm_a, eps, anchors.scalar_type()),
+          normalize_backward<acc_t>(grad_v, v, norm_c, eps, candidates.scalar_type())};
 }
 
 // Calls fn(lo, hi) on [begin, end) minus the excluded self column, so the inner loops stay branch-free.
@@ -361,9 +406,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grad_temperature = at::empty({0}, temperature.options());
   if (compute_grad) {
     AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_forward_cpu_grad", [&] {
-      grad_anchors = normalize_backward<scalar_t>(fwd.grads.grad_u.mul_(scale), u, norm_a, eps, anchors.scalar_type());
-      grad_candidates =
-          normalize_backward<scalar_t>(fwd.grads.grad_v.mul_(scale), v, norm_c, eps, candidates.scalar_type());
+      std::tie(grad_anchors, grad_candidates) = input_gradients<scalar_t>(
+          fwd.grads.grad_u.mul_(scale), fwd.grads.grad_v.mul_(scale), u, norm_a, v, norm_c, anchors, candidates, eps);
     });
     grad_temperature = at::full({}, -inv_t * fwd.grads.sum_gs * scale, temperature.options());
   }
@@ -397,8 +441,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
     auto p = make_problem<scalar_t>(u, v, a_labels, c_labels, exclude_self, inv_t);
     Gradients grads =
         gradient_pass<scalar_t>(p, lse.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(), weight.data_ptr<scalar_t>());
-    grad_anchors = normalize_backward<scalar_t>(grads.grad_u, u, norm_a, eps, anchors.scalar_type());
-    grad_candidates = normalize_backward<scalar_t>(grads.grad_v, v, norm_c, eps, candidates.scalar_type());
+    std::tie(grad_anchors, grad_candidates) =
+        input_gradients<scalar_t>(grads.grad_u, grads.grad_v, u, norm_a, v, norm_c, anchors, candidates, eps);
     sum_gs = grads.sum_gs;
   });
   return {grad_anchors, grad_candidates, at::full({}, -inv_t * sum_gs, temperature.options())};

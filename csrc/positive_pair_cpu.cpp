@@ -3,7 +3,8 @@
 //   c_k = (a_k . b_k) / (max(||a_k||, eps) max(||b_k||, eps))
 //   "two_sided": L_k = (c_k - s*_k)^2            dL_k/dc_k = 2 (c_k - s*_k)
 //   "floor":     L_k = relu(s*_k - c_k)^2         dL_k/dc_k = -2 relu(s*_k - c_k)
-//   dc/da = (b^ - c a^) / ||a||   (b^ / eps where ||a|| < eps), symmetric for b;  dL/ds* = -dL/dc
+//   dc/da = (b^ - c a^) / ||a||   (0 where ||a|| <= eps: such a row is a constant), symmetric for b;
+//   dL/ds* = -dL/dc
 //
 // Memory-bound: each row reads a_k and b_k once for the three dot products and, when gradients are
 // wanted, once more from L1 to write them. Every row is independent, so the per-row gradients of the
@@ -26,44 +27,49 @@ namespace {
 enum Mode : int64_t { kTwoSided = 0, kFloor = 1 };
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
+// Sums in float64: fp32 rows neither overflow nor underflow in the norms (see normalize_rows).
 template <typename scalar_t, typename acc_t>
 void positive_pair_rows(const scalar_t* a, const scalar_t* b, const acc_t* target, int64_t n_rows, int64_t dim,
-                        int64_t mode, acc_t eps, acc_t weight, acc_t* loss, acc_t* cosine, scalar_t* grad_a,
+                        int64_t mode, double eps, double weight, acc_t* loss, acc_t* cosine, scalar_t* grad_a,
                         scalar_t* grad_b, acc_t* grad_target) {
   at::parallel_for(0, n_rows, 64, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) {
       const scalar_t* ak = a + k * dim;
       const scalar_t* bk = b + k * dim;
-      acc_t aa = 0, bb = 0, ab = 0;
+      double aa = 0, bb = 0, ab = 0;
 #pragma omp simd reduction(+ : aa, bb, ab)
       for (int64_t d = 0; d < dim; ++d) {
-        const acc_t x = static_cast<acc_t>(ak[d]), y = static_cast<acc_t>(bk[d]);
+        const double x = static_cast<double>(ak[d]), y = static_cast<double>(bk[d]);
         aa += x * x;
         bb += y * y;
         ab += x * y;
       }
-      const acc_t norm_a_raw = std::sqrt(aa), norm_b_raw = std::sqrt(bb);
-      const acc_t norm_a = std::max(norm_a_raw, eps), norm_b = std::max(norm_b_raw, eps);
-      const acc_t c = ab / (norm_a * norm_b);
-      const acc_t gap = mode == kTwoSided ? c - target[k] : std::max(target[k] - c, acc_t(0));
-      loss[k] = gap * gap;
-      cosine[k] = c;
-      const acc_t dc = weight * (mode == kTwoSided ? 2 * gap : -2 * gap);  // dL/dc_k, reduction folded in
-      grad_target[k] = -dc;
-      // dc/da = (b/||b|| - c a/||a||) / ||a||; the radial term vanishes where the norm is clamped.
+      const double norm_a_raw = std::sqrt(aa), norm_b_raw = std::sqrt(bb);
+      const double norm_a = std::max(norm_a_raw, eps), norm_b = std::max(norm_b_raw, eps);
+      const double c = ab / norm_a / norm_b;
+      const double s = static_cast<double>(target[k]);
+      const double gap = mode == kTwoSided ? c - s : std::max(s - c, 0.0);
+      loss[k] = static_cast<acc_t>(gap * gap);
+      cosine[k] = static_cast<acc_t>(c);
+      const double dc = weight * (mode == kTwoSided ? 2 * gap : -2 * gap);  // dL/dc_k, reduction folded in
+      grad_target[k] = static_cast<acc_t>(-dc);
+      // dc/da = (b/||b|| - c a/||a||) / ||a||. A row shorter than eps is a constant (no gradient), as in
+      // normalize_backward of the contrastive kernel.
       if (grad_a != nullptr) {
-        const acc_t fb = dc / (norm_a * norm_b), fa = norm_a_raw > eps ? dc * c / (norm_a * norm_a) : acc_t(0);
+        const bool live = norm_a_raw > eps;
+        const double fb = live ? dc / (norm_a * norm_b) : 0.0, fa = live ? dc * c / (norm_a * norm_a) : 0.0;
         scalar_t* ga = grad_a + k * dim;
 #pragma omp simd
         for (int64_t d = 0; d < dim; ++d)
-          ga[d] = static_cast<scalar_t>(fb * static_cast<acc_t>(bk[d]) - fa * static_cast<acc_t>(ak[d]));
+          ga[d] = static_cast<scalar_t>(fb * static_cast<double>(bk[d]) - fa * static_cast<double>(ak[d]));
       }
       if (grad_b != nullptr) {
-        const acc_t fa = dc / (norm_a * norm_b), fb = norm_b_raw > eps ? dc * c / (norm_b * norm_b) : acc_t(0);
+        const bool live = norm_b_raw > eps;
+        const double fa = live ? dc / (norm_a * norm_b) : 0.0, fb = live ? dc * c / (norm_b * norm_b) : 0.0;
         scalar_t* gb = grad_b + k * dim;
 #pragma omp simd
         for (int64_t d = 0; d < dim; ++d)
-          gb[d] = static_cast<scalar_t>(fa * static_cast<acc_t>(ak[d]) - fb * static_cast<acc_t>(bk[d]));
+          gb[d] = static_cast<scalar_t>(fa * static_cast<double>(ak[d]) - fb * static_cast<double>(bk[d]));
       }
     }
   });
@@ -98,8 +104,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> positive_
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "positive_pair_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     positive_pair_rows<scalar_t, acc_t>(
-        ac.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), tc.data_ptr<acc_t>(), n_rows, dim, mode,
-        static_cast<acc_t>(eps), static_cast<acc_t>(weight), loss.data_ptr<acc_t>(), cosine.data_ptr<acc_t>(),
+        ac.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), tc.data_ptr<acc_t>(), n_rows, dim, mode, eps, weight,
+        loss.data_ptr<acc_t>(), cosine.data_ptr<acc_t>(),
         compute_grad_a ? grad_a.data_ptr<scalar_t>() : nullptr, compute_grad_b ? grad_b.data_ptr<scalar_t>() : nullptr,
         grad_target.data_ptr<acc_t>());
   });

@@ -22,9 +22,16 @@ DEFAULT_EPS = 1e-12  # same as torch.nn.functional.normalize, so drop-in replace
 
 
 def l2_normalize(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """u = x / max(||x||, eps) row-wise, computed in at least float32."""
+    """u = x / max(||x||, eps) row-wise, computed in at least float32.
+
+    A row no longer than eps (a zero row, say) is treated as a constant: it gets no gradient. Its exact
+    gradient, du / eps (about 1e12 du), would overflow fp16 and is useless to an optimizer; every backend
+    follows this convention.
+    """
     x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+    norm = x.norm(dim=-1, keepdim=True)
+    u = x / norm.clamp_min(eps)
+    return torch.where(norm > eps, u, u.detach())
 
 
 def reduce_rows(row_loss: torch.Tensor, has_positive: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -62,6 +62,12 @@ class ReferenceBackend(Backend):
         return reference.positive_pair_loss(a, b, target, mode=mode, reduction=reduction, eps=eps)
 
 
+def gradient_in_forward(reduction, *inputs) -> bool:
+    """For a scalar loss whose inputs need a gradient, the gradient is cheapest computed in the forward
+    pass (see _ops.py); a per-row loss ("none") is differentiated by the recompute backward instead."""
+    return reduction != "none" and torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+
+
 class FusedBackend(Backend):
     """A backend whose kernels implement the three ops of backends/_ops.py."""
 
@@ -72,11 +78,9 @@ class FusedBackend(Backend):
     def contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
                     reduction, eps):
         contrastive_forward, _ = self.ops()
-        # For a scalar loss the gradient is cheapest computed in the forward pass (see _ops.py).
-        compute_grad = (reduction != "none" and torch.is_grad_enabled()
-                        and (anchors.requires_grad or candidates.requires_grad or temperature.requires_grad))
-        return contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
-                                   exclude_self, REDUCTION_CODES[reduction], eps, compute_grad)[0]
+        return contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
+                                   REDUCTION_CODES[reduction], eps,
+                                   gradient_in_forward(reduction, anchors, candidates, temperature))[0]
 
     def positive_pair(self, a, b, target, mode, reduction, eps):
         _, positive_pair_forward = self.ops()
@@ -118,10 +122,9 @@ class TritonBackend(FusedBackend):
                               exclude_self, reduction, eps):
         from .triton_contrastive import symmetric_contrastive_forward
 
-        compute_grad = (reduction != "none" and torch.is_grad_enabled()
-                        and (anchors.requires_grad or candidates.requires_grad or temperature.requires_grad))
         return symmetric_contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
-                                             exclude_self, REDUCTION_CODES[reduction], eps, compute_grad)[0]
+                                             exclude_self, REDUCTION_CODES[reduction], eps,
+                                             gradient_in_forward(reduction, anchors, candidates, temperature))[0]
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend(), TritonBackend())}

@@ -11,7 +11,7 @@ Gradients, with w_i (w'_j) the upstream weight of row i (column j), 0 for a row 
 
     G_ij  = w_i (exp(s_ij - lse_i) - P_ij/|P(i)|)  [+ w'_j (exp(s_ij - clse_j) - P_ij/|P'(j)|)  symmetric]
     dL/du_i = (1/t) sum_j G_ij v_j        dL/dv_j = (1/t) sum_i G_ij u_i        dL/dt = -(1/t) sum_ij G_ij s_ij
-    dx = (du - u (u . du)) / ||x||        (du / eps where ||x|| <= eps: the clamp passes no radial term)
+    dx = (du - u (u . du)) / ||x||        (0 where ||x|| <= eps: such a row is a constant, as in reference.py)
 
 How it runs (no R x K buffer anywhere; memory O((R + K) D)):
 
@@ -308,8 +308,8 @@ def _contrastive_backward_kernel(
     if FINAL:
         x = _load_rows(X_ptr, stride_x, offs_m, mask_m, pid_d * BLOCK_DO, dim, BLOCK_DO).to(ACC)
         du = du * inv_t
-        radial = tl.where(norm_x > eps, tl.sum(x * du, axis=1) * inv_norm_x * inv_norm_x, 0.0)
-        dx = (du - radial[:, None] * x) * inv_norm_x[:, None]
+        radial = tl.sum(x * du, axis=1) * inv_norm_x * inv_norm_x
+        dx = tl.where((norm_x > eps)[:, None], (du - radial[:, None] * x) * inv_norm_x[:, None], 0.0)
         tl.store(DX_ptr + offs_m[:, None] * stride_dx + offs_do[None, :],
                  cast_output(dx, DX_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask_m[:, None] & mask_do[None, :])
     else:
@@ -341,7 +341,8 @@ def _normalize_backward_kernel(PART_ptr, X_ptr, stride_x, NORM_X_ptr, T_ptr, DX_
             du += tl.load(PART_ptr + (split * n_x + offs_m[:, None]) * dim + offs_d[None, :], mask=mask, other=0.0)
         x = tl.load(X_ptr + offs_m[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0).to(ACC)
         radial += tl.sum(x * du, axis=1)
-    radial = tl.where(norm_x > eps, radial * inv_t * inv_norm_x * inv_norm_x, 0.0)
+    radial = radial * inv_t * inv_norm_x * inv_norm_x
+    live = (norm_x > eps)[:, None]  # a row no longer than eps is a constant: no gradient
     for d0 in range(0, dim, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask = mask_m[:, None] & (offs_d[None, :] < dim)
@@ -349,7 +350,7 @@ def _normalize_backward_kernel(PART_ptr, X_ptr, stride_x, NORM_X_ptr, T_ptr, DX_
         for split in range(0, n_splits):
             du += tl.load(PART_ptr + (split * n_x + offs_m[:, None]) * dim + offs_d[None, :], mask=mask, other=0.0)
         x = tl.load(X_ptr + offs_m[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0).to(ACC)
-        dx = (du * inv_t - radial[:, None] * x) * inv_norm_x[:, None]
+        dx = tl.where(live, (du * inv_t - radial[:, None] * x) * inv_norm_x[:, None], 0.0)
         tl.store(DX_ptr + offs_m[:, None] * stride_dx + offs_d[None, :],
                  cast_output(dx, DX_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
 

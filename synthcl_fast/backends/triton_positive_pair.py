@@ -5,7 +5,7 @@ The math, for paired rows a_k, b_k and target s*_k:
     c_k = (a_k . b_k) / (max(||a_k||, eps) max(||b_k||, eps))
     "two_sided": L_k = (c_k - s*_k)^2            dL_k/dc_k = 2 (c_k - s*_k)
     "floor":     L_k = relu(s*_k - c_k)^2         dL_k/dc_k = -2 relu(s*_k - c_k)
-    dc/da = b / (||a|| ||b||) - c a / ||a||^2    (no radial term where ||a|| <= eps), symmetric for b
+    dc/da = b / (||a|| ||b||) - c a / ||a||^2    (0 where ||a|| <= eps: a constant row), symmetric for b
     dL/ds*_k = -dL_k/dc_k
 
 Memory-bound: one program per BLOCK_M rows reads a and b once (the whole row in registers when
@@ -38,17 +38,17 @@ def _load_chunk(X_ptr, stride_x, offs_m, mask_m, d0, dim, ACC: tl.constexpr, BLO
 
 
 @triton.jit
-def _store_grads(GA_ptr, GB_ptr, a, b, cross, radial_a, radial_b, offs_m, mask_m, d0, dim,
+def _store_grads(GA_ptr, GB_ptr, a, b, cross_a, cross_b, radial_a, radial_b, offs_m, mask_m, d0, dim,
                  GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, ROUND_BY_HAND: tl.constexpr, BLOCK_D: tl.constexpr):
-    """ga = cross b - radial_a a and gb = cross a - radial_b b on features [d0, d0 + BLOCK_D) (contiguous)."""
+    """ga = cross_a b - radial_a a and gb = cross_b a - radial_b b on features [d0, d0 + BLOCK_D) (contiguous)."""
     offs_d = d0 + tl.arange(0, BLOCK_D)
     offsets = offs_m[:, None] * dim + offs_d[None, :]
     mask = mask_m[:, None] & (offs_d[None, :] < dim)
     if GRAD_A:
-        ga = cross[:, None] * b - radial_a[:, None] * a
+        ga = cross_a[:, None] * b - radial_a[:, None] * a
         tl.store(GA_ptr + offsets, cast_output(ga, GA_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
     if GRAD_B:
-        gb = cross[:, None] * a - radial_b[:, None] * b
+        gb = cross_b[:, None] * a - radial_b[:, None] * b
         tl.store(GB_ptr + offsets, cast_output(gb, GB_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
 
 
@@ -98,17 +98,20 @@ def _positive_pair_forward_kernel(
     tl.store(COS_ptr + offs_m, cosine, mask=mask_m)
     tl.store(GT_ptr + offs_m, -dc, mask=mask_m)
 
-    cross = dc / (norm_a * norm_b)
-    radial_a = tl.where(norm_a_raw > eps, dc * cosine / (norm_a * norm_a), 0.0)
-    radial_b = tl.where(norm_b_raw > eps, dc * cosine / (norm_b * norm_b), 0.0)
+    # A row no longer than eps is a constant (no gradient), as in reference.py: both of its terms vanish.
+    live_a, live_b = norm_a_raw > eps, norm_b_raw > eps
+    cross_a = tl.where(live_a, dc / (norm_a * norm_b), 0.0)
+    cross_b = tl.where(live_b, dc / (norm_a * norm_b), 0.0)
+    radial_a = tl.where(live_a, dc * cosine / (norm_a * norm_a), 0.0)
+    radial_b = tl.where(live_b, dc * cosine / (norm_b * norm_b), 0.0)
     if WHOLE_ROW:
-        _store_grads(GA_ptr, GB_ptr, a, b, cross, radial_a, radial_b, offs_m, mask_m, 0, dim, GRAD_A, GRAD_B,
+        _store_grads(GA_ptr, GB_ptr, a, b, cross_a, cross_b, radial_a, radial_b, offs_m, mask_m, 0, dim, GRAD_A, GRAD_B,
                      ROUND_BY_HAND, BLOCK_D)
     elif GRAD_A or GRAD_B:  # a second pass over the rows (from L2)
         for d0 in range(0, dim, BLOCK_D):
             a = _load_chunk(A_ptr, stride_a, offs_m, mask_m, d0, dim, ACC, BLOCK_D)
             b = _load_chunk(B_ptr, stride_b, offs_m, mask_m, d0, dim, ACC, BLOCK_D)
-            _store_grads(GA_ptr, GB_ptr, a, b, cross, radial_a, radial_b, offs_m, mask_m, d0, dim, GRAD_A, GRAD_B,
+            _store_grads(GA_ptr, GB_ptr, a, b, cross_a, cross_b, radial_a, radial_b, offs_m, mask_m, d0, dim, GRAD_A, GRAD_B,
                          ROUND_BY_HAND, BLOCK_D)
 
 

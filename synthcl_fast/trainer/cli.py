@@ -1,0 +1,190 @@
+"""Command line: `synthcl-train {train,compare,resume}` (also `python -m synthcl_fast.trainer`).
+
+    synthcl-train compare                                  # the README's main command: simclr vs synthcl, 3 seeds
+    synthcl-train compare --train-fractions 1.0 0.5        # + data efficiency: each method on half the images
+    synthcl-train train --method synthcl --epochs 20 --output-dir runs/mine
+    synthcl-train resume runs/mine                         # after a crash or a kill: continues exactly
+    torchrun --nproc_per_node 2 -m synthcl_fast.trainer train --output-dir runs/ddp   # data parallel
+
+Every TrainConfig field is an option (--lambda-hard, --mu-pair, ...); --config FILE reads a config.json
+(options given on the command line override it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError
+from .config import DATASETS, METHODS, ConfigError, TrainConfig, option_name
+from .distributed import init_distributed, shutdown_distributed
+from .loop import NonFiniteLossError, Trainer, resolve_device
+
+HELP = {
+    "method": "what to train (default: synthcl)",
+    "dataset": "digits (scikit-learn's, bundled), cifar10 (local python-format copy) or folder (class subfolders)",
+    "data_path": "folder of the cifar10 or folder dataset (nothing is downloaded)",
+    "image_size": "side of the square images (default: 16 for digits, 32 otherwise)",
+    "test_fraction": "test share of the seeded train/test split for digits and folder (default: 0.25)",
+    "train_fraction": "share of the training images used for training, for data-efficiency runs (default: 1.0)",
+    "split_seed": "seed of the train/test split and of the train-fraction subset (default: 0)",
+    "seed": "seed of initialization, data order, augmentations and latent codes (default: 0)",
+    "epochs": "epochs of the main model over the training images, the same for every method",
+    "batch_size": "real images per step and per process",
+    "lr": "Adam learning rate of the encoder and head",
+    "weight_decay": "Adam weight decay of the encoder and head",
+    "temperature": "temperature of NT-Xent / PPCL",
+    "width": "encoder width (channels of the first stage; then 2x and 4x)",
+    "projection_dim": "output size of the projection head",
+    "latent_dim": "size of the generator's latent code z",
+    "gan_width": "width of the generator and discriminator",
+    "synthetic_batch_size": "synthetic pairs (G(z), G_ema(z)) per step",
+    "lr_gan": "Adam learning rate of G and D (betas 0, 0.9)",
+    "ema_decay": "decay of G_ema, the moving average of G",
+    "warmup_epochs": "epochs that train the GAN alone before the --epochs of contrastive training",
+    "lambda_hard": "weight of the contrastive loss G maximizes (hard samples; default 0.1, 0 for the ablation)",
+    "mu_pair": "weight of the positive-pair loss between G(z) and G_ema(z) (default 1.0, 0 for the ablation)",
+    "pair_target_start": "target cosine similarity of the positive pairs after the warm-up",
+    "pair_target_end": "target cosine similarity of the positive pairs at the last step",
+    "pair_schedule": "shape of the falling target: linear or cosine",
+    "pair_mode": "two_sided: keep the similarity at the target; floor: only above it",
+    "eval_every": "epochs between linear-probe / kNN evaluations (the last epoch is always evaluated)",
+    "knn_k": "neighbours of the kNN evaluation",
+    "sample_every": "epochs between G(z) | G_ema(z) snapshots in samples.png",
+    "checkpoint_every": "also checkpoint every N steps within an epoch (0: at epoch ends only)",
+    "keep_checkpoints": "how many recent checkpoints to keep",
+    "device": "auto, cpu, cuda or cuda:N",
+}
+
+
+def _field_type(field: dataclasses.Field):
+    kind = str(field.type).split("|")[0].strip()
+    return {"int": int, "float": float, "str": str}[kind]
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training options (defaults: synthcl_fast.trainer.TrainConfig)")
+    choices = {"method": METHODS, "dataset": DATASETS, "pair_schedule": ("linear", "cosine"),
+               "pair_mode": ("two_sided", "floor")}
+    for field in dataclasses.fields(TrainConfig):
+        default = field.default
+        help_text = HELP[field.name] + ("" if default is None or "default" in HELP[field.name] else
+                                        f" (default: {default})")
+        group.add_argument(option_name(field.name), dest=field.name, type=_field_type(field), default=None,
+                           choices=choices.get(field.name), help=help_text)
+    group.add_argument("--config", type=Path, help="read the options from a config.json first")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", type=Path, help="run folder (default: runs/<what>-<time>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synthcl-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="{train,compare,resume}")
+    commands.required = True
+    train = commands.add_parser("train", help="train one method into a run folder")
+    _add_config_options(train)
+    _add_run_options(train)
+    compare = commands.add_parser("compare", help="train several methods with the same seeds and tabulate")
+    _add_config_options(compare)
+    _add_run_options(compare)
+    compare.add_argument("--methods", nargs="+", choices=METHODS, default=["simclr", "synthcl"],
+                         help="methods to compare (default: simclr synthcl)")
+    compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    compare.add_argument("--train-fractions", nargs="+", type=float, default=[1.0],
+                         help="shares of the training images, e.g. 1.0 0.5 for data efficiency (default: 1.0)")
+    resume = commands.add_parser("resume", help="continue a run from its newest intact checkpoint")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--checkpoint", type=Path, help="a specific checkpoint file instead of the newest")
+    resume.add_argument("--device", help="override the device (the results stay exact on the same device type)")
+    resume.add_argument("--no-progress", action="store_true")
+    resume.add_argument("--threads", type=int)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = TrainConfig.load(args.config).to_dict() if args.config else {}
+    for field in dataclasses.fields(TrainConfig):
+        given = getattr(args, field.name)
+        if given is not None:
+            values[field.name] = given
+    return TrainConfig.from_dict(values)
+
+
+def _default_output_dir(args, what: str) -> Path:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--output-dir is required when several processes are launched (torchrun)")
+    return Path("runs") / f"{what}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run(args) -> None:
+    from .compare import compare, write_report
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
+    kwargs = {"progress": not args.no_progress}
+    if args.command == "resume":
+        config = TrainConfig.load(args.run_dir / "config.json") if (args.run_dir / "config.json").exists() else None
+        device = resolve_device(args.device or (config.device if config else "auto"))
+        kwargs["dist"] = context = init_distributed(device)
+        try:
+            result = Trainer.resume(args.run_dir, args.checkpoint, device=args.device, **kwargs).fit()
+        finally:
+            shutdown_distributed(context)
+        if context.is_main:
+            print(f"run {result.run_dir}: linear probe {result.final.get('probe_acc')}, kNN {result.final.get('knn_acc')}")
+        return
+
+    config = config_from_args(args)
+    output_dir = args.output_dir or _default_output_dir(args, config.method if args.command == "train" else "compare")
+    kwargs["dist"] = context = init_distributed(resolve_device(config.device))
+    try:
+        if args.command == "train":
+            result = Trainer.new(config, output_dir, **kwargs).fit()
+            if context.is_main:
+                print(f"run {output_dir}: linear probe {result.final['probe_acc']:.4f}, "
+                      f"kNN {result.final['knn_acc']:.4f} (metrics.csv, curves.png, checkpoints/)")
+            return
+        for fraction in args.train_fractions:
+            if not 0 < fraction <= 1:
+                raise ConfigError(f"--train-fractions must lie in (0, 1]; got {fraction}")
+        start = time.perf_counter()
+        rows = compare(config, args.methods, args.seeds, args.train_fractions, output_dir, **kwargs)
+        if context.is_main:
+            header = (f"# synthcl-train compare\n\nDataset {config.dataset}, {config.epochs} epochs for every method "
+                      f"(+ {config.warmup_epochs} GAN warm-up epochs before them for synthcl), batch {config.batch_size}, seeds "
+                      f"{' '.join(map(str, args.seeds))}; accuracy on the test split, mean +- std over seeds. "
+                      f"Wall time {time.perf_counter() - start:.0f} s, torch threads {torch.get_num_threads()}. "
+                      f"Runs in {output_dir}.")
+            print(write_report(rows, output_dir, header))
+    finally:
+        shutdown_distributed(context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except ConfigError as error:
+        print(f"synthcl-train: error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError, CheckpointError, NonFiniteLossError) as error:
+        print(f"synthcl-train: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""The training loop: the joint step of "Synthetic Data Can Also Teach", epochs, evaluation, checkpoints.
+
+One step of `synthcl` after the GAN warm-up (N real images, M latent codes z):
+
+    1. D learns real vs G(z):                    L_D = hinge(D(x), D(G(z)))
+    2. one forward of the main model f over      2 views of each real image, and
+                                                 4 views of each synthetic pair [G(z) v1, G(z) v2, G_ema(z) v1, G_ema(z) v2]
+       (G_ema(z) view k is augmented with the same random parameters as G(z) view k)
+    3. main model:   minimize L_PPCL = ppcl(real views, synthetic views)
+       generator:    minimize L_G = adv(D(G(z))) - lambda * L_PPCL + mu * positive_pair(f(G(z)), f(G_ema(z)).detach(), s*(t))
+       Both gradients come from the same forward (simultaneous min-max): L_PPCL is back-propagated into
+       f's parameters only, L_G into G's parameters only.
+    4. G_ema <- EMA of G.
+
+First, `warmup_epochs` epochs train the GAN alone (step 1 and the adversarial part of 3), so that its
+samples look like data before the main model learns from them. Then come `epochs` epochs of the joint
+step. `simclr` is the main model's part alone (NT-Xent on the real views), for the same `epochs`: every
+method gives the main model the same number of updates, on the same real batches in the same order.
+Epochs are numbered from 1 for the main model's epochs; the GAN warm-up epochs are numbered 1 - W .. 0.
+
+Every loss goes through synthcl_fast.losses with backend="auto" (the fastest kernels for the device).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import losses
+from .augment import make_augmentation, paired_views, two_views
+from .checkpoint import (atomic_write_bytes, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
+from .config import ConfigError, TrainConfig
+from .data import load_data
+from .distributed import DistContext, init_distributed
+from .evaluate import evaluate
+from .gan import Discriminator, Generator, discriminator_loss, generator_adversarial_loss, update_ema
+from .models import ContrastiveModel
+from .plots import plot_curves, plot_sample_pairs
+
+CHECKPOINT_FORMAT = 1
+N_SAMPLE_PAIRS = 8
+METRIC_KEYS = ("loss_contrastive", "loss_d", "loss_g_adv", "loss_pair", "pair_cosine", "pair_target")
+CSV_COLUMNS = ("epoch", "step", "phase") + METRIC_KEYS + ("probe_acc", "knn_acc", "seconds")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss (or a weight) became NaN or Inf; training stopped before writing it anywhere."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: list[dict]
+    final: dict          # the last evaluated metrics: probe_acc, knn_acc
+    seconds: float       # wall time of this process's training (not counting a resumed run's earlier part)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    elif device.type != "cpu":
+        raise ConfigError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains one run into `run_dir`. Use `Trainer.new(config, run_dir)` or `Trainer.resume(run_dir)`,
+    then `fit()`."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, *, progress: bool = True,
+                 dist: DistContext | None = None, device: str | None = None):
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.device = resolve_device(device or config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist = dist or init_distributed(self.device)
+        self.data = load_data(config)
+        world_batch = config.batch_size * self.dist.world_size
+        self.steps_per_epoch = self.data.pretrain_index.numel() // world_batch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"--batch-size {config.batch_size} x {self.dist.world_size} processes is larger than "
+                              f"the {self.data.pretrain_index.numel()} training images")
+        self.warmup_epochs = config.warmup_epochs if config.uses_generator else 0
+        self.n_epochs = self.warmup_epochs + config.epochs   # epochs of the loop, GAN warm-up included
+        self.total_steps = self.n_epochs * self.steps_per_epoch
+        self._build_models()
+        if self.dist.rank > 0:  # identical initial weights, different augmentations and latent codes per process
+            seed_everything(config.seed + 1_000_003 * self.dist.rank)
+        # training position (self.epoch counts the loop's epochs from 0) and records; restored on resume
+        self.epoch, self.batch, self.global_step = 0, 0, 0
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.history: list[dict] = []
+        self.snapshots: dict[int, torch.Tensor] = {}
+
+    # --- construction ---------------------------------------------------------------------------
+    def _build_models(self) -> None:
+        cfg, channels, size = self.config, self.data.channels, self.config.resolved_image_size
+        seed_everything(cfg.seed)
+        self.model = ContrastiveModel(channels, cfg.width, cfg.projection_dim).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.augment = make_augmentation(channels, size)
+        self.modules = {"model": self.model}
+        self.optimizers = {"model": self.optimizer}
+        if cfg.uses_generator:
+            self.generator = Generator(cfg.latent_dim, channels, size, cfg.gan_width).to(self.device)
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+            self.discriminator = Discriminator(channels, size, cfg.gan_width).to(self.device)
+            gan_adam = dict(lr=cfg.lr_gan, betas=(0.0, 0.9))  # SN-GAN's Adam settings
+            self.g_optimizer = torch.optim.Adam(self.generator.parameters(), **gan_adam)
+            self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), **gan_adam)
+            self.modules.update(generator=self.generator, generator_ema=self.generator_ema,
+                                discriminator=self.discriminator)
+            self.optimizers.update(generator=self.g_optimizer, discriminator=self.d_optimizer)
+            warmup_steps = self.warmup_epochs * self.steps_per_epoch
+            self.schedule = losses.SimilaritySchedule(cfg.pair_target_start, cfg.pair_target_end, self.total_steps,
+                                                      warmup_steps, cfg.pair_schedule)
+            # fixed latent codes for the G(z) | G_ema(z) picture (their own generator: no effect on training)
+            self.sample_z = torch.randn(N_SAMPLE_PAIRS, cfg.latent_dim,
+                                        generator=torch.Generator().manual_seed(cfg.seed + 12345)).to(self.device)
+        for module in self.modules.values():
+            self.dist.broadcast_parameters(module)
+
+    @classmethod
+    def new(cls, config: TrainConfig, run_dir: Path, **kwargs) -> "Trainer":
+        run_dir = Path(run_dir)
+        if (run_dir / "config.json").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; resume it with `synthcl-train resume {run_dir}` "
+                                  f"or choose another --output-dir")
+        trainer = cls(config, run_dir, **kwargs)
+        if trainer.dist.is_main:
+            config.save(run_dir / "config.json")
+        return trainer
+
+    @classmethod
+    def resume(cls, run_dir: Path, checkpoint: Path | None = None, **kwargs) -> "Trainer":
+        """Continue the run in `run_dir` from `checkpoint`, or from its newest intact checkpoint (a damaged
+        newer one is reported and skipped), or from the start if none was written yet."""
+        run_dir = Path(run_dir)
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint)
+        elif list_checkpoints(run_dir / "checkpoints"):
+            checkpoint, state = latest_checkpoint(run_dir / "checkpoints")
+        else:
+            if not (run_dir / "config.json").exists():
+                raise FileNotFoundError(f"{run_dir} holds no run to resume (no config.json, no checkpoints)")
+            return cls(TrainConfig.load(run_dir / "config.json"), run_dir, **kwargs)
+        trainer = cls(TrainConfig.from_dict(state["config"]), run_dir, **kwargs)
+        trainer.load_state(state)
+        print(f"synthcl-train: resuming {run_dir} from {checkpoint} (epoch {trainer.epoch_number(trainer.epoch)}, "
+              f"step {trainer.global_step})", file=sys.stderr)
+        return trainer
+
+    # --- checkpoint state -----------------------------------------------------------------------
+    def _weights_fingerprint(self) -> float:
+        return sum(float(t.double().sum()) for m in self.modules.values() for t in m.state_dict().values()
+                   if t.is_floating_point())
+
+    def state(self) -> dict:
+        # every process's generators, for an exact resume; and a check that the processes still hold the
+        # same weights (they must: identical start, averaged gradients, identical optimizer arithmetic)
+        gathered = self.dist.gather_objects((rng_state(), self._weights_fingerprint()))
+        rng, fingerprints = [g[0] for g in gathered], [g[1] for g in gathered]
+        if len(set(fingerprints)) > 1:
+            raise RuntimeError(f"the processes' weights diverged at step {self.global_step} (fingerprints "
+                               f"{fingerprints}); data-parallel training is broken")
+        return {
+            "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "world_size": self.dist.world_size,
+            "epoch": self.epoch, "batch": self.batch, "global_step": self.global_step,
+            "sums": dict(self.sums), "count": self.count, "history": list(self.history),
+            "snapshots": dict(self.snapshots),
+            "modules": {name: module.state_dict() for name, module in self.modules.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "rng": rng,
+        }
+
+    def load_state(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"checkpoint format {state.get('format')} is not supported (expected "
+                              f"{CHECKPOINT_FORMAT})")
+        if state["world_size"] != self.dist.world_size:
+            raise ConfigError(f"this run was trained with {state['world_size']} processes; resume it with as many "
+                              f"(got {self.dist.world_size}) to reproduce it exactly")
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.epoch, self.batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
+        self.sums, self.count = dict(state["sums"]), state["count"]
+        self.history, self.snapshots = list(state["history"]), dict(state["snapshots"])
+        set_rng_state(state["rng"][self.dist.rank])
+
+    def save_checkpoint(self) -> None:
+        self._check_weights_finite()
+        state = self.state()
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / "checkpoints", state, self.global_step, self.config.keep_checkpoints)
+
+    # --- the steps ------------------------------------------------------------------------------
+    def epoch_number(self, epoch: int) -> int:
+        """The displayed number of loop epoch `epoch`: 1.. for the main model's epochs, <= 0 for the warm-up."""
+        return epoch - self.warmup_epochs + 1
+
+    def phase(self, epoch: int) -> str:
+        if not self.config.uses_generator:
+            return "simclr"
+        return "gan-warmup" if epoch < self.warmup_epochs else "joint"
+
+    def _check_finite(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The losses as floats, averaged over processes; NonFiniteLossError if any is NaN or Inf."""
+        names = list(values)
+        averaged = self.dist.mean(torch.stack([values[n].detach().float() for n in names])).tolist()
+        for name, value in zip(names, averaged):
+            if not np.isfinite(value):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {self.global_step + 1} (epoch {self.epoch_number(self.epoch)}, "
+                    f"batch {self.batch + 1}): "
+                    f"{name} = {value}. Training stopped before this step changed any weight; the last checkpoint "
+                    f"in {self.run_dir / 'checkpoints'} holds the weights before it.")
+        return dict(zip(names, averaged))
+
+    def _check_weights_finite(self) -> None:
+        for name, module in self.modules.items():
+            for param_name, tensor in module.state_dict().items():
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise NonFiniteLossError(f"non-finite weight {name}.{param_name} after step {self.global_step}; "
+                                             f"not writing a checkpoint")
+
+    def _backward(self, loss: torch.Tensor, module: torch.nn.Module, retain_graph: bool = False) -> None:
+        """Gradients of `loss` for `module`'s parameters only (replacing old ones), averaged over processes."""
+        params = [p for p in module.parameters() if p.requires_grad]
+        for p in params:
+            p.grad = None
+        loss.backward(inputs=params, retain_graph=retain_graph)
+        self.dist.average_gradients(params)
+
+    def _embed_real(self, real: torch.Tensor) -> torch.Tensor:
+        views = two_views(self.augment, real)
+        return self.model(views.flatten(0, 1)).view(2, real.shape[0], -1)
+
+    def train_step(self, real: torch.Tensor) -> dict[str, float]:
+        phase = self.phase(self.epoch)
+        if phase == "simclr":
+            real_emb = self._embed_real(real)
+            loss = losses.nt_xent(real_emb[0], real_emb[1], temperature=self.config.temperature)
+            stats = self._check_finite({"loss_contrastive": loss})
+            self._backward(loss, self.model)
+            self.optimizer.step()
+            return stats
+        cfg = self.config
+        z = torch.randn(cfg.synthetic_batch_size, cfg.latent_dim, device=self.device)
+        fake = self.generator(z)  # one forward for both players: the D step does not change G
+        # 1. the discriminator: real vs G(z)
+        loss_d = discriminator_loss(self.discriminator(real), self.discriminator(fake.detach()))
+        stats = self._check_finite({"loss_d": loss_d})
+        self._backward(loss_d, self.discriminator)
+        self.d_optimizer.step()
+        loss_g_adv = generator_adversarial_loss(self.discriminator(fake))
+        if phase == "gan-warmup":  # the GAN alone
+            stats.update(self._check_finite({"loss_g_adv": loss_g_adv}))
+            self._backward(loss_g_adv, self.generator)
+            self.g_optimizer.step()
+            update_ema(self.generator_ema, self.generator, cfg.ema_decay)
+            return stats
+        # 2. one forward of the main model over real and synthetic views
+        if cfg.hard_pairs:
+            with torch.no_grad():
+                partner = self.generator_ema(z)
+            synthetic_views = paired_views(self.augment, fake, partner)
+        else:  # ablation: 4 independent views of G(z) (same batch size, no G_ema partner)
+            synthetic_views = torch.stack([self.augment(fake) for _ in range(4)])
+        real_views = two_views(self.augment, real)
+        n_real, n_fake = real.shape[0], z.shape[0]
+        emb = self.model(torch.cat([real_views.flatten(0, 1), synthetic_views.flatten(0, 1)]))
+        real_emb, synthetic_emb = emb[:2 * n_real].view(2, n_real, -1), emb[2 * n_real:].view(4, n_fake, -1)
+        loss = losses.ppcl(real_emb, synthetic_emb, temperature=cfg.temperature)
+        # 3. the generator's objective: realistic, hard for the main model, paired with G_ema at similarity s*
+        loss_g = loss_g_adv - cfg.resolved_lambda_hard * loss
+        tracked = {"loss_contrastive": loss, "loss_g_adv": loss_g_adv}
+        if cfg.hard_pairs:
+            target = self.schedule(self.global_step)
+            a, b = synthetic_emb[:2].flatten(0, 1), synthetic_emb[2:].flatten(0, 1).detach()
+            loss_pair = losses.positive_pair_loss(a, b, target, mode=cfg.pair_mode)
+            loss_g = loss_g + cfg.resolved_mu_pair * loss_pair
+            tracked.update(loss_pair=loss_pair, pair_cosine=F.cosine_similarity(a.detach(), b, dim=1).mean(),
+                           pair_target=torch.tensor(target))
+        stats.update(self._check_finite(tracked))
+        self._backward(loss, self.model, retain_graph=True)  # both gradients before either update:
+        self._backward(loss_g, self.generator)                # loss_g's graph runs through the main model
+        self.optimizer.step()
+        self.g_optimizer.step()
+        # 4. the moving-average generator
+        update_ema(self.generator_ema, self.generator, cfg.ema_decay)
+        return stats
+
+    # --- epochs ---------------------------------------------------------------------------------
+    def _epoch_batches(self, epoch: int) -> torch.Tensor:
+        """(steps_per_epoch, batch_size) indices of this process's images: a fixed function of the seed and the
+        epoch's number, so that every method sees the same batches in its main-model epochs."""
+        number = self.epoch_number(epoch)
+        key = np.random.SeedSequence([self.config.seed, abs(number), int(number <= 0)]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(key))
+        order = self.data.pretrain_index[torch.randperm(self.data.pretrain_index.numel(), generator=generator)]
+        world_batch = self.config.batch_size * self.dist.world_size
+        order = order[:self.steps_per_epoch * world_batch].view(self.steps_per_epoch, self.dist.world_size, -1)
+        return order[:, self.dist.rank]
+
+    def fit(self) -> RunResult:
+        cfg, start = self.config, time.perf_counter()
+        train_images = self.data.train_images
+        while self.epoch < self.n_epochs:
+            epoch_start = time.perf_counter()
+            batches = self._epoch_batches(self.epoch)
+            number = self.epoch_number(self.epoch)
+            where = f"epoch {number}/{cfg.epochs}" if number > 0 else \
+                f"GAN warm-up {number + self.warmup_epochs}/{self.warmup_epochs}"
+            bar = tqdm(total=self.steps_per_epoch, initial=self.batch, leave=False, dynamic_ncols=True,
+                       desc=f"{cfg.method} seed {cfg.seed} {where}", disable=not (self.progress and self.dist.is_main))
+            while self.batch < self.steps_per_epoch:
+                real = train_images[batches[self.batch]].to(self.device)
+                stats = self.train_step(real)
+                self.dist.average_buffers(self.model)
+                for key, value in stats.items():
+                    self.sums[key] = self.sums.get(key, 0.0) + value
+                self.count += 1
+                self.batch += 1
+                self.global_step += 1
+                bar.update(1)
+                bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in stats.items()}, refresh=False)
+                if (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
+                        and self.batch < self.steps_per_epoch):
+                    self.save_checkpoint()
+            bar.close()
+            self._end_epoch(time.perf_counter() - epoch_start)
+        final = next((row for row in reversed(self.history) if row.get("probe_acc") is not None), {})
+        result = RunResult(self.run_dir, self.history,
+                           {k: final.get(k) for k in ("probe_acc", "knn_acc")}, time.perf_counter() - start)
+        if self.dist.is_main:
+            summary = {"method": cfg.method, "seed": cfg.seed, "train_fraction": cfg.train_fraction,
+                       "epochs": cfg.epochs, **result.final, "train_seconds_this_process": result.seconds}
+            atomic_write_bytes(self.run_dir / "result.json", (json.dumps(summary, indent=2) + "\n").encode())
+        return result
+
+    def _end_epoch(self, seconds: float) -> None:
+        cfg, number = self.config, self.epoch_number(self.epoch)
+        last = number == cfg.epochs
+        row = {"epoch": number, "step": self.global_step, "phase": self.phase(self.epoch)}
+        row.update({key: self.sums[key] / self.count if key in self.sums else None for key in METRIC_KEYS})
+        row.update(probe_acc=None, knn_acc=None, seconds=seconds)
+        if number > 0 and (number % cfg.eval_every == 0 or last):
+            if self.dist.is_main:
+                row.update(evaluate(self.model, self.data, self.device, cfg.knn_k))
+            self.dist.barrier()
+        if cfg.uses_generator and (number % cfg.sample_every == 0 or last):  # number 0: the end of the warm-up
+            with torch.no_grad():
+                pairs = torch.stack([self.generator(self.sample_z), self.generator_ema(self.sample_z)], dim=1)
+            self.snapshots[number] = (pairs * 255).round().to(torch.uint8).cpu()
+        self.history.append(row)
+        self.epoch, self.batch, self.sums, self.count = self.epoch + 1, 0, {}, 0
+        self.save_checkpoint()
+        if self.dist.is_main:
+            self._write_metrics()
+            if row["probe_acc"] is not None or last:  # figures are slow to draw: only when there is news
+                self._write_figures()
+
+    def _write_metrics(self) -> None:
+        """metrics.csv / metrics.json, rewritten from the history (so a resumed run's files hold exactly the
+        uninterrupted run's rows)."""
+        atomic_write_bytes(self.run_dir / "metrics.json", (json.dumps(self.history, indent=2) + "\n").encode())
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS} for row in self.history)
+        atomic_write_bytes(self.run_dir / "metrics.csv", text.getvalue().encode())
+
+    def _write_figures(self) -> None:
+        cfg = self.config
+        plot_curves(self.history, self.run_dir / "curves.png", f"{cfg.method}, seed {cfg.seed}, {cfg.dataset}")
+        if self.snapshots:
+            plot_sample_pairs({e: s.float() / 255 for e, s in self.snapshots.items()}, self.run_dir / "samples.png")
+
+
+def train(config: TrainConfig, run_dir: Path, **kwargs) -> RunResult:
+    """Train a new run of `config` into `run_dir` (which must not hold a run yet)."""
+    return Trainer.new(config, run_dir, **kwargs).fit()

@@ -1,0 +1,364 @@
+"""The trainer on tiny inputs (CPU, seconds each): every method runs and writes its outputs, the joint
+step sends each gradient where it belongs, runs resume exactly (also after a SIGKILL mid-epoch), damaged
+checkpoints are detected, NaN losses stop training, and bad options or data paths fail clearly."""
+
+import copy
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("kornia")
+pytest.importorskip("sklearn")
+
+from synthcl_fast.trainer import (METHODS, CheckpointError, ConfigError, NonFiniteLossError, TrainConfig,  # noqa: E402
+                                  Trainer, load_checkpoint, train)
+from synthcl_fast.trainer import loop  # noqa: E402
+from synthcl_fast.trainer.checkpoint import list_checkpoints  # noqa: E402
+from synthcl_fast.trainer.cli import main  # noqa: E402
+from synthcl_fast.trainer.data import load_data  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and one thread is immune to a busy machine's oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(method="synthcl", **changes) -> TrainConfig:
+    """8x8 digits, 135 training images in batches of 16 (8 steps per epoch), tiny networks."""
+    values = dict(method=method, image_size=8, train_fraction=0.1, batch_size=16, epochs=2, warmup_epochs=1,
+                  width=4, projection_dim=8, latent_dim=8, gan_width=4, synthetic_batch_size=4, eval_every=1,
+                  sample_every=1, knn_k=3, device="cpu")
+    return TrainConfig(**(values | changes))
+
+
+def metrics_without_time(run_dir: Path) -> list[dict]:
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def final_modules(run_dir: Path) -> dict:
+    return load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])["modules"]
+
+
+def assert_same_modules(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}.{key} differs"
+
+
+# --- every method -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_writes_its_outputs(tmp_path, method):
+    config = tiny(method)
+    result = train(config, tmp_path, progress=False)
+
+    assert TrainConfig.load(tmp_path / "config.json") == config
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,step,phase,loss_contrastive") and len(csv_lines) == len(rows) + 1
+    warmup, rows = rows[:-2], rows[-2:]  # the GAN warm-up epochs are numbered <= 0, the main model's from 1
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [8 * len(warmup) + 8,
+                                                                                   8 * len(warmup) + 16]
+    for row in rows:
+        assert np.isfinite(row["loss_contrastive"]) and 0 <= row["probe_acc"] <= 1 and 0 <= row["knn_acc"] <= 1
+    assert result.final == {"probe_acc": rows[-1]["probe_acc"], "knn_acc": rows[-1]["knn_acc"]}
+    assert json.loads((tmp_path / "result.json").read_text())["probe_acc"] == rows[-1]["probe_acc"]
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
+    assert len(list_checkpoints(tmp_path / "checkpoints")) == config.keep_checkpoints
+
+    if method == "simclr":
+        assert not warmup and [r["phase"] for r in rows] == ["simclr", "simclr"] and rows[-1]["loss_d"] is None
+        assert not (tmp_path / "samples.png").exists()
+        return
+    assert [r["epoch"] for r in warmup] == [0] and warmup[0]["phase"] == "gan-warmup"
+    assert warmup[0]["loss_contrastive"] is None and warmup[0]["probe_acc"] is None  # the encoder waits
+    assert np.isfinite(warmup[0]["loss_d"]) and np.isfinite(warmup[0]["loss_g_adv"])
+    assert [r["phase"] for r in rows] == ["joint", "joint"]
+    assert np.isfinite(rows[1]["loss_d"]) and np.isfinite(rows[1]["loss_g_adv"])
+    assert (tmp_path / "samples.png").read_bytes().startswith(PNG_MAGIC)
+    if config.hard_pairs:  # positive-pair similarity and its scheduled target, in the joint epochs only
+        assert warmup[0]["pair_cosine"] is None
+        assert -1 <= rows[1]["pair_cosine"] <= 1
+        assert config.pair_target_end <= rows[1]["pair_target"] < rows[0]["pair_target"] <= config.pair_target_start
+    else:
+        assert rows[1]["pair_cosine"] is None and rows[1]["loss_pair"] is None
+
+
+def test_joint_step_sends_each_gradient_to_its_player(tmp_path):
+    """The encoder minimizes PPCL only: its gradient does not depend on lambda or mu. G maximizes PPCL
+    (lambda) and follows the pair loss (mu): its gradient does. D gets no gradient from G's objective."""
+    trainer = Trainer.new(tiny(), tmp_path, progress=False)
+    real = trainer.data.train_images[:16]
+    for _ in range(3):  # GAN warm-up steps, so that G and G_ema differ (identical pairs have a zero pair gradient)
+        trainer.train_step(real)
+    trainer.epoch = trainer.warmup_epochs  # the joint phase
+    start_state, rng = copy.deepcopy(trainer.state()), torch.get_rng_state()
+
+    def gradients_with(lambda_hard, mu_pair):
+        trainer.load_state(copy.deepcopy(start_state))
+        torch.set_rng_state(rng)
+        trainer.config.lambda_hard, trainer.config.mu_pair = lambda_hard, mu_pair
+        trainer.train_step(real)
+        return {name: {k: p.grad.clone() for k, p in module.named_parameters()}
+                for name, module in (("model", trainer.model), ("generator", trainer.generator),
+                                     ("discriminator", trainer.discriminator))}
+
+    base, no_hard, no_pair = gradients_with(0.1, 1.0), gradients_with(0.0, 1.0), gradients_with(0.1, 0.0)
+    for other in (no_hard, no_pair):
+        assert_same_modules({"model": base["model"]}, {"model": other["model"]})
+        assert_same_modules({"d": base["discriminator"]}, {"d": other["discriminator"]})
+        assert any(not torch.equal(base["generator"][k], other["generator"][k]) for k in base["generator"])
+    assert all(g.abs().sum() > 0 for g in base["model"].values() if g.dim() > 1)
+
+
+# --- resuming -----------------------------------------------------------------------------------------
+
+KILL_SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys
+    import torch
+    torch.set_num_threads(int(sys.argv[1]))
+    from synthcl_fast.trainer import TrainConfig, loop
+
+    kill_at = int(sys.argv[3])
+    original_step = loop.Trainer.train_step
+
+    def train_step_then_die(self, real):
+        if self.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint: a real crash
+        return original_step(self, real)
+
+    loop.Trainer.train_step = train_step_then_die
+    loop.train(TrainConfig.from_dict(json.loads(sys.argv[2])), sys.argv[4], progress=False)
+""")
+
+
+def test_resume_after_sigkill_mid_epoch_reproduces_the_uninterrupted_run(tmp_path):
+    config = tiny(checkpoint_every=3)  # checkpoints at steps 3, 6, 8 (end of the GAN warm-up), 9, 12, ...
+    train(config, tmp_path / "uninterrupted", progress=False)
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(torch.get_num_threads()), json.dumps(config.to_dict()), "11",
+         str(killed)], env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    assert load_checkpoint(list_checkpoints(killed / "checkpoints")[-1])["global_step"] == 9  # mid epoch 1
+
+    trainer = Trainer.resume(killed, progress=False)
+    assert (trainer.epoch, trainer.batch, trainer.global_step) == (1, 1, 9)
+    trainer.fit()
+    assert metrics_without_time(killed) == metrics_without_time(tmp_path / "uninterrupted")
+    assert_same_modules(final_modules(killed), final_modules(tmp_path / "uninterrupted"))
+
+
+def test_damaged_checkpoints_are_detected_and_the_previous_one_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny("synthcl-no-hard-samples"), run, progress=False)  # checkpoints after steps 16 and 24 are kept
+    uninterrupted = metrics_without_time(run)
+    previous, newest = list_checkpoints(run / "checkpoints")
+    intact = newest.read_bytes()
+
+    newest.write_bytes(intact[: len(intact) // 2])  # a crash of the storage, a full disk
+    with pytest.raises(CheckpointError, match="ckpt-00000024.pt is truncated: its header announces"):
+        load_checkpoint(newest)
+    flipped = bytearray(intact)
+    flipped[len(flipped) // 2] ^= 0x01  # one bit of rot
+    newest.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="is corrupted: its SHA-256 checksum does not match"):
+        load_checkpoint(newest)
+    newest.write_bytes(b"PK\x03\x04 some other file")
+    with pytest.raises(CheckpointError, match="is not a synthcl_fast checkpoint"):
+        load_checkpoint(newest)
+    newest.write_bytes(intact[:-1])
+    # an explicitly named damaged checkpoint is an error, not a silent fallback
+    with pytest.raises(CheckpointError, match="truncated"):
+        Trainer.resume(run, newest, progress=False)
+
+    # resuming the run folder reports the damaged checkpoint and continues from the previous one, exactly
+    trainer = Trainer.resume(run, progress=False)
+    assert "ckpt-00000024.pt is truncated" in capsys.readouterr().err
+    assert (trainer.epoch, trainer.global_step) == (2, 16)
+    trainer.fit()
+    assert metrics_without_time(run) == uninterrupted
+    assert load_checkpoint(newest)["global_step"] == 24 and previous.exists()
+
+
+def test_nan_loss_stops_training_naming_the_step_and_never_writes_nan_weights(tmp_path, monkeypatch, capsys):
+    real_nt_xent = loop.losses.nt_xent
+    calls = []
+
+    def nt_xent_nan_on_step_5(*args, **kwargs):
+        calls.append(1)
+        loss = real_nt_xent(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(loop.losses, "nt_xent", nt_xent_nan_on_step_5)
+    with pytest.raises(NonFiniteLossError, match=r"step 5 \(epoch 1, batch 5\): loss_contrastive = nan"):
+        train(tiny("simclr", checkpoint_every=2), tmp_path, progress=False)
+    checkpoints = list_checkpoints(tmp_path / "checkpoints")
+    assert [load_checkpoint(p)["global_step"] for p in checkpoints] == [2, 4]
+    for path in checkpoints:
+        for tensor in load_checkpoint(path)["modules"]["model"].values():
+            assert torch.isfinite(tensor.float()).all()
+
+    # a weight that went NaN is caught at the first loss it produces, after resuming from step 4
+    monkeypatch.setattr(loop.losses, "nt_xent", real_nt_xent)
+    trainer = Trainer.resume(tmp_path, progress=False)
+    with torch.no_grad():
+        next(trainer.model.head.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"step 5 .*loss_contrastive = nan"):
+        trainer.fit()
+    assert len(list_checkpoints(tmp_path / "checkpoints")) == 2
+
+    # the command line reports it as one error line, exit status 1
+    monkeypatch.setattr(loop.losses, "nt_xent", lambda *a, **k: real_nt_xent(*a, **k) * float("nan"))
+    assert main(["resume", str(tmp_path), "--no-progress"]) == 1
+    assert "error: non-finite loss at step 5" in capsys.readouterr().err
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes, option", [
+    (dict(batch_size=0), "--batch-size"),
+    (dict(batch_size=1), "--batch-size"),
+    (dict(method="moco"), "--method"),
+    (dict(lambda_hard=-1.0), "--lambda-hard"),
+    (dict(temperature=0.0), "--temperature"),
+    (dict(lr=float("nan")), "--lr"),
+    (dict(warmup_epochs=-1), "--warmup-epochs"),
+    (dict(image_size=10), "--image-size"),
+    (dict(train_fraction=1.5), "--train-fraction"),
+    (dict(dataset="cifar10"), "--data-path"),
+    (dict(method="simclr", mu_pair=1.0), "--mu-pair"),
+    (dict(method="synthcl-no-hard-samples", lambda_hard=0.5), "--lambda-hard"),
+    (dict(pair_target_start=1.5), "--pair-target-start"),
+])
+def test_bad_config_is_a_clear_error_naming_the_option(changes, option):
+    with pytest.raises(ConfigError, match=option):
+        tiny(**changes)
+
+
+def test_bad_config_on_the_command_line(tmp_path, capsys):
+    assert main(["train", "--batch-size", "0", "--output-dir", str(tmp_path / "a")]) == 2
+    assert "--batch-size must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: unknown choice
+        main(["train", "--method", "moco"])
+    assert "invalid choice: 'moco'" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps({"method": "simclr", "learning_rate": 1}))
+    assert main(["train", "--config", str(tmp_path / "bad.json")]) == 2
+    assert "unknown config option(s): --learning-rate" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--batch-size \\(512\\) is larger than the 135 training images"):
+        load_data(tiny(batch_size=512))
+    assert not (tmp_path / "a").exists()
+
+
+def test_bad_dataset_path_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="--data-path .*nowhere does not exist"):
+        load_data(tiny(dataset="cifar10", data_path=str(missing)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no CIFAR-10 python batches there .*data_batch_1"):
+        load_data(tiny(dataset="cifar10", data_path=str(tmp_path / "empty")))
+    with pytest.raises(FileNotFoundError, match="at least two class subfolders"):
+        load_data(tiny(dataset="folder", data_path=str(tmp_path / "empty")))
+    assert main(["train", "--dataset", "folder", "--data-path", str(missing), "--output-dir",
+                 str(tmp_path / "run")]) == 1
+    assert "--data-path" in capsys.readouterr().err
+
+
+def test_cifar10_python_format_and_image_folder_load(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    for name, n in [(f"data_batch_{i}", 12) for i in range(1, 6)] + [("test_batch", 10)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(range(n))}
+        with open(cifar / name, "wb") as f:
+            pickle.dump(batch, f)
+    data = load_data(tiny(dataset="cifar10", data_path=str(tmp_path), batch_size=4, image_size=16))
+    assert data.train_images.shape == (60, 3, 16, 16) and data.test_images.shape == (10, 3, 16, 16)
+    assert data.test_labels.tolist() == list(range(10)) and data.pretrain_index.numel() == 6
+    assert 0 <= data.train_images.min() and data.train_images.max() <= 1
+
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+                tmp_path / "images" / label / f"{i}.png")
+    data = load_data(tiny(dataset="folder", data_path=str(tmp_path / "images"), batch_size=2, train_fraction=1.0))
+    assert data.train_images.shape == (12, 3, 8, 8) and data.test_images.shape == (4, 3, 8, 8)
+    assert sorted(data.test_labels.tolist()) == [0, 0, 1, 1]
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+TINY_OPTIONS = ["--image-size", "8", "--train-fraction", "0.1", "--batch-size", "16", "--epochs", "2",
+                "--warmup-epochs", "1", "--width", "4", "--projection-dim", "8", "--latent-dim", "8",
+                "--gan-width", "4", "--synthetic-batch-size", "4", "--eval-every", "2", "--no-progress"]
+
+
+def test_compare_trains_each_method_per_seed_and_tabulates(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", *TINY_OPTIONS, "--warmup-epochs", "0", "--seeds", "0", "1", "--output-dir", str(out)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| simclr | 100% |" in table and "| synthcl | 100% |" in table
+    rows = json.loads((out / "compare.json").read_text())
+    assert [(r["method"], r["train_fraction"], r["seeds"]) for r in rows] == [("simclr", 1.0, [0, 1]),
+                                                                               ("synthcl", 1.0, [0, 1])]
+    run = json.loads((out / "synthcl-frac1-seed1" / "result.json").read_text())
+    assert rows[1]["probe_acc"][1] == run["probe_acc"] and run["seed"] == 1
+    mean = (rows[1]["probe_acc"][0] + rows[1]["probe_acc"][1]) / 2
+    assert f"| synthcl | 100% | {100 * mean:.2f} +- " in table
+    # a second call reuses the finished runs: same accuracies, no training
+    (out / "compare.json").unlink()
+    assert main(args) == 0
+    again = json.loads((out / "compare.json").read_text())
+    assert [r["probe_acc"] for r in again] == [r["probe_acc"] for r in rows]
+    assert max(max(r["seconds"]) for r in again) < 1.0
+
+
+def test_two_process_data_parallel_run_with_gloo(tmp_path):
+    """torchrun, 2 CPU processes: each takes half of every global batch; the weights stay identical
+    across processes (checked at every checkpoint, else the run fails) and rank 0 writes the outputs."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "synthcl_fast.trainer", "train", *TINY_OPTIONS, "--checkpoint-every", "1",
+               "--output-dir", str(tmp_path)]
+    process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    # 135 images // (16 per process x 2 processes) = 4 steps per epoch; one GAN warm-up epoch, then two
+    assert [(r["epoch"], r["step"]) for r in rows] == [(0, 4), (1, 8), (2, 12)]
+    assert 0 <= rows[-1]["probe_acc"] <= 1
+    assert load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1])["world_size"] == 2
+
+
+def test_methods_with_one_seed_share_the_initial_encoder_and_the_data_order(tmp_path):
+    simclr = Trainer(tiny("simclr"), tmp_path / "a", progress=False)
+    synthcl = Trainer(tiny("synthcl"), tmp_path / "b", progress=False)
+    assert_same_modules({"model": simclr.model.state_dict()}, {"model": synthcl.model.state_dict()})
+    # the main model's first epoch: after the GAN warm-up for synthcl
+    assert torch.equal(simclr._epoch_batches(0), synthcl._epoch_batches(synthcl.warmup_epochs))
+    assert not torch.equal(simclr._epoch_batches(0), synthcl._epoch_batches(0))  # a warm-up epoch
+    other_seed = Trainer(tiny("simclr", seed=1), tmp_path / "c", progress=False)
+    assert not torch.equal(simclr._epoch_batches(0), other_seed._epoch_batches(0))
