@@ -536,7 +536,8 @@ def parse_args(argv):
     parser.add_argument("--only", default="", help="comma-separated families: simclr,moco,clip,scale")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     parser.add_argument("--no-checks", action="store_true", help="skip the correctness checks")
-    parser.add_argument("--budget-s", type=float, default=510.0, help="stop starting new measurements after this")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="start no new measurement after this many seconds (a device call has 600)")
     parser.add_argument("--target-s", type=float, default=0.25, help="time to spend on one timing (sets reps)")
     parser.add_argument("--min-reps", type=int, default=5)
     parser.add_argument("--max-reps", type=int, default=100)

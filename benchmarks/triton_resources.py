@@ -91,13 +91,15 @@ def record_launches() -> list[Launch]:
 
     log, scenario = [], [""]
 
-    def forward(name, dtype, dim, n_rows=512, n_cols=None, same=True, reduction=1, symmetric=False, tiles=""):
+    def forward(name, dtype, dim, n_rows=512, n_cols=None, same=True, reduction=1, symmetric=False, tiles="",
+                same_labels=True):
         scenario[0] = name
         n_cols = n_cols or n_rows
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         x = torch.randn(n_rows, dim).to(dtype)
         y = x if same else torch.randn(n_cols, dim).to(dtype)
-        labels_x, labels_y = torch.arange(n_rows) % max(1, n_rows // 2), torch.arange(n_cols) % max(1, n_rows // 2)
+        labels_x = torch.arange(n_rows) % max(1, n_rows // 2)
+        labels_y = labels_x if same and same_labels else torch.arange(n_cols) % max(1, n_rows // 2)
         t = torch.tensor(0.1, dtype=acc)
         previous = os.environ.get("SYNTHCL_FAST_TRITON_TILES")
         os.environ["SYNTHCL_FAST_TRITON_TILES"] = tiles
@@ -121,6 +123,7 @@ def record_launches() -> list[Launch]:
             forward(f"nt_xent D=128 {dtype}", dtype, 128)
         forward("nt_xent D=256 bf16", torch.bfloat16, 256)
         forward("nt_xent D=128 bf16 none (recompute)", torch.bfloat16, 128, reduction=0)
+        forward("one tensor, other labels D=128 bf16", torch.bfloat16, 128, same_labels=False)
         forward("nt_xent D=64 fp64", torch.float64, 64)
         forward("MoCo D=128 bf16 split keys", torch.bfloat16, 128, 256, 4096, same=False, tiles="splits=8")
         for dim in (512, 768):
@@ -171,7 +174,8 @@ def compile_launches(launches: list[Launch], arch: int = 90, ptxas_info: bool = 
             spills = int(found.group(1)) if found else None
         shown = {k: str(v).replace("triton.language.", "") for k, v in launch.kwargs.items()
                  if k.isupper() or k in ("num_warps", "num_stages")}
-        results.append(Compiled(kernel.fn.__name__, launch.scenario, shown, compiled.metadata.shared, registers, spills))
+        results.append(Compiled(kernel.fn.__name__, launch.scenario, shown, compiled.metadata.shared, registers,
+                                spills))
     return results
 
 

@@ -15,7 +15,8 @@ from synthcl_fast.backends import triton_support
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
     pytest.mark.skipif(triton_support.triton_import_error() is not None, reason="needs triton"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="records the GPU plans, not the interpreter's"),
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                       reason="records the GPU plans, not the interpreter's"),
 ]
 
 
@@ -34,10 +35,11 @@ def test_every_specialization_compiles_for_sm90():
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature  # noqa: F401  (internal: triton 3.x)
 
         make_backend(GPUTarget("cuda", 90, 32))
-    except Exception as error:  # a triton build without the NVIDIA backend
-        pytest.skip(f"triton has no CUDA compiler backend here: {error}")
+    except Exception as error:  # a triton build without the NVIDIA backend, or other internals
+        pytest.skip(f"cannot compile for sm_90 with this triton: {error}")
     launches = resources.record_launches()
     compiled = resources.compile_launches(launches, arch=90, ptxas_info=False)
     names = {c.name for c in compiled}

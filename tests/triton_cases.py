@@ -121,6 +121,34 @@ def test_self_candidates_with_grouped_labels(max_group, reduction, tiles, genera
     _compare(fn, [features, temperature], TOLS[torch.float64][1], f"supcon groups<={max_group} {tiles}")
 
 
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("labels", ["same_object", "asymmetric"])
+@pytest.mark.parametrize("tiles", ["auto", "tiled"], indirect=True)
+def test_one_tensor_both_sides(exclude_self, labels, tiles, generator, monkeypatch):
+    """Candidates are the anchors. With the same label tensor, s and the positive mask are symmetric and one
+    backward launch computes the whole gradient (sum_j (G_ij + G_ji) u_j); with other candidate labels
+    (here with -1s: P is not symmetric) both launches run."""
+    from synthcl_fast.backends import triton_contrastive
+
+    launches = []
+    original = triton_contrastive._launch_backward
+    monkeypatch.setattr(triton_contrastive, "_launch_backward", lambda *a: launches.append(1) or original(*a))
+    x = _randn(47, 21, generator=generator)
+    anchor_labels = labels_with_positives(47, 4, generator).to(DEVICE)
+    candidate_labels = anchor_labels if labels == "same_object" else torch.where(
+        torch.rand(47, generator=generator).to(DEVICE) < 0.3, -1, anchor_labels)
+    temperature = torch.tensor(0.25, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    for reduction in ("mean", "none"):
+        launches.clear()
+
+        def fn(backend):
+            return L.contrastive_loss(x, x, anchor_labels, candidate_labels, temperature=temperature,
+                                      exclude_self=exclude_self, reduction=reduction, backend=backend)
+
+        _compare(fn, [x, temperature], TOLS[torch.float64][1], f"one tensor, {labels} labels {reduction} {tiles}")
+        assert len(launches) == (1 if labels == "same_object" else 2)
+
+
 def test_same_memory_different_tensors_keep_separate_gradients(generator):
     """x and x.detach() share memory but only x wants a gradient: its gradient must not include the
     candidates' part (the one-buffer path is for one tensor object only)."""

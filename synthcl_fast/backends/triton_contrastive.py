@@ -23,8 +23,9 @@ How it runs (no R x K buffer anywhere; memory O((R + K) D)):
    splits (few rows, many columns: MoCo's R=256, K=65536) each writes (max, sum-exp, positive sum, count)
    and `_merge_row_stats_kernel` combines them in a fixed order. The symmetric op runs it a second time
    on the transposed problem (Y as rows) for the column statistics.
-3. `_contrastive_backward_kernel`, launched twice: rows own dU (X's gradient) and loop over column tiles;
-   columns own dV (Y's gradient) and loop over row tiles. Each recomputes s and G tile by tile (same
+3. `_contrastive_backward_kernel`, launched twice (once for one symmetric tensor, below): rows own dU (X's
+   gradient) and loop over column tiles; columns own dV (Y's gradient) and loop over row tiles. Each
+   recomputes s and G tile by tile (same
    formula, seen from either side; the symmetric G costs the same as a one-direction G), so every
    gradient element is reduced by one program in a fixed order: deterministic, no atomics. The row launch
    also sums G_ij s_ij per row for the temperature gradient. When one program holds a whole gradient row
@@ -36,10 +37,12 @@ How it runs (no R x K buffer anywhere; memory O((R + K) D)):
 
 Work per forward + backward: 2RKD flops (forward) + 2 x 4RKD (each backward launch recomputes s: 2RKD, and
 does one gradient product: 2RKD) = 10RKD, against 8RKD for a kernel that accumulates one of the two
-gradients with float atomics (non-deterministic). For D > BLOCK_DO (D > 256 in 16-bit) each output chunk of
-BLOCK_DO features recomputes s. The symmetric (CLIP) op costs 2 x 2RKD + 8RKD = 12RKD against 20RKD for two
-one-direction calls. The scalar-loss path (reduction mean/sum) runs the backward inside the forward op and
-keeps the gradients, as the CPU kernels do (backends/_ops.py).
+gradients with float atomics (non-deterministic). When the candidates are the anchors with the same labels
+(NT-Xent, SupCon, PPCL without extra negatives) s and the positive mask are symmetric and a single backward
+launch gives the whole gradient, sum_j (G_ij + G_ji) u_j: 2RKD + 4RKD = 6RKD. For D > BLOCK_DO (D > 256 in
+16-bit) each output chunk of BLOCK_DO features recomputes s. The symmetric (CLIP) op costs 2 x 2RKD + 8RKD =
+12RKD against 20RKD for two one-direction calls. The scalar-loss path (reduction mean/sum) runs the
+backward inside the forward op and keeps the gradients, as the CPU kernels do (backends/_ops.py).
 
 Tile sizes are derived from the shape (`_forward_tiles`, `_backward_tiles`; SYNTHCL_FAST_TRITON_TILES
 overrides them), not autotuned: autotuning recompiles/benchmarks per new shape and does not run in the
@@ -353,13 +356,13 @@ def _normalize_backward_kernel(PART_ptr, X_ptr, stride_x, NORM_X_ptr, T_ptr, DX_
 
 
 @triton.jit
-def _temperature_grad_kernel(GS_ptr, T_ptr, OUT_ptr, n, ROUND_BY_HAND: tl.constexpr, BLOCK: tl.constexpr):
-    """One program: OUT = -(1/t) sum(GS) (GS: per split and row sum_j G_ij s_ij), summed in float64."""
+def _temperature_grad_kernel(GS_ptr, T_ptr, OUT_ptr, n, factor, ROUND_BY_HAND: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: OUT = -(factor/t) sum(GS) (GS: per split and row sum_j G_ij s_ij), summed in float64."""
     total = tl.zeros([BLOCK], dtype=tl.float64)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         total += tl.load(GS_ptr + offs, mask=offs < n, other=0.0).to(tl.float64)
-    grad = -tl.sum(total, axis=0) / tl.load(T_ptr).to(tl.float64)
+    grad = -tl.sum(total, axis=0) * tl.cast(factor, tl.float64) / tl.load(T_ptr).to(tl.float64)
     tl.store(OUT_ptr, cast_output(grad, OUT_ptr.dtype.element_ty, ROUND_BY_HAND))
 
 
@@ -430,10 +433,12 @@ def _forward_tiles(n_x: int, n_y: int, dim: int, dtype: torch.dtype, device: tor
     wide = dtype.itemsize <= 2
     block_d = _feature_block(dim, dtype)
     # The row tile (BLOCK_M x BLOCK_D) stays on chip for the whole loop: 128 rows up to D = 128, 64 above.
+    # Column tiles of 32 beside 128 rows, 64 beside 64 (16-bit): no register spills per ptxas at D = 128 and
+    # 256 (64 x 128 spilled 292 bytes; benchmarks/results/triton_sm90_resources.md). Untimed choices.
     block_m = _fit(n_x, 64 if INTERPRET or not wide or block_d > 128 else 128)
-    block_n = _fit(n_y, 64 if wide or INTERPRET else 32)
+    block_n = _fit(n_y, 64 if INTERPRET or (wide and block_m < 128) else 32)
     tiles = dict(block_m=block_m, block_n=block_n, block_d=block_d, block_do=16,
-                 num_warps=8 if block_m * block_n >= 128 * 64 or block_m * block_d >= 64 * 256 else 4,
+                 num_warps=8 if wide and (block_m >= 128 or block_m * block_d >= 128 * 128) else 4,
                  num_stages=3 if wide and next_power_of_2(dim) <= _single_chunk_limit(dtype) else 2)
     return _finish_tiles(tiles, n_y, device, triton.cdiv(n_x, block_m))
 
@@ -443,7 +448,9 @@ def _backward_tiles(n_x: int, n_y: int, dim: int, dtype: torch.dtype, device: to
     block_do = min(max(16, next_power_of_2(dim)), 64 if INTERPRET else (256 if wide else 128))
     # The (BLOCK_M, BLOCK_DO) fp32 gradient accumulator stays in registers: <= 16K elements per program.
     block_m = _fit(n_x, min(64 if INTERPRET else 128, max(16, 16384 // block_do)))
-    block_n = _fit(n_y, 64 if wide or INTERPRET else 32)
+    # 64 columns per tile, 32 for fp32/fp64 or a 256-wide gradient chunk (ptxas: 260 bytes of spills at 64
+    # for bf16 D = 256, 4 at 32; benchmarks/results/triton_sm90_resources.md).
+    block_n = _fit(n_y, 64 if INTERPRET or (wide and block_do < 256) else 32)
     tiles = dict(block_m=block_m, block_n=block_n, block_d=_feature_block(dim, dtype), block_do=block_do,
                  num_warps=8 if block_m * max(block_n, block_do) >= 128 * 64 else 4, num_stages=2)
     n_do = triton.cdiv(dim, tiles.get("block_do", block_do))
@@ -487,11 +494,12 @@ def _row_norms(x: Tensor) -> Tensor:
 class _Side:
     """One side of the product (rows or columns): features, their norms, labels."""
 
-    def __init__(self, features: Tensor, labels: Tensor, same_as: _Side | None = None):
+    def __init__(self, features: Tensor, labels: Tensor, same_as: _Side | None = None, same_labels: bool = False):
         self.x = _unit_stride(features) if same_as is None else same_as.x
         self.labels = labels.contiguous()
         self.norms = _row_norms(self.x) if same_as is None else same_as.norms
         self.same_as_rows = same_as is not None
+        self.symmetric = self.same_as_rows and same_labels  # s and the positive mask are symmetric
 
     @property
     def n(self) -> int:
@@ -502,7 +510,8 @@ def _sides(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, candidate
     """(rows, columns). The same tensor object for both (not merely the same memory: x and x.detach() must
     keep separate gradients) shares norms and, in the backward, one gradient buffer."""
     rows = _Side(anchors, anchor_labels)
-    return rows, _Side(candidates, candidate_labels, rows if candidates is anchors else None)
+    same = candidates is anchors
+    return rows, _Side(candidates, candidate_labels, rows if same else None, same and candidate_labels is anchor_labels)
 
 
 def _row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool, eps: float):
@@ -590,9 +599,12 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
     """(grad of the anchors, grad of the candidates, grad of the temperature) for the weights in the stats.
 
     Row launch: the anchors' gradient and sum_j G_ij s_ij per row; column launch: the candidates' gradient.
-    When the candidates are the anchors (one tensor: NT-Xent, SupCon, PPCL) both launches write partial sums
-    into one buffer and the whole gradient is formed and rounded once (returned as the anchors' gradient,
-    the candidates' is zero), like the CPU op."""
+    When the candidates are the anchors (one tensor) the whole gradient is formed and rounded once and
+    returned as the anchors' gradient (the candidates' is zero), like the CPU op. With the same labels too
+    (NT-Xent, SupCon, PPCL without extra negatives) s and the positive mask are symmetric, so the
+    candidates' part sum_i G_ij u_i = sum_i G_ji u_i is the "other" term of the same launch: one launch
+    computes sum_j (G_ij + G_ji) u_j, 4RKD flops instead of 8RKD, and sums (G_ij + G_ji) s_ij, twice the
+    temperature's sum."""
     x = rows.x
     n_rows, dim = x.shape
     n_cols = cols.n
@@ -606,7 +618,18 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
     t_cols = _backward_tiles(n_cols, n_rows, dim, x.dtype, x.device)
     gs = empty_output((t_rows.splits, n_rows), acc, x.device)
     common = (temperature, exclude_self, eps, g_scale)
-    if cols.same_as_rows:
+    gs_factor = 1.0
+    if cols.symmetric and col_stats is None:
+        if t_rows.splits == 1 and dim <= t_rows.block_do:
+            grad_rows = empty_output(tuple(x.shape), x.dtype, x.device)
+            _launch_backward(rows, cols, row_stats, row_stats, *common, gs, t_rows, grad_rows, True)
+        else:
+            partial = empty_output((t_rows.splits, n_rows, dim), acc, x.device)
+            _launch_backward(rows, cols, row_stats, row_stats, *common, gs, t_rows, partial, False)
+            grad_rows = _finish_feature_grad(rows, partial, temperature, eps)
+        grad_cols = torch.zeros_like(cols.x, memory_format=torch.contiguous_format)
+        gs_factor = 0.5
+    elif cols.same_as_rows:
         partial = empty_output((t_rows.splits + t_cols.splits, n_rows, dim), acc, x.device)
         _launch_backward(rows, cols, row_stats, col_stats, *common, gs, t_rows, partial[:t_rows.splits], False)
         _launch_backward(cols, rows, col_stats, row_stats, *common, None, t_cols, partial[t_rows.splits:], False)
@@ -626,8 +649,8 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
             grads.append(grad)
         grad_rows, grad_cols = grads
     grad_t = empty_output((), temperature.dtype, x.device)
-    _temperature_grad_kernel[(1,)](gs, temperature, grad_t, gs.numel(), ROUND_BY_HAND=round_by_hand(temperature.dtype),
-                                   BLOCK=1024, num_warps=4)
+    _temperature_grad_kernel[(1,)](gs, temperature, grad_t, gs.numel(), gs_factor,
+                                   ROUND_BY_HAND=round_by_hand(temperature.dtype), BLOCK=1024, num_warps=4)
     return grad_rows, grad_cols, grad_t
 
 
