@@ -35,7 +35,7 @@ for f in ce.COMMON_NVCC_FLAGS:
     print(f)
 EOF
 )
-flags=(-std=c++20 -O3 --use_fast_math -lineinfo -Xcompiler -fPIC "${torch_flags[@]}"
+flags=(-std=c++20 -O3 --use_fast_math -lineinfo --threads 2 -Xcompiler -fPIC "${torch_flags[@]}"
        -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a
        -Xptxas -warn-spills -Xptxas -warn-lmem-usage)
 

@@ -33,6 +33,10 @@
 // (2^-11) would miss the 3e-4 target on the gradients. For the dV product G is scaled by
 // w_i / max_i |w_i| so it stays in [-1, 1] (fp16 would lose small upstream weights otherwise).
 // float64 inputs are not taken (the CPU or reference backends are).
+//
+// Instructions: mma.sync, ldmatrix and cp.async of sm_80, so one source serves sm_80 and sm_90a (HMMA in
+// the SASS of both; .ci/compile_cuda.sh checks). Hopper's wgmma / TMA path (HGMMA) is not written yet:
+// it was not to be shipped without a GPU to validate it on.
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -61,8 +65,6 @@ constexpr int kChunkRowBytes = kChunk * 2 + 16;            // +16: ldmatrix rows
 constexpr int kTileBytes = kTileRows * kChunkRowBytes;     // one 64 x 64 chunk of one part
 constexpr int kMetaBytes = kTileRows * (8 + 16);           // per tile: labels (int64), row stats (float4)
 constexpr int kSplitTargetCtasPerSm = 2;
-
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
 // Per streamed/owner row statistics for the backward: log2-domain lse, 1/|P|, w, w / max|w|.
 struct RowStats {
@@ -414,7 +416,7 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
     const int64_t out = static_cast<int64_t>(blockIdx.y) * gridDim.x * kOwnerRows + row[h];
     if constexpr (!kGrad) {
       const float sum = quad_sum(sum_exp[h]), psum = quad_sum(positive_sum[h]);
-      const int npos = static_cast<int>(quad_sum(static_cast<float>(positives[h])));
+      const int npos = quad_sum(positives[h]);
       if (t4 == 0) p.partial[out] = RowPartial{max2[h], sum, psum, npos};
     } else if (p.stats_on_owner) {
       const float total = quad_sum(gs[h]);
@@ -698,34 +700,14 @@ auto dispatch_dtype(at::ScalarType dtype, Fn fn) {
 // ============================================================================================
 // Registered ops (same schemas and results as contrastive_cpu.cpp)
 // ============================================================================================
-void check_contrastive_inputs(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
-                              const at::Tensor& candidate_labels, const at::Tensor& temperature, double eps) {
-  check_matrix(anchors, "anchors");
-  check_matrix(candidates, "candidates");
-  TORCH_CHECK(anchors.size(1) == candidates.size(1), "anchors and candidates must have the same feature dimension, got ",
-              anchors.size(1), " and ", candidates.size(1));
-  TORCH_CHECK(anchors.scalar_type() == candidates.scalar_type(), "anchors and candidates must have the same dtype, got ",
-              anchors.scalar_type(), " and ", candidates.scalar_type());
-  check_vector(anchor_labels, "anchor_labels", anchors.size(0), at::kLong);
-  check_vector(candidate_labels, "candidate_labels", candidates.size(0), at::kLong);
-  check_scalar(temperature, "temperature");
-  for (const auto& [t, name] : {std::pair{&candidates, "candidates"}, {&anchor_labels, "anchor_labels"},
-                                {&candidate_labels, "candidate_labels"}, {&temperature, "temperature"}}) {
-    check_same_device(*t, anchors, name);
-  }
-  TORCH_CHECK(anchors.is_cuda(), "the CUDA kernel got tensors on ", anchors.device());
-  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
-  // The temperature's value is not checked here (that would synchronize with the device): the Python
-  // layer checks it; a bad value gives NaN or Inf, never an out-of-bounds access.
-}
-
+// The temperature's value is not checked here (that would synchronize with the device): the Python layer
+// checks it; a bad value gives NaN or Inf, never an out-of-bounds access.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
     const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
     const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self, int64_t reduction,
     double eps, bool compute_grad) {
-  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps);
-  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, "reduction code must be 0, 1 or 2, got ",
-              reduction);
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+  check_reduction(reduction);
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
   const c10::cuda::CUDAGuard guard(anchors.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -750,7 +732,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
     const at::Tensor& row_lse, const at::Tensor& row_n_positive, bool exclude_self, double eps) {
-  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps);
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
   const int64_t n_rows = anchors.size(0);
   check_vector(row_lse, "row_lse", n_rows, at::kFloat);
   check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);

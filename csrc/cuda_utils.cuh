@@ -121,7 +121,8 @@ __device__ __forceinline__ c10::BFloat16 from_float<c10::BFloat16>(float x) {
 
 // ---- warp reductions ------------------------------------------------------------------------------
 // Over the 4 lanes of a quad (the lanes that share a row of an mma accumulator).
-__device__ __forceinline__ float quad_sum(float x) {
+template <typename T>
+__device__ __forceinline__ T quad_sum(T x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }

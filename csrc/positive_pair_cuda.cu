@@ -32,9 +32,6 @@ namespace {
 
 using namespace cuda;
 
-enum Mode : int64_t { kTwoSided = 0, kFloor = 1 };
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
-
 constexpr int kWarpsPerBlock = 8;
 constexpr int kCachedVectors = 4;  // per lane: rows up to 4 x 32 x 16 bytes (D = 1024 bf16, 512 fp32) stay cached
 
@@ -173,20 +170,10 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> positive_pair_forward_cuda(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& target, int64_t mode, int64_t reduction, double eps,
     bool compute_grad_a, bool compute_grad_b) {
-  check_matrix(a, "a");
-  check_matrix(b, "b");
-  TORCH_CHECK(a.sizes() == b.sizes(), "a and b must have the same shape, got ", a.sizes(), " and ", b.sizes());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b must have the same dtype, got ", a.scalar_type(), " and ",
-              b.scalar_type());
-  check_same_device(b, a, "b");
-  check_same_device(target, a, "target");
-  TORCH_CHECK(a.is_cuda(), "the CUDA kernel got tensors on ", a.device());
-  TORCH_CHECK(mode == kTwoSided || mode == kFloor, "mode code must be 0 or 1, got ", mode);
-  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, "reduction code must be 0, 1 or 2, got ",
-              reduction);
-  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+  check_positive_pair_inputs(a, b, target, mode, reduction, eps, c10::kCUDA);
+  TORCH_CHECK(a.scalar_type() != at::kDouble, "the CUDA kernels take float32, float16 or bfloat16 features, got ",
+              a.scalar_type());
   const int64_t n_rows = a.size(0), dim = a.size(1);
-  check_vector(target, "target", n_rows, at::kFloat);
   const c10::cuda::CUDAGuard guard(a.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor ac = a.contiguous(), bc = b.contiguous(), tc = target.contiguous();

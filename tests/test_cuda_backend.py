@@ -39,7 +39,10 @@ def _gpu_unavailable_reason():
     return BACKENDS["cuda"].unavailable_reason(torch.device("cuda"), torch.float32)
 
 
-gpu = pytest.mark.skipif(_gpu_unavailable_reason() is not None, reason=f"cuda backend: {_gpu_unavailable_reason()}")
+def gpu(test):
+    """Marks a test `gpu` (select with -m gpu) and skips it where the cuda backend cannot run."""
+    reason = _gpu_unavailable_reason()
+    return pytest.mark.gpu(pytest.mark.skipif(reason is not None, reason=f"cuda backend: {reason}")(test))
 
 
 def _generator(salt: str) -> torch.Generator:
