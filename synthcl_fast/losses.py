@@ -16,10 +16,11 @@ Every loss here is the general contrastive op of DESIGN.md section 2 with partic
 | clip_loss (one direction)   | image    | text              | arange(R) both                           |
 
 Every function takes `reduction` ("mean" | "sum" | "none"), `backend` ("auto" | "reference" | "cpu" |
-...) and `eps`. `temperature` (and `logit_scale`) may be a float or a one-element tensor that requires
-grad. Rows without any positive contribute 0 and are left out of the mean; if no row has a positive,
-the mean is 0. NaN or Inf in the features propagate to the loss (they are not checked: that would
-synchronize the device).
+...) and `eps`; nt_xent, supcon, ppcl, info_nce and clip_loss also take `gather_distributed` (candidates
+from every torch.distributed rank; see synthcl_fast.distributed for the exact semantics). `temperature`
+(and `logit_scale`) may be a float or a one-element tensor that requires grad. Rows without any positive
+contribute 0 and are left out of the mean; if no row has a positive, the mean is 0. NaN or Inf in the
+features propagate to the loss (they are not checked: that would synchronize the device).
 
 Example:
     >>> z1, z2 = model(view1), model(view2)          # (N, D) each
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from . import _validation as check
+from . import distributed
 from .backends import resolve_backend
 from .reference import DEFAULT_EPS, ppcl_labels
 
@@ -46,17 +48,43 @@ __all__ = [
 
 
 def _contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction,
-                 backend, eps):
-    """Validated inputs -> the chosen backend's contrastive op."""
+                 backend, eps, n_global_rows=None):
+    """Validated inputs -> the chosen backend's contrastive op.
+
+    n_global_rows: with candidates gathered over ranks, the rows with a positive over all ranks; the
+    "mean" and "sum" losses are then this rank's share (synthcl_fast.distributed.share_of_global).
+    """
     temperature = check.check_temperature(temperature, anchors)
     reduction, eps = check.check_reduction(reduction), check.check_eps(eps)
     chosen = resolve_backend(backend, anchors.device, anchors.dtype)
-    return chosen.contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
-                              reduction, eps)
+    if n_global_rows is None or reduction == "none":
+        return chosen.contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
+                                  reduction, eps)
+    row_loss_sum = chosen.contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature,
+                                      exclude_self, "sum", eps)
+    return distributed.share_of_global(row_loss_sum, n_global_rows, reduction)
+
+
+def _self_contrastive(features, labels, negatives, temperature, reduction, backend, eps, gather_distributed,
+                      instance_labels):
+    """Every row against every other row (itself excluded) and the negatives; with gather_distributed, against
+    the rows of every rank. instance_labels: labels are per-rank instance ids, made unique across ranks."""
+    if not (gather_distributed and distributed.is_distributed()):
+        candidates, candidate_labels = _with_negatives(features, labels, negatives)
+        return _contrastive(features, candidates, labels, candidate_labels, temperature, True, reduction, backend,
+                            eps)
+    if instance_labels:
+        labels = distributed.unique_per_rank(labels)
+    candidates, candidate_labels, n_global_rows = distributed.self_candidates(features, labels)
+    candidates, candidate_labels = _with_negatives(candidates, candidate_labels, negatives)
+    return _contrastive(features, candidates, labels, candidate_labels, temperature, True, reduction, backend, eps,
+                        n_global_rows)
 
 
 def _with_negatives(features, labels, negatives):
     """Candidates [features; negatives] with label -1 for the negatives (never a positive)."""
+    if negatives is None:
+        return features, labels
     check.check_features(negatives, "negatives")
     check.check_like(negatives, "negatives", features, "the features")
     candidates = torch.cat([features, negatives])
@@ -98,12 +126,14 @@ def contrastive_loss(anchors, candidates=None, anchor_labels=None, candidate_lab
                         reduction, backend, eps)
 
 
-def nt_xent(z1, z2, *, temperature=0.5, negatives=None, reduction="mean", backend="auto", eps=DEFAULT_EPS):
+def nt_xent(z1, z2, *, temperature=0.5, negatives=None, reduction="mean", backend="auto", eps=DEFAULT_EPS,
+            gather_distributed=False):
     """SimCLR's NT-Xent: row n of z1 and row n of z2 are two views of one image.
 
     Args:
         z1, z2: (N, D) embeddings of the two views.
-        negatives: optional (M, D) extra negatives (e.g. generator samples), never positives.
+        negatives: optional (M, D) extra negatives (e.g. generator samples), never positives; not gathered.
+        gather_distributed: every torch.distributed rank's views are candidates (see synthcl_fast.distributed).
     Returns:
         Scalar loss, or (2N,) per-view losses (z1 rows first) for reduction "none".
     """
@@ -112,31 +142,29 @@ def nt_xent(z1, z2, *, temperature=0.5, negatives=None, reduction="mean", backen
     check.check_like(z2, "z2", z1, "z1")
     if z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    anchors = torch.cat([z1, z2])
     labels = torch.arange(z1.shape[0], device=z1.device).repeat(2)
-    candidates, candidate_labels = (anchors, labels) if negatives is None else _with_negatives(anchors, labels,
-                                                                                               negatives)
-    return _contrastive(anchors, candidates, labels, candidate_labels, temperature, True, reduction, backend, eps)
+    return _self_contrastive(torch.cat([z1, z2]), labels, negatives, temperature, reduction, backend, eps,
+                             gather_distributed, instance_labels=True)
 
 
 def supcon(features, labels, *, temperature=0.1, negatives=None, reduction="mean", backend="auto",
-           eps=DEFAULT_EPS):
+           eps=DEFAULT_EPS, gather_distributed=False):
     """Supervised contrastive loss (SupCon, "L_out"): every other row with the same label is a positive.
 
     Args:
         features: (R, D) embeddings (all views flattened into rows).
-        labels: (R,) integer labels.
-        negatives: optional (M, D) extra negatives.
+        labels: (R,) integer labels, the same classes on every rank.
+        negatives: optional (M, D) extra negatives; not gathered.
+        gather_distributed: every torch.distributed rank's rows are candidates (see synthcl_fast.distributed).
     """
     check.check_features(features, "features")
     labels = check.check_labels(labels, "labels", features.shape[0], features.device)
-    candidates, candidate_labels = (features, labels) if negatives is None else _with_negatives(features, labels,
-                                                                                                negatives)
-    return _contrastive(features, candidates, labels, candidate_labels, temperature, True, reduction, backend, eps)
+    return _self_contrastive(features, labels, negatives, temperature, reduction, backend, eps, gather_distributed,
+                             instance_labels=False)
 
 
 def ppcl(real_views, synthetic_views, *, temperature=0.5, negatives=None, reduction="mean", backend="auto",
-         eps=DEFAULT_EPS):
+         eps=DEFAULT_EPS, gather_distributed=False):
     """Partially pseudo-labeled contrastive loss of "Synthetic Data Can Also Teach".
 
     Real image n has 2 views (one label); synthetic pair k has 4 views that share one pseudo-label:
@@ -146,7 +174,8 @@ def ppcl(real_views, synthetic_views, *, temperature=0.5, negatives=None, reduct
     Args:
         real_views: (2, N, D).
         synthetic_views: (4, M, D); M may be 0.
-        negatives: optional (P, D) extra negatives.
+        negatives: optional (P, D) extra negatives; not gathered.
+        gather_distributed: every torch.distributed rank's views are candidates (see synthcl_fast.distributed).
     Returns:
         Scalar loss, or (2N + 4M,) per-view losses in the order of ppcl_labels for reduction "none".
     """
@@ -162,41 +191,49 @@ def ppcl(real_views, synthetic_views, *, temperature=0.5, negatives=None, reduct
         raise ValueError("ppcl needs at least one real or synthetic sample, got N = M = 0")
     features = torch.cat([real_views.reshape(-1, dim), synthetic_views.reshape(-1, dim)])
     labels = ppcl_labels(n_real, n_synthetic, device=features.device)
-    candidates, candidate_labels = (features, labels) if negatives is None else _with_negatives(features, labels,
-                                                                                                negatives)
-    return _contrastive(features, candidates, labels, candidate_labels, temperature, True, reduction, backend, eps)
+    return _self_contrastive(features, labels, negatives, temperature, reduction, backend, eps, gather_distributed,
+                             instance_labels=True)
 
 
-def info_nce(query, key, *, negatives=None, temperature=0.07, reduction="mean", backend="auto", eps=DEFAULT_EPS):
+def info_nce(query, key, *, negatives=None, temperature=0.07, reduction="mean", backend="auto", eps=DEFAULT_EPS,
+             gather_distributed=False):
     """InfoNCE / MoCo: query i's positive is key i; the other keys and the queue are negatives.
 
     Args:
-        query: (R, D). key: (R, D), row-aligned with query. negatives: optional (M, D) queue.
+        query: (R, D). key: (R, D), row-aligned with query. negatives: optional (M, D) queue; not gathered.
+        gather_distributed: every torch.distributed rank's keys are candidates (see synthcl_fast.distributed).
     """
     check.check_features(query, "query")
     check.check_features(key, "key")
     check.check_like(key, "key", query, "query")
     if key.shape[0] != query.shape[0]:
         raise ValueError(f"key must have as many rows as query ({query.shape[0]}), got {key.shape[0]}")
-    labels = torch.arange(query.shape[0], device=query.device)
-    candidates, candidate_labels = (key, labels) if negatives is None else _with_negatives(key, labels, negatives)
-    return _contrastive(query, candidates, labels, candidate_labels, temperature, False, reduction, backend, eps)
+    if gather_distributed and distributed.is_distributed():
+        candidates, labels, candidate_labels, n_global_rows = distributed.key_candidates(key)
+    else:
+        labels = torch.arange(query.shape[0], device=query.device)
+        candidates, candidate_labels, n_global_rows = key, labels, None
+    candidates, candidate_labels = _with_negatives(candidates, candidate_labels, negatives)
+    return _contrastive(query, candidates, labels, candidate_labels, temperature, False, reduction, backend, eps,
+                        n_global_rows)
 
 
 def clip_loss(image_features, text_features, *, logit_scale, symmetric=True, reduction="mean", backend="auto",
-              eps=DEFAULT_EPS):
+              eps=DEFAULT_EPS, gather_distributed=False):
     """CLIP's loss: image i matches text i. logit_scale = 1 / temperature (float or tensor, may require grad).
 
     Args:
         image_features, text_features: (B, D).
         symmetric: mean of image->text and text->image; else image->text only.
+        gather_distributed: every torch.distributed rank's pairs are candidates (see synthcl_fast.distributed).
     """
     check.check_features(image_features, "image_features")
     check.check_features(text_features, "text_features")
     check.check_like(text_features, "text_features", image_features, "image_features")
     scale = check.check_logit_scale(logit_scale, image_features)
     temperature = scale.reciprocal()
-    kwargs = dict(temperature=temperature, reduction=reduction, backend=backend, eps=eps)
+    kwargs = dict(temperature=temperature, reduction=reduction, backend=backend, eps=eps,
+                  gather_distributed=gather_distributed)
     image_to_text = info_nce(image_features, text_features, **kwargs)
     if not symmetric:
         return image_to_text
@@ -303,61 +340,61 @@ class ContrastiveLoss(_LossModule):
 class NTXentLoss(_LossModule):
     """Module form of nt_xent; forward(z1, z2, negatives=None)."""
 
-    def __init__(self, temperature=0.5, reduction="mean", backend="auto"):
+    def __init__(self, temperature=0.5, reduction="mean", backend="auto", gather_distributed=False):
         super().__init__(reduction, backend)
-        self.temperature = temperature
+        self.temperature, self.gather_distributed = temperature, gather_distributed
 
     def forward(self, z1, z2, negatives=None):
         return nt_xent(z1, z2, temperature=self.temperature, negatives=negatives, reduction=self.reduction,
-                       backend=self.backend)
+                       backend=self.backend, gather_distributed=self.gather_distributed)
 
 
 class SupConLoss(_LossModule):
     """Module form of supcon; forward(features, labels, negatives=None)."""
 
-    def __init__(self, temperature=0.1, reduction="mean", backend="auto"):
+    def __init__(self, temperature=0.1, reduction="mean", backend="auto", gather_distributed=False):
         super().__init__(reduction, backend)
-        self.temperature = temperature
+        self.temperature, self.gather_distributed = temperature, gather_distributed
 
     def forward(self, features, labels, negatives=None):
         return supcon(features, labels, temperature=self.temperature, negatives=negatives,
-                      reduction=self.reduction, backend=self.backend)
+                      reduction=self.reduction, backend=self.backend, gather_distributed=self.gather_distributed)
 
 
 class PPCLLoss(_LossModule):
     """Module form of ppcl; forward(real_views (2, N, D), synthetic_views (4, M, D), negatives=None)."""
 
-    def __init__(self, temperature=0.5, reduction="mean", backend="auto"):
+    def __init__(self, temperature=0.5, reduction="mean", backend="auto", gather_distributed=False):
         super().__init__(reduction, backend)
-        self.temperature = temperature
+        self.temperature, self.gather_distributed = temperature, gather_distributed
 
     def forward(self, real_views, synthetic_views, negatives=None):
         return ppcl(real_views, synthetic_views, temperature=self.temperature, negatives=negatives,
-                    reduction=self.reduction, backend=self.backend)
+                    reduction=self.reduction, backend=self.backend, gather_distributed=self.gather_distributed)
 
 
 class InfoNCELoss(_LossModule):
     """Module form of info_nce; forward(query, key, negatives=None)."""
 
-    def __init__(self, temperature=0.07, reduction="mean", backend="auto"):
+    def __init__(self, temperature=0.07, reduction="mean", backend="auto", gather_distributed=False):
         super().__init__(reduction, backend)
-        self.temperature = temperature
+        self.temperature, self.gather_distributed = temperature, gather_distributed
 
     def forward(self, query, key, negatives=None):
         return info_nce(query, key, negatives=negatives, temperature=self.temperature, reduction=self.reduction,
-                        backend=self.backend)
+                        backend=self.backend, gather_distributed=self.gather_distributed)
 
 
 class ClipLoss(_LossModule):
     """Module form of clip_loss; forward(image_features, text_features, logit_scale)."""
 
-    def __init__(self, symmetric=True, reduction="mean", backend="auto"):
+    def __init__(self, symmetric=True, reduction="mean", backend="auto", gather_distributed=False):
         super().__init__(reduction, backend)
-        self.symmetric = symmetric
+        self.symmetric, self.gather_distributed = symmetric, gather_distributed
 
     def forward(self, image_features, text_features, logit_scale):
         return clip_loss(image_features, text_features, logit_scale=logit_scale, symmetric=self.symmetric,
-                         reduction=self.reduction, backend=self.backend)
+                         reduction=self.reduction, backend=self.backend, gather_distributed=self.gather_distributed)
 
 
 class PositivePairLoss(_LossModule):

@@ -11,7 +11,6 @@ cached per torch version (needs ninja and a C++ compiler).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import sys
@@ -51,9 +50,23 @@ def _jit_build() -> None:
          build_directory=str(build_dir), is_python_module=False, verbose=False)
 
 
-@functools.cache
+_UNLOADED = object()
+_load_result: object = _UNLOADED
+
+
+# Under torch.compile, dynamo calls this in plain Python and treats the result as a constant, instead of
+# tracing into the loading and the torch.library registrations (which it cannot trace: a graph break).
+# (It would also trace straight through a functools.cache wrapper, so the result is cached by hand.)
+@torch.compiler.assume_constant_result
 def load_error() -> str | None:
     """Loads the extension once; returns None on success, else why it is unavailable."""
+    global _load_result
+    if _load_result is _UNLOADED:
+        _load_result = _load()
+    return _load_result
+
+
+def _load() -> str | None:
     try:
         if os.environ.get("SYNTHCL_FAST_FORCE_JIT") == "1":  # test the first-use compile path
             raise ImportError("SYNTHCL_FAST_FORCE_JIT=1")
