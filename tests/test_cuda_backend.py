@@ -268,6 +268,26 @@ def test_opcheck():
 
 
 @gpu
+def test_compiles_without_graph_break():
+    """torch.compile(fullgraph=True) of a loss on the cuda backend: no graph break, the same loss and gradients."""
+    gen = _generator("compile")
+    z1 = torch.randn(64, 32, generator=gen).cuda().requires_grad_()
+    z2 = torch.randn(64, 32, generator=gen).cuda().requires_grad_()
+
+    def step(a, b):
+        return L.nt_xent(a, b, temperature=0.2, backend="cuda")
+
+    explanation = torch._dynamo.explain(step)(z1, z2)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    eager = step(z1, z2)
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)(z1, z2)
+    assert_close(compiled, eager, 1e-6, f"compiled loss (seed {SEED})")
+    for got, want in zip(torch.autograd.grad(compiled, (z1, z2)), torch.autograd.grad(eager, (z1, z2))):
+        assert_close(got, want, 1e-6, f"compiled gradient (seed {SEED})")
+
+
+@gpu
 def test_poisoned_outputs_are_on():
     """The comparisons above see NaN wherever a kernel leaves an output element unwritten."""
     assert os.environ.get("SYNTHCL_FAST_POISON_OUTPUTS") == "1"
@@ -305,3 +325,14 @@ def test_cuda_kernels_registered_as_built():
     else:
         assert not has_cuda_kernels()
         assert "no CUDA kernels" in reason
+
+
+@pytest.mark.skipif(load_error() is not None, reason="the extension is not loaded")
+def test_backend_check_traces_without_graph_break():
+    """backend="cuda" under torch.compile: checking whether the backend can run traces without a graph break."""
+    def fn(x):
+        available = BACKENDS["cuda"].unavailable_reason(torch.device("cuda"), torch.float32) is None
+        return x + (1.0 if available else 2.0)
+
+    explanation = torch._dynamo.explain(fn)(torch.ones(3))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
