@@ -232,6 +232,19 @@ def clip_loss(image_features, text_features, *, logit_scale, symmetric=True, red
     check.check_like(text_features, "text_features", image_features, "image_features")
     scale = check.check_logit_scale(logit_scale, image_features)
     temperature = scale.reciprocal()
+    # A backend with a symmetric kernel computes both directions from the same tiles (not across ranks:
+    # gathered candidates differ per direction).
+    if symmetric and not (gather_distributed and distributed.is_distributed()):
+        if text_features.shape[0] != image_features.shape[0]:
+            raise ValueError(f"text_features must have as many rows as image_features ({image_features.shape[0]}), "
+                             f"got {text_features.shape[0]}")
+        reduction, eps = check.check_reduction(reduction), check.check_eps(eps)
+        chosen = resolve_backend(backend, image_features.device, image_features.dtype)
+        labels = torch.arange(image_features.shape[0], device=image_features.device)
+        loss = chosen.symmetric_contrastive(image_features, text_features, labels, labels, temperature, False,
+                                            reduction, eps)
+        if loss is not None:
+            return loss
     kwargs = dict(temperature=temperature, reduction=reduction, backend=backend, eps=eps,
                   gather_distributed=gather_distributed)
     image_to_text = info_nce(image_features, text_features, **kwargs)

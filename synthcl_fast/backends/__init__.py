@@ -3,7 +3,8 @@
     backend="auto"       the fastest available for the device and dtype (override: SYNTHCL_FAST_BACKEND)
     backend="reference"  plain PyTorch (synthcl_fast.reference), materializes the logits; always available
     backend="cpu"        fused C++ kernels (csrc/*_cpu.cpp) on CPU tensors
-    backend="cuda"       fused CUDA kernels (csrc/*_cuda.cu) on CUDA tensors, float32/float16/bfloat16
+    backend="triton"     fused Triton kernels (backends/triton_*.py) on CUDA tensors (CPU: TRITON_INTERPRET=1)
+    backend="cuda"       fused CUDA C++ kernels (csrc/*_cuda.cu) on CUDA tensors, float32/float16/bfloat16
 
 An explicit backend that cannot run an input raises BackendUnavailableError naming the reason;
 "auto" quietly takes the next one in its order.
@@ -39,6 +40,12 @@ class Backend:
     def positive_pair(self, a, b, target, mode, reduction, eps):
         raise NotImplementedError
 
+    def symmetric_contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature,
+                              exclude_self, reduction, eps):
+        """(row loss + column loss) / 2 in one call (CLIP's symmetric loss), or None where this backend has no
+        such kernel: the caller then adds two one-direction calls."""
+        return None
+
 
 class ReferenceBackend(Backend):
     name = "reference"
@@ -56,6 +63,12 @@ class ReferenceBackend(Backend):
         return reference.positive_pair_loss(a, b, target, mode=mode, reduction=reduction, eps=eps)
 
 
+def gradient_in_forward(reduction, *inputs) -> bool:
+    """For a scalar loss whose inputs need a gradient, the gradient is cheapest computed in the forward
+    pass (see _ops.py); a per-row loss ("none") is differentiated by the recompute backward instead."""
+    return reduction != "none" and torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+
+
 class FusedBackend(Backend):
     """A backend whose kernels implement the three ops of backends/_ops.py."""
 
@@ -66,11 +79,9 @@ class FusedBackend(Backend):
     def contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
                     reduction, eps):
         contrastive_forward, _ = self.ops()
-        # For a scalar loss the gradient is cheapest computed in the forward pass (see _ops.py).
-        compute_grad = (reduction != "none" and torch.is_grad_enabled()
-                        and (anchors.requires_grad or candidates.requires_grad or temperature.requires_grad))
-        return contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
-                                   exclude_self, REDUCTION_CODES[reduction], eps, compute_grad)[0]
+        return contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
+                                   REDUCTION_CODES[reduction], eps,
+                                   gradient_in_forward(reduction, anchors, candidates, temperature))[0]
 
     def positive_pair(self, a, b, target, mode, reduction, eps):
         _, positive_pair_forward = self.ops()
@@ -92,6 +103,29 @@ class CpuBackend(FusedBackend):
     def ops(self):
         ops = torch.ops.synthcl_fast
         return ops.contrastive_forward, ops.positive_pair_forward
+
+
+class TritonBackend(FusedBackend):
+    name = "triton"
+
+    def unavailable_reason(self, device, dtype):
+        from .triton_support import unavailable_reason
+
+        return unavailable_reason(device, dtype)
+
+    def ops(self):
+        from .triton_contrastive import contrastive_forward
+        from .triton_positive_pair import positive_pair_forward
+
+        return contrastive_forward, positive_pair_forward
+
+    def symmetric_contrastive(self, anchors, candidates, anchor_labels, candidate_labels, temperature,
+                              exclude_self, reduction, eps):
+        from .triton_contrastive import symmetric_contrastive_forward
+
+        return symmetric_contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
+                                             exclude_self, REDUCTION_CODES[reduction], eps,
+                                             gradient_in_forward(reduction, anchors, candidates, temperature))[0]
 
 
 class CudaBackend(FusedBackend):
@@ -118,8 +152,11 @@ class CudaBackend(FusedBackend):
     ops = CpuBackend.ops  # the same registered ops: the dispatcher picks the CUDA kernels for CUDA tensors
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend(), CudaBackend())}
-AUTO_ORDER = {"cpu": ("cpu", "reference")}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend(), TritonBackend(),
+                                                   CudaBackend())}
+# "cuda" is not in the automatic order until its kernels have been checked and timed on a GPU
+# (tests/test_cuda_backend.py, benchmarks/gpu_sweep.py): backend="cuda" asks for it explicitly.
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
 
 
 def available_backends(device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict[str, str | None]:

@@ -12,6 +12,19 @@ Triton ones as torch.library.custom_op with the same signatures):
     positive_pair_forward(a, b, target, mode, reduction, eps, compute_grad_a, compute_grad_b)
         -> (loss, cosine, grad_a, grad_b, grad_target)
 
+A backend may also offer the symmetric op (CLIP's loss, both directions from the same tiles; optional,
+see Backend.symmetric_contrastive):
+
+    symmetric_contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
+                                  exclude_self, reduction, eps, compute_grad)
+        -> (loss, row_lse, col_lse, row_n_positive, col_n_positive, grad_anchors, grad_candidates,
+            grad_temperature)
+        loss = (row loss + column loss) / 2, each reduced over its own side ("none": R == K, elementwise)
+    symmetric_contrastive_backward(grad_rows, grad_cols, anchors, candidates, anchor_labels, candidate_labels,
+                                   temperature, row_lse, col_lse, row_n_positive, col_n_positive, exclude_self,
+                                   eps)
+        -> (grad_anchors, grad_candidates, grad_temperature)
+
 With compute_grad the forward also returns the gradients of the (scalar) loss, so the backward only
 scales them by the upstream gradient; otherwise the backward recomputes the logits tile by tile.
 """
@@ -90,6 +103,73 @@ def register_contrastive_autograd(forward_op, backward_op) -> None:
                 grad_rows = grad_loss.expand(n_rows)
             grads = backward_op(grad_rows.contiguous(), anchors, candidates, anchor_labels, candidate_labels,
                                 temperature, row_lse, row_n_positive, ctx.exclude_self, ctx.eps)
+        grad_anchors, grad_candidates, grad_temperature = grads
+        return grad_anchors, grad_candidates, None, None, grad_temperature, None, None, None, None
+
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+
+def register_symmetric_contrastive_autograd(forward_op, backward_op) -> None:
+    """Registers fake and autograd implementations for a backend's symmetric_contrastive_forward op."""
+    name = _qualname(forward_op)
+    backward_name = _qualname(backward_op)
+
+    @torch.library.register_fake(name)
+    def _(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps,
+          compute_grad):
+        n_rows, n_cols, acc = anchors.shape[0], candidates.shape[0], accumulate_dtype(anchors.dtype)
+        loss = anchors.new_empty((n_rows,) if reduction == 0 else (), dtype=acc)
+        stats = (anchors.new_empty((n_rows,), dtype=acc), anchors.new_empty((n_cols,), dtype=acc),
+                 anchors.new_empty((n_rows,), dtype=torch.int32), anchors.new_empty((n_cols,), dtype=torch.int32))
+        if compute_grad:
+            grads = (torch.empty_like(anchors, memory_format=torch.contiguous_format),
+                     torch.empty_like(candidates, memory_format=torch.contiguous_format),
+                     temperature.new_empty(()))
+        else:
+            grads = (anchors.new_empty((0,)), candidates.new_empty((0,)), temperature.new_empty((0,)))
+        return (loss, *stats, *grads)
+
+    @torch.library.register_fake(backward_name)
+    def _(grad_rows, grad_cols, anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse,
+          row_n_positive, col_n_positive, exclude_self, eps):
+        return (torch.empty_like(anchors, memory_format=torch.contiguous_format),
+                torch.empty_like(candidates, memory_format=torch.contiguous_format), temperature.new_empty(()))
+
+    def setup_context(ctx, inputs, output):
+        anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps, \
+            compute_grad = inputs
+        loss, row_lse, col_lse, row_n_positive, col_n_positive, grad_anchors, grad_candidates, grad_temperature = \
+            output
+        ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = compute_grad, reduction, exclude_self, eps
+        ctx.mark_non_differentiable(row_lse, col_lse, row_n_positive, col_n_positive, grad_anchors, grad_candidates,
+                                    grad_temperature)
+        if compute_grad:
+            ctx.save_for_backward(grad_anchors, grad_candidates, grad_temperature)
+        else:
+            ctx.save_for_backward(anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse,
+                                  row_n_positive, col_n_positive)
+
+    def side_weights(grad_loss, n_positive, reduction):
+        # loss = (row part + column part) / 2: each side's loss gets half the upstream gradient.
+        half = grad_loss / 2
+        if reduction == REDUCTION_CODES["none"]:
+            return half
+        if reduction == REDUCTION_CODES["mean"]:
+            half = half / (n_positive > 0).sum().clamp_min(1)
+        return half.expand(n_positive.shape[0])
+
+    def backward(ctx, grad_loss, *_unused):
+        _no_double_backward()
+        if ctx.compute_grad:
+            grad_anchors, grad_candidates, grad_temperature = ctx.saved_tensors
+            grads = (grad_anchors * grad_loss, grad_candidates * grad_loss, grad_temperature * grad_loss)
+        else:
+            anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse, row_n_positive, \
+                col_n_positive = ctx.saved_tensors
+            grads = backward_op(side_weights(grad_loss, row_n_positive, ctx.reduction).contiguous(),
+                                side_weights(grad_loss, col_n_positive, ctx.reduction).contiguous(),
+                                anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse,
+                                row_n_positive, col_n_positive, ctx.exclude_self, ctx.eps)
         grad_anchors, grad_candidates, grad_temperature = grads
         return grad_anchors, grad_candidates, None, None, grad_temperature, None, None, None, None
 

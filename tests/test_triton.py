@@ -1,0 +1,113 @@
+"""The Triton backend in the normal test session.
+
+The kernel tests live in tests/triton_cases.py. They need TRITON_INTERPRET=1 set before the kernels are
+imported (triton.jit reads it then), which must not leak into the other test files of this session, so
+they run in a subprocess: on the CPU under Triton's interpreter always (CI has no GPU), and on CUDA as well
+where a GPU is present. Here: that lane, and backend selection without the interpreter.
+"""
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+import synthcl_fast.losses as L
+from synthcl_fast.backends import AUTO_ORDER, BackendUnavailableError, available_backends, resolve_backend
+from synthcl_fast.backends import triton_support
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = "tests/triton_cases.py"
+MIN_CASES = 200  # the interpreter lane must really have run the kernel tests, not skipped them
+TRITON_MISSING = triton_support.triton_import_error()
+
+
+def _run_cases(tmp_path, interpret: bool):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.pop("TRITON_INTERPRET", None)
+    env.pop("SYNTHCL_FAST_TRITON_TILES", None)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    report = tmp_path / "cases.xml"
+    command = [sys.executable, "-m", "pytest", CASES, "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-20000:]}\n{done.stderr[-5000:]}"
+    suite = ET.parse(report).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")}
+    assert counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
+    assert counts["tests"] >= MIN_CASES, counts
+
+
+@pytest.mark.skipif(TRITON_MISSING is not None, reason=f"{TRITON_MISSING}")
+def test_kernels_under_the_interpreter(tmp_path):
+    """Every case of tests/triton_cases.py, on CPU tensors with TRITON_INTERPRET=1 (~2-4 minutes)."""
+    _run_cases(tmp_path, interpret=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or TRITON_MISSING is not None, reason="needs a CUDA GPU and triton")
+def test_kernels_on_the_gpu(tmp_path):
+    _run_cases(tmp_path, interpret=False)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="this session runs the interpreter")
+def test_cpu_tensors_need_the_interpreter():
+    reason = available_backends("cpu")["triton"]
+    assert reason is not None and "TRITON_INTERPRET" in reason
+    with pytest.raises(BackendUnavailableError, match="backend 'triton' cannot run"):
+        L.nt_xent(torch.randn(4, 3), torch.randn(4, 3), backend="triton")
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32).name != "triton"
+
+
+def test_auto_prefers_triton_on_cuda():
+    assert AUTO_ORDER["cuda"][0] == "triton"
+    if torch.cuda.is_available() and TRITON_MISSING is None:
+        assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16).name == "triton"
+
+
+def test_missing_triton_is_a_clear_reason(monkeypatch):
+    monkeypatch.setattr(triton_support, "_IMPORT_ERROR", ["triton is not importable (ImportError: test)"])
+    for device in ("cpu", "cuda"):
+        assert "triton is not importable" in triton_support.unavailable_reason(torch.device(device), torch.float32)
+    with pytest.raises(BackendUnavailableError, match="triton is not importable"):
+        resolve_backend("triton", torch.device("cuda"), torch.float32)
+
+
+def test_unsupported_dtype_and_device():
+    if TRITON_MISSING is not None:
+        pytest.skip(TRITON_MISSING)
+    assert "float16, bfloat16, float32 or float64" in triton_support.unavailable_reason(torch.device("cuda"),
+                                                                                         torch.int32)
+    assert "CUDA tensors" in triton_support.unavailable_reason(torch.device("meta"), torch.float32)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("block_m=15", "power of two"),
+    ("block_m=8", "power of two >= 16"),
+    ("splits=0", "positive int"),
+    ("block_q=16", "keys"),
+    ("block_m", "key=positive int"),
+])
+def test_tile_override_errors(monkeypatch, text, message):
+    monkeypatch.setenv("SYNTHCL_FAST_TRITON_TILES", text)
+    with pytest.raises(ValueError, match=message):
+        triton_support.tile_overrides()
+
+
+def test_tile_override_parsing(monkeypatch):
+    monkeypatch.setenv("SYNTHCL_FAST_TRITON_TILES", " block_m=32, splits=3 ,num_warps=4")
+    assert triton_support.tile_overrides() == {"block_m": 32, "splits": 3, "num_warps": 4}
+    monkeypatch.setenv("SYNTHCL_FAST_TRITON_FP32_PRECISION", "fast")
+    with pytest.raises(ValueError, match="SYNTHCL_FAST_TRITON_FP32_PRECISION"):
+        triton_support.fp32_precision()
+
+
+def test_split_float_is_exact_to_float64_tolerance():
+    for value in (1e-12, 1.0 / 3, 1.0 / 65536, 0.1):
+        hi, lo = triton_support.split_float(value)
+        assert torch.tensor(hi, dtype=torch.float32).item() == hi and torch.tensor(lo, dtype=torch.float32).item() == lo
+        assert abs((hi + lo) - value) <= 1e-14 * value
