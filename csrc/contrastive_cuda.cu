@@ -268,13 +268,14 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
         for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
       for (int ch = 0; ch < n_chunks; ++ch) {
         const unsigned char* stage = acquire();
+        // the owner rows' chunk: in the resident copy, or in this stage after the streamed chunk
+        const int64_t a_stride = p.owner_resident ? layout.owner_row_bytes : kChunkRowBytes;
         const unsigned char* a_base[kParts];
-        int64_t a_stride;
+#pragma unroll
         for (int part = 0; part < kParts; ++part)
           a_base[part] = p.owner_resident
                              ? resident + part * kOwnerRows * layout.owner_row_bytes + ch * kChunk * 2
                              : stage + (kParts + part) * kTileBytes;
-        a_stride = p.owner_resident ? layout.owner_row_bytes : kChunkRowBytes;
 #pragma unroll
         for (int kk = 0; kk < kChunk / 16; ++kk) {
           uint32_t a[kParts][4];
