@@ -3,13 +3,16 @@
 - CPU kernels always (when torch is present); CUDA kernels (csrc/*.cu) only where torch has CUDA and
   nvcc is found, or FORCE_CUDA=1. SYNTHCL_FAST_NO_CUDA=1 skips them, SYNTHCL_FAST_NO_EXTENSION=1 skips
   the whole extension (the kernels are then compiled on first use).
-- TORCH_CUDA_ARCH_LIST picks the GPU architectures (default: 8.0 and 9.0a).
+- TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0+PTX;9.0a": Ampere machine code and PTX that
+  later GPUs compile at load, and Hopper machine code). CUDA_HOME picks the toolkit; without it, the toolkit
+  whose nvcc is on PATH, or /usr/local/cuda when that nvcc is a wrapper outside a toolkit (no libcudart beside).
 - Writes synthcl_fast/_build_info.json: what was built, against which torch.
 """
 
 import glob
 import json
 import os
+import shutil
 import sys
 
 from setuptools import setup
@@ -21,9 +24,23 @@ def _flag(name):
     return os.environ.get(name, "0") == "1"
 
 
+def _set_cuda_home():
+    """torch takes the toolkit to be the parent of the nvcc on PATH; where that nvcc is a wrapper script (say
+    /usr/local/bin/nvcc), the link would find no libcudart. Point CUDA_HOME at a real toolkit instead."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    homes = ([os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []) + ["/usr/local/cuda"]
+    for home in homes:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and glob.glob(os.path.join(home, "lib*", "libcudart.so*")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
 def _extension_config():
     if _flag("SYNTHCL_FAST_NO_EXTENSION"):
         return [], {}
+    _set_cuda_home()
     try:
         import torch
         from torch.utils import cpp_extension
@@ -41,8 +58,9 @@ def _extension_config():
         print("synthcl_fast: no CUDA toolkit found (or torch without CUDA); building the CPU kernels only",
               file=sys.stderr)
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
-        nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0+PTX;9.0a")
+        # --threads 2: the architectures compile in parallel (CI machines have 2 cores)
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--threads", "2"]
         ext = cpp_extension.CUDAExtension("synthcl_fast._C", sources + cuda_sources,
                                           extra_compile_args={"cxx": cxx, "nvcc": nvcc})
     else:

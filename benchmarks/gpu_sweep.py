@@ -1,5 +1,5 @@
-"""GPU sweep: the Triton kernels against the materializing reference, torch.compile(reference) and Inf-CL,
-with the card's own ceilings, in one run (one `device` call: under 10 minutes on an H100).
+"""GPU sweep: the Triton and CUDA kernels against the materializing reference, torch.compile(reference) and
+Inf-CL, with the card's own ceilings, in one run (one `device` call: under 10 minutes on an H100).
 
     python benchmarks/gpu_sweep.py                 # checks + ceilings + every case; writes benchmarks/results/
     python benchmarks/gpu_sweep.py --dry-run       # the plan (cases, variants, flops, skips); no GPU needed
@@ -8,23 +8,27 @@ with the card's own ceilings, in one run (one `device` call: under 10 minutes on
 What it does, in order (later parts are skipped, and say so, once --budget-s is spent):
 1. Environment: GPU name, SMs, memory, torch, triton, CUDA versions, commit.
 2. Ceilings measured on this card: bf16 matrix-product rate (torch.mm, 8192^3) and device copy bandwidth.
-3. Checks: the Triton backend against a float64 reference on the GPU (fp32, bf16, fp16; NT-Xent, SupCon
-   labels, MoCo queue, symmetric CLIP; temperature 0.01 in bf16), values and gradients; bitwise
-   determinism. Targets: fp32 3e-4 (tf32 products), bf16 1e-2, fp16 2e-3 relative to the largest entry.
+3. Checks: the Triton and CUDA backends (each where it can run) against a float64 reference on the GPU
+   (fp32, bf16, fp16; NT-Xent, SupCon labels, MoCo queue, symmetric CLIP; temperature 0.01 in bf16; the
+   positive-pair loss), values and gradients; bitwise determinism. Targets: fp32 3e-4, bf16 1e-2, fp16 2e-3
+   relative to the largest entry.
 4. Timings, per case and variant: forward (no grad), forward + backward (one training step of the loss:
    forward with grad, then torch.autograd.grad) and backward = their difference; CUDA events around
    every call, median of many calls after warm-up, inputs rotated over 3 sets (no L2 reuse between calls);
    effective TFLOP/s on the ideal flop count (2RKD forward, 8RKD forward + backward; the symmetric CLIP
    loss also counts 8RKD: both directions from one set of products); peak extra memory
    (torch.cuda.max_memory_allocated during one step minus what was allocated before it: the inputs).
-   Variants: triton; reference (synthcl_fast.reference's textbook losses, R x K logits); compiled
+   Variants: triton; cuda (csrc/*_cuda.cu; its speed_vs_triton is the issue's "within 1.25x" ratio);
+   reference (synthcl_fast.reference's textbook losses, R x K logits); compiled
    (torch.compile(reference, dynamic=True): one compilation per loss for every shape); inf_cl
    (`inf_cl.cal_flash_loss`, one direction per call, fp32 inside, where `pip install inf-cl` was done).
    The reference and its compiled form are skipped where their logits would not fit in memory.
 
 Cases (bf16 unless said): SimCLR NT-Xent R = K in {4096, 16384, 65536}, D in {128, 256} (plus fp32 at
 16384/128); MoCo R = 256 queries, K = 65536 keys + queue, D = 128; CLIP B in {16384, 65536}, D in {512, 768}
-(symmetric, and one direction against Inf-CL); scale: NT-Xent R = K = 262144, D = 128 (Triton only).
+(symmetric, and one direction against Inf-CL); scale: NT-Xent R = K = 262144, D = 128 (fused backends only);
+positive_pair: R = 2^20 rows, D = 256, bf16 and fp32 (memory-bound: GB/s on the bytes it must move, reading
+a and b and writing the gradient of a, and the fraction of the measured copy bandwidth).
 
 Output: benchmarks/results/gpu_sweep.json (everything), gpu_sweep.csv (one row per case x variant),
 gpu_sweep.md (the table). Nothing here has been run on a GPU by its author: the numbers are still to be
@@ -74,15 +78,23 @@ class Case:
         shape = f"R=K={self.rows}" if self.rows == self.cols else f"R={self.rows} K={self.cols}"
         if self.family == "clip":
             shape = f"B={self.rows}"
+        if self.family == "positive_pair":
+            shape = f"R={self.rows}"
         return f"{self.family} {shape} D={self.dim} {self.dtype}"
 
     @property
     def flops_forward(self) -> float:
-        return 2.0 * self.rows * self.cols * self.dim
+        return 0.0 if self.family == "positive_pair" else 2.0 * self.rows * self.cols * self.dim
 
     @property
     def flops_step(self) -> float:
-        return 8.0 * self.rows * self.cols * self.dim
+        return 0.0 if self.family == "positive_pair" else 8.0 * self.rows * self.cols * self.dim
+
+    @property
+    def bytes_step(self) -> int:
+        """Bytes a fused forward + backward must move (positive_pair: read a and b, write the gradient of a)."""
+        element = torch.empty((), dtype=DTYPES[self.dtype]).element_size()
+        return 3 * self.rows * self.dim * element if self.family == "positive_pair" else 0
 
     def reference_bytes(self) -> int:
         return REFERENCE_LOGIT_COPIES * self.rows * self.cols * 4
@@ -107,19 +119,23 @@ CASES = [
     Case("clip", 65536, 65536, 512),
     Case("clip", 65536, 65536, 768),
     Case("scale", 262144, 262144, 128),
+    Case("positive_pair", 1 << 20, 1, 256),
+    Case("positive_pair", 1 << 20, 1, 256, "float32"),
 ]
 
 # --smoke: the same code paths on the CPU (Triton's interpreter, perf_counter timing, tiny shapes), so that
 # the script can be checked on a machine without a GPU. Its numbers mean nothing.
 SMOKE_CASES = [Case("simclr", 64, 64, 32, "float32"), Case("moco", 16, 160, 32, "float32"),
-               Case("clip", 48, 48, 32, "bfloat16")]
+               Case("clip", 48, 48, 32, "bfloat16"), Case("positive_pair", 64, 1, 32, "float32")]
 
 VARIANTS = {
-    "simclr": ["triton", "reference", "compiled"],
-    "scale": ["triton"],
-    "moco": ["triton", "reference", "compiled", "inf_cl"],
-    "clip": ["triton", "reference", "compiled", "triton_one_direction", "inf_cl_one_direction", "inf_cl"],
+    "simclr": ["triton", "cuda", "reference", "compiled"],
+    "scale": ["triton", "cuda"],
+    "moco": ["triton", "cuda", "reference", "compiled", "inf_cl"],
+    "clip": ["triton", "cuda", "reference", "compiled", "triton_one_direction", "inf_cl_one_direction", "inf_cl"],
+    "positive_pair": ["triton", "cuda", "reference", "compiled"],
 }
+FUSED = ("triton", "cuda")  # variants that are synthcl_fast backends
 
 
 @dataclass
@@ -150,6 +166,9 @@ class Row:
     speedup_vs_reference: float | None = None
     speedup_vs_compiled: float | None = None
     speedup_vs_inf_cl: float | None = None
+    speed_vs_triton: float | None = None      # cuda rows: triton's step time / cuda's (>= 0.8: within 1.25x)
+    step_gb_per_s: float | None = None        # positive_pair: bytes_step over the step time
+    fraction_of_copy: float | None = None     # positive_pair: of the measured device copy bandwidth
     memory_vs_reference: float | None = None
     fraction_of_bf16_matmul: float | None = None
 
@@ -171,8 +190,16 @@ def inf_cl_head_dim(dim: int) -> int | None:
     return None
 
 
+def backend_unavailable(name: str, case: Case, device: torch.device) -> str | None:
+    """Why a fused backend cannot run a case's inputs on `device` (None: it can)."""
+    from synthcl_fast.backends import BACKENDS
+
+    reason = BACKENDS[name].unavailable_reason(device, DTYPES[case.dtype])
+    return None if reason is None else f"backend {name!r} unavailable: {reason}"
+
+
 def make_plan(cases, memory_bytes: float | None, inf_cl_reason: str | None, compile_reference: bool,
-              only: set[str] | None) -> list[Planned]:
+              only: set[str] | None, device: torch.device = torch.device("cuda")) -> list[Planned]:
     plan = []
     for case in cases:
         if only and case.family not in only:
@@ -185,6 +212,8 @@ def make_plan(cases, memory_bytes: float | None, inf_cl_reason: str | None, comp
                         f"(> 85% of {memory_bytes / 2**30:.0f} GiB)")
             elif variant == "compiled" and not compile_reference:
                 skip = "--no-compile"
+            elif variant == "cuda":  # the triton variant reports its own errors (its interpreter runs --smoke)
+                skip = backend_unavailable("cuda", case, device)
             elif variant.startswith("inf_cl"):
                 if inf_cl_reason is not None:
                     skip = inf_cl_reason
@@ -209,6 +238,8 @@ def make_inputs(case: Case, device, seed: int):
         return {"z1": randn(case.rows // 2), "z2": randn(case.rows // 2)}
     if case.family == "moco":
         return {"query": randn(case.rows), "key": randn(case.rows), "queue": randn(case.cols - case.rows, grad=False)}
+    if case.family == "positive_pair":
+        return {"a": randn(case.rows), "b": randn(case.rows, grad=False)}
     return {"image": randn(case.rows), "text": randn(case.cols),
             "logit_scale": torch.tensor(CLIP_LOGIT_SCALE, device=device, requires_grad=True)}
 
@@ -220,10 +251,12 @@ def make_loss(case: Case, variant: str):
 
     family = case.family
     if variant == "compiled":
-        base = {"simclr": ref.nt_xent, "moco": ref.info_nce, "clip": ref.clip_loss}[family]
+        base = {"simclr": ref.nt_xent, "moco": ref.info_nce, "clip": ref.clip_loss,
+                "positive_pair": ref.positive_pair_loss}[family]
         compiled = _compiled(base)
-        return _loss_for(case, "reference", {"nt_xent": compiled, "info_nce": compiled, "clip_loss": compiled})
-    if variant in ("reference", "triton", "triton_one_direction"):
+        return _loss_for(case, "reference", {"nt_xent": compiled, "info_nce": compiled, "clip_loss": compiled,
+                                             "positive_pair_loss": compiled})
+    if variant in ("reference", "triton_one_direction") + FUSED:
         return _loss_for(case, variant, None)
     if variant.startswith("inf_cl"):
         import torch.nn.functional as F
@@ -259,16 +292,20 @@ def _loss_for(case: Case, variant: str, compiled: dict | None):
     from synthcl_fast import reference as ref
 
     if variant == "reference":
-        fns = compiled or {"nt_xent": ref.nt_xent, "info_nce": ref.info_nce, "clip_loss": ref.clip_loss}
+        fns = compiled or {"nt_xent": ref.nt_xent, "info_nce": ref.info_nce, "clip_loss": ref.clip_loss,
+                           "positive_pair_loss": ref.positive_pair_loss}
         kw = {}
     else:
-        fns = {"nt_xent": L.nt_xent, "info_nce": L.info_nce, "clip_loss": L.clip_loss}
-        kw = {"backend": "triton"}
+        fns = {"nt_xent": L.nt_xent, "info_nce": L.info_nce, "clip_loss": L.clip_loss,
+               "positive_pair_loss": L.positive_pair_loss}
+        kw = {"backend": "cuda" if variant == "cuda" else "triton"}
     if case.family in ("simclr", "scale"):
         return lambda x: fns["nt_xent"](x["z1"], x["z2"], temperature=TEMPERATURE["simclr"], **kw)
     if case.family == "moco":
         return lambda x: fns["info_nce"](x["query"], x["key"], negatives=x["queue"], temperature=TEMPERATURE["moco"],
                                          **kw)
+    if case.family == "positive_pair":
+        return lambda x: fns["positive_pair_loss"](x["a"], x["b"], 0.5, **kw)
     symmetric = variant != "triton_one_direction"
     return lambda x: fns["clip_loss"](x["image"], x["text"], logit_scale=x["logit_scale"], symmetric=symmetric, **kw)
 
@@ -354,6 +391,8 @@ def measure(planned: Planned, device, args) -> Row:
         row.reps = {"forward": reps_f, "step": reps_s}
         row.forward_tflops = case.flops_forward / (row.forward_ms * 1e-3) / 1e12
         row.step_tflops = case.flops_step / (row.step_ms * 1e-3) / 1e12
+        if case.bytes_step:
+            row.step_gb_per_s = case.bytes_step / (row.step_ms * 1e-3) / 1e9
         row.peak_extra_mb = peak_extra_mb(lambda: step(0))
         with torch.no_grad():
             row.loss = float(loss_fn(inputs[0]))
@@ -382,10 +421,15 @@ def add_ratios(rows: list[Row], ceilings: dict) -> None:
             inf = variants.get("inf_cl_one_direction" if row.variant == "triton_one_direction" else "inf_cl")
             if inf is not None and inf.status == "ok":
                 row.speedup_vs_inf_cl = inf.step_ms / row.step_ms
+            triton = variants.get("triton")
+            if row.variant == "cuda" and triton is not None and triton.status == "ok":
+                row.speed_vs_triton = triton.step_ms / row.step_ms
+            if row.step_gb_per_s and ceilings.get("copy_gb_per_s"):
+                row.fraction_of_copy = row.step_gb_per_s / ceilings["copy_gb_per_s"]
             base = variants.get("reference")
             if base is not None and base.status == "ok" and base.peak_extra_mb:
                 row.memory_vs_reference = row.peak_extra_mb / base.peak_extra_mb
-            if ceilings.get("bf16_matmul_tflops"):
+            if ceilings.get("bf16_matmul_tflops") and row.step_tflops:
                 row.fraction_of_bf16_matmul = row.step_tflops / ceilings["bf16_matmul_tflops"]
 
 
@@ -415,23 +459,25 @@ def _relative(actual, expected) -> float:
 
 
 def run_checks(device, small: bool = False) -> list[dict]:
-    """The Triton backend against a float64 reference computed on the GPU; determinism. small: --smoke sizes."""
+    """Each fused backend that can run on `device` against a float64 reference computed there; determinism.
+    small: --smoke sizes."""
     import synthcl_fast.losses as L
     from synthcl_fast import reference as ref
+    from synthcl_fast.backends import BACKENDS
 
     generator = torch.Generator(device=device).manual_seed(0)
     results = []
 
-    def check(name, dtype, fn_triton, fn_reference, make):
+    def check(name, dtype, fn_fused, fn_reference, make):
         tensors = make(dtype)
         tensors64 = [t.detach().double().requires_grad_(t.requires_grad) for t in tensors]
-        got, exp = fn_triton(*tensors), fn_reference(*tensors64)
+        got, exp = fn_fused(*tensors), fn_reference(*tensors64)
         wanted = [i for i, t in enumerate(tensors) if t.requires_grad]
         grads = torch.autograd.grad(got, [tensors[i] for i in wanted])
         grads64 = torch.autograd.grad(exp, [tensors64[i] for i in wanted])
         errors = {"value": _relative(got, exp)}
         errors.update({f"grad{i}": _relative(g, e) for i, g, e in zip(wanted, grads, grads64)})
-        again = fn_triton(*tensors)
+        again = fn_fused(*tensors)
         grads_again = torch.autograd.grad(again, [tensors[i] for i in wanted])
         deterministic = torch.equal(got, again) and all(torch.equal(g, h) for g, h in zip(grads, grads_again))
         target = TARGETS[str(dtype).removeprefix("torch.")]
@@ -442,32 +488,37 @@ def run_checks(device, small: bool = False) -> list[dict]:
     def randn(*shape, dtype, scale=1.0):
         return (scale * torch.randn(*shape, generator=generator, device=device)).to(dtype).requires_grad_()
 
-    # (rows of each view, D), (SupCon rows, D, labels), (MoCo queries, queue, D), (CLIP B, D)
-    nt, sup, moco, clip = (((1023, 100), (1999, 64, 300), (256, 8192, 128), (3000, 512)) if not small
-                           else ((20, 9), (37, 5, 6), (8, 40, 16), (19, 24)))
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        check(f"nt_xent R=K={2 * nt[0]} D={nt[1]} t=0.1", dtype,
-              lambda a, b: L.nt_xent(a, b, temperature=0.1, backend="triton"),
-              lambda a, b: ref.nt_xent(a, b, temperature=0.1),
-              lambda d: (randn(*nt, dtype=d), randn(*nt, dtype=d)))
-    check(f"nt_xent R=K={2 * nt[0]} D={nt[1]} t=0.01", torch.bfloat16,
-          lambda a, b: L.nt_xent(a, b, temperature=0.01, backend="triton"),
-          lambda a, b: ref.nt_xent(a, b, temperature=0.01), lambda d: (randn(*nt, dtype=d), randn(*nt, dtype=d)))
-    labels = torch.randint(0, sup[2], (sup[0],), generator=generator, device=device)
-    for dtype in (torch.float32, torch.bfloat16):
-        check(f"supcon R={sup[0]} D={sup[1]} labels 0..{sup[2]}", dtype,
-              lambda x: L.supcon(x, labels, temperature=0.1, backend="triton"),
-              lambda x: ref.supcon(x, labels, temperature=0.1), lambda d: (randn(sup[0], sup[1], dtype=d),))
-        check(f"info_nce R={moco[0]} queue={moco[1]} D={moco[2]}", dtype,
-              lambda q, k, n: L.info_nce(q, k, negatives=n, temperature=0.07, backend="triton"),
-              lambda q, k, n: ref.info_nce(q, k, negatives=n, temperature=0.07),
-              lambda d: (randn(moco[0], moco[2], dtype=d), randn(moco[0], moco[2], dtype=d),
-                         randn(moco[1], moco[2], dtype=d)))
-        check(f"clip symmetric B={clip[0]} D={clip[1]} learnable scale", dtype,
-              lambda i, t, s: L.clip_loss(i, t, logit_scale=s, backend="triton"),
-              lambda i, t, s: ref.clip_loss(i, t, logit_scale=s),
-              lambda d: (randn(*clip, dtype=d), randn(*clip, dtype=d),
-                         torch.tensor(14.3, device=device, requires_grad=True)))
+    # (rows of each view, D), (SupCon rows, D, labels), (MoCo queries, queue, D), (CLIP B, D), (pairs, D)
+    nt, sup, moco, clip, pair = (((1023, 100), (1999, 64, 300), (256, 8192, 128), (3000, 512), (100003, 256))
+                                 if not small else ((20, 9), (37, 5, 6), (8, 40, 16), (19, 24), (33, 16)))
+    backends = [b for b in FUSED if BACKENDS[b].unavailable_reason(device, torch.float32) is None]
+    for backend in backends:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            check(f"{backend} nt_xent R=K={2 * nt[0]} D={nt[1]} t=0.1", dtype,
+                  lambda a, b: L.nt_xent(a, b, temperature=0.1, backend=backend),
+                  lambda a, b: ref.nt_xent(a, b, temperature=0.1),
+                  lambda d: (randn(*nt, dtype=d), randn(*nt, dtype=d)))
+        check(f"{backend} nt_xent R=K={2 * nt[0]} D={nt[1]} t=0.01", torch.bfloat16,
+              lambda a, b: L.nt_xent(a, b, temperature=0.01, backend=backend),
+              lambda a, b: ref.nt_xent(a, b, temperature=0.01), lambda d: (randn(*nt, dtype=d), randn(*nt, dtype=d)))
+        labels = torch.randint(0, sup[2], (sup[0],), generator=generator, device=device)
+        for dtype in (torch.float32, torch.bfloat16):
+            check(f"{backend} supcon R={sup[0]} D={sup[1]} labels 0..{sup[2]}", dtype,
+                  lambda x: L.supcon(x, labels, temperature=0.1, backend=backend),
+                  lambda x: ref.supcon(x, labels, temperature=0.1), lambda d: (randn(sup[0], sup[1], dtype=d),))
+            check(f"{backend} info_nce R={moco[0]} queue={moco[1]} D={moco[2]}", dtype,
+                  lambda q, k, n: L.info_nce(q, k, negatives=n, temperature=0.07, backend=backend),
+                  lambda q, k, n: ref.info_nce(q, k, negatives=n, temperature=0.07),
+                  lambda d: (randn(moco[0], moco[2], dtype=d), randn(moco[0], moco[2], dtype=d),
+                             randn(moco[1], moco[2], dtype=d)))
+            check(f"{backend} clip symmetric B={clip[0]} D={clip[1]} learnable scale", dtype,
+                  lambda i, t, s: L.clip_loss(i, t, logit_scale=s, backend=backend),
+                  lambda i, t, s: ref.clip_loss(i, t, logit_scale=s),
+                  lambda d: (randn(*clip, dtype=d), randn(*clip, dtype=d),
+                             torch.tensor(14.3, device=device, requires_grad=True)))
+            check(f"{backend} positive_pair R={pair[0]} D={pair[1]}", dtype,
+                  lambda a, b: L.positive_pair_loss(a, b, 0.3, backend=backend),
+                  lambda a, b: ref.positive_pair_loss(a, b, 0.3), lambda d: (randn(*pair, dtype=d), randn(*pair, dtype=d)))
     return results
 
 
@@ -509,9 +560,9 @@ def markdown(result: dict) -> str:
         for c in result["checks"]:
             lines.append(f"| {c['check']} | {c['dtype']} | {c['max_error']:.2e} | {c['target']:.0e} | "
                          f"{c['deterministic']} | {c['passed']} |")
-    lines += ["", "| case | variant | fwd ms | fwd+bwd ms | bwd ms | TFLOP/s (8RKD) | of bf16 mm | peak extra MiB "
-                  "| vs reference | vs compiled | vs Inf-CL | memory vs ref. | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| case | variant | fwd ms | fwd+bwd ms | bwd ms | TFLOP/s (8RKD) | of bf16 mm | GB/s | of copy "
+                  "| peak extra MiB | vs reference | vs compiled | vs Inf-CL | speed vs triton | memory vs ref. | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
@@ -519,9 +570,11 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['case']} | {r['variant']} | {fmt(r['forward_ms'], '.3f')} | {fmt(r['step_ms'], '.3f')} | "
                      f"{fmt(r['backward_ms'], '.3f')} | {fmt(r['step_tflops'], '.1f')} | "
-                     f"{fmt(r['fraction_of_bf16_matmul'], '.0%')} | {fmt(r['peak_extra_mb'], '.1f')} | "
+                     f"{fmt(r['fraction_of_bf16_matmul'], '.0%')} | {fmt(r['step_gb_per_s'], '.0f')} | "
+                     f"{fmt(r['fraction_of_copy'], '.0%')} | {fmt(r['peak_extra_mb'], '.1f')} | "
                      f"{fmt(r['speedup_vs_reference'], '.2f')} | {fmt(r['speedup_vs_compiled'], '.2f')} | "
-                     f"{fmt(r['speedup_vs_inf_cl'], '.2f')} | {fmt(r['memory_vs_reference'], '.2%')} | "
+                     f"{fmt(r['speedup_vs_inf_cl'], '.2f')} | {fmt(r['speed_vs_triton'], '.2f')} | "
+                     f"{fmt(r['memory_vs_reference'], '.2%')} | "
                      f"{r['status']} |")
     return "\n".join(lines)
 
@@ -533,7 +586,7 @@ def parse_args(argv):
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes on the CPU (needs TRITON_INTERPRET=1): checks the script, not the kernels")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without extension")
-    parser.add_argument("--only", default="", help="comma-separated families: simclr,moco,clip,scale")
+    parser.add_argument("--only", default="", help="comma-separated families: simclr,moco,clip,scale,positive_pair")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     parser.add_argument("--no-checks", action="store_true", help="skip the correctness checks")
     parser.add_argument("--budget-s", type=float, default=420.0,
@@ -556,14 +609,16 @@ def main(argv=None) -> dict | None:
               else torch.cuda.get_device_properties(0).total_memory if have_gpu else 80 * 2**30)
     if args.smoke:
         args.no_compile, args.min_reps, args.max_reps = True, 2, 2
-    plan = make_plan(SMOKE_CASES if args.smoke else CASES, memory, inf_cl_available(), not args.no_compile, only)
+    plan = make_plan(SMOKE_CASES if args.smoke else CASES, memory, inf_cl_available(), not args.no_compile, only,
+                     torch.device("cpu") if args.smoke else torch.device("cuda"))
     if args.dry_run:
         print(f"plan for {memory / 2**30:.0f} GiB of GPU memory ({len(plan)} measurements):")
         for p in plan:
             c = p.case
-            print(f"  {c.name:<34} {p.variant:<22} fwd {c.flops_forward / 1e12:8.2f} TFLOP  "
-                  f"fwd+bwd {c.flops_step / 1e12:8.2f} TFLOP  ref logits ~{c.reference_bytes() / 2**30:7.1f} GiB"
-                  + (f"  SKIP: {p.skip}" if p.skip else ""))
+            work = (f"fwd+bwd moves {c.bytes_step / 1e9:6.2f} GB" if c.bytes_step else
+                    f"fwd {c.flops_forward / 1e12:8.2f} TFLOP  fwd+bwd {c.flops_step / 1e12:8.2f} TFLOP  "
+                    f"ref logits ~{c.reference_bytes() / 2**30:7.1f} GiB")
+            print(f"  {c.name:<38} {p.variant:<22} {work}" + (f"  SKIP: {p.skip}" if p.skip else ""))
         return {"plan": [{"case": p.case.name, "variant": p.variant, "skip": p.skip} for p in plan]}
     if not have_gpu and not args.smoke:
         raise SystemExit("no CUDA device: run with --dry-run to see the plan, or on a GPU machine")
@@ -587,8 +642,9 @@ def main(argv=None) -> dict | None:
         row = measure(planned, device, args)
         rows.append(row)
         print(f"{row.case:<34} {row.variant:<22} "
-              + (f"fwd {row.forward_ms:9.3f} ms  fwd+bwd {row.step_ms:9.3f} ms  {row.step_tflops:7.1f} TFLOP/s  "
-                 f"peak {row.peak_extra_mb:9.1f} MiB" if row.status == "ok" else row.status), flush=True)
+              + (f"fwd {row.forward_ms:9.3f} ms  fwd+bwd {row.step_ms:9.3f} ms  "
+                 + (f"{row.step_gb_per_s:7.0f} GB/s  " if row.step_gb_per_s else f"{row.step_tflops:7.1f} TFLOP/s  ")
+                 + f"peak {row.peak_extra_mb:9.1f} MiB" if row.status == "ok" else row.status), flush=True)
     add_ratios(rows, result["ceilings"])
     result["rows"] = [asdict(r) for r in rows]
     result["elapsed_s"] = time.perf_counter() - started

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-VARIANT_ORDER = ["triton", "triton_one_direction", "reference", "compiled", "inf_cl", "inf_cl_one_direction"]
+VARIANT_ORDER = ["triton", "cuda", "triton_one_direction", "reference", "compiled", "inf_cl", "inf_cl_one_direction"]
 
 
 def plot(result: dict, out: Path) -> Path:

@@ -1,4 +1,5 @@
-// Shared by the CPU kernels: argument checks at the C++ boundary and a vectorizable exp.
+// Shared by the CPU and CUDA kernels: the ops' integer codes, argument checks at the C++ boundary, and
+// (CPU) a vectorizable exp.
 //
 // The Python layer validates user input with friendly messages; these checks are the last line of
 // defence so that a direct call of the registered op (torch.ops.synthcl_fast.*) can never read out
@@ -37,6 +38,54 @@ inline void check_scalar(const at::Tensor& t, const char* name) {
 
 inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
   TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but the features are on ", ref.device());
+}
+
+// Integer codes of the op schemas (bindings.cpp).
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+enum Mode : int64_t { kTwoSided = 0, kFloor = 1 };
+
+inline void check_reduction(int64_t reduction) {
+  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, "reduction code must be 0, 1 or 2, got ",
+              reduction);
+}
+
+// The checks every implementation of contrastive_forward / contrastive_backward makes; device_type is the
+// one its kernels run on.
+inline void check_contrastive_inputs(const at::Tensor& anchors, const at::Tensor& candidates,
+                                     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
+                                     const at::Tensor& temperature, double eps, c10::DeviceType device_type) {
+  check_matrix(anchors, "anchors");
+  check_matrix(candidates, "candidates");
+  TORCH_CHECK(anchors.size(1) == candidates.size(1), "anchors and candidates must have the same feature dimension, got ",
+              anchors.size(1), " and ", candidates.size(1));
+  TORCH_CHECK(anchors.scalar_type() == candidates.scalar_type(), "anchors and candidates must have the same dtype, got ",
+              anchors.scalar_type(), " and ", candidates.scalar_type());
+  check_vector(anchor_labels, "anchor_labels", anchors.size(0), at::kLong);
+  check_vector(candidate_labels, "candidate_labels", candidates.size(0), at::kLong);
+  check_scalar(temperature, "temperature");
+  for (const auto& [t, name] : {std::pair{&candidates, "candidates"}, {&anchor_labels, "anchor_labels"},
+                                {&candidate_labels, "candidate_labels"}, {&temperature, "temperature"}}) {
+    check_same_device(*t, anchors, name);
+  }
+  TORCH_CHECK(anchors.device().type() == device_type, "the ", device_type, " kernel got tensors on ", anchors.device());
+  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+}
+
+// The checks every implementation of positive_pair_forward makes (target: float32, float64 for float64 rows).
+inline void check_positive_pair_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& target,
+                                       int64_t mode, int64_t reduction, double eps, c10::DeviceType device_type) {
+  check_matrix(a, "a");
+  check_matrix(b, "b");
+  TORCH_CHECK(a.sizes() == b.sizes(), "a and b must have the same shape, got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b must have the same dtype, got ", a.scalar_type(), " and ",
+              b.scalar_type());
+  check_same_device(b, a, "b");
+  check_same_device(target, a, "target");
+  TORCH_CHECK(a.device().type() == device_type, "the ", device_type, " kernel got tensors on ", a.device());
+  TORCH_CHECK(mode == kTwoSided || mode == kFloor, "mode code must be 0 or 1, got ", mode);
+  check_reduction(reduction);
+  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+  check_vector(target, "target", a.size(0), a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
 }
 
 // Outputs are allocated uninitialized. With SYNTHCL_FAST_POISON_OUTPUTS=1 (set by the test suite) they

@@ -39,8 +39,6 @@ constexpr int64_t kMaxBlockRows = 256;
 constexpr int64_t kMinBlockRows = 16;
 constexpr int64_t kRowGrain = 8;
 
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
-
 at::ScalarType accumulate_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // u = x / max(||x||, eps) in the accumulation type, and the clamped norms (float64). The squares are
@@ -350,24 +348,6 @@ ForwardResult forward_pass(const Problem<acc_t>& p, bool want_grad) {
   return out;
 }
 
-void check_contrastive_inputs(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
-                              const at::Tensor& candidate_labels, const at::Tensor& temperature) {
-  check_matrix(anchors, "anchors");
-  check_matrix(candidates, "candidates");
-  TORCH_CHECK(anchors.size(1) == candidates.size(1), "anchors and candidates must have the same feature dimension, got ",
-              anchors.size(1), " and ", candidates.size(1));
-  TORCH_CHECK(anchors.scalar_type() == candidates.scalar_type(), "anchors and candidates must have the same dtype, got ",
-              anchors.scalar_type(), " and ", candidates.scalar_type());
-  check_vector(anchor_labels, "anchor_labels", anchors.size(0), at::kLong);
-  check_vector(candidate_labels, "candidate_labels", candidates.size(0), at::kLong);
-  check_scalar(temperature, "temperature");
-  for (const auto& [t, name] : {std::pair{&candidates, "candidates"}, {&anchor_labels, "anchor_labels"},
-                                {&candidate_labels, "candidate_labels"}, {&temperature, "temperature"}}) {
-    check_same_device(*t, anchors, name);
-  }
-  TORCH_CHECK(anchors.device().is_cpu(), "the CPU kernel got tensors on ", anchors.device());
-}
-
 double checked_inverse_temperature(const at::Tensor& temperature) {
   const double t = temperature.item<double>();
   TORCH_CHECK(std::isfinite(t) && t >= kMinTemperature, "temperature must be finite and >= ", kMinTemperature,
@@ -382,11 +362,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
     const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self, int64_t reduction,
     double eps, bool compute_grad) {
-  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature);
-  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, "reduction code must be 0, 1 or 2, got ",
-              reduction);
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
+  check_reduction(reduction);
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
-  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
   const double inv_t = checked_inverse_temperature(temperature);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
@@ -420,14 +398,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
     const at::Tensor& row_lse, const at::Tensor& row_n_positive, bool exclude_self, double eps) {
-  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature);
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
   const int64_t n_rows = anchors.size(0);
   const auto acc = accumulate_type(anchors.scalar_type());
   check_vector(row_lse, "row_lse", n_rows, acc);
   check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
   TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
               grad_rows.sizes());
-  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
   const double inv_t = checked_inverse_temperature(temperature);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);

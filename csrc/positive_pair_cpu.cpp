@@ -24,9 +24,6 @@
 namespace synthcl_fast {
 namespace {
 
-enum Mode : int64_t { kTwoSided = 0, kFloor = 1 };
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
-
 // Sums in float64: fp32 rows neither overflow nor underflow in the norms (see normalize_rows).
 template <typename scalar_t, typename acc_t>
 void positive_pair_rows(const scalar_t* a, const scalar_t* b, const acc_t* target, int64_t n_rows, int64_t dim,
@@ -80,20 +77,9 @@ void positive_pair_rows(const scalar_t* a, const scalar_t* b, const acc_t* targe
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> positive_pair_forward_cpu(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& target, int64_t mode, int64_t reduction, double eps,
     bool compute_grad_a, bool compute_grad_b) {
-  check_matrix(a, "a");
-  check_matrix(b, "b");
-  TORCH_CHECK(a.sizes() == b.sizes(), "a and b must have the same shape, got ", a.sizes(), " and ", b.sizes());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b must have the same dtype, got ", a.scalar_type(), " and ",
-              b.scalar_type());
-  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && target.device().is_cpu(),
-              "the CPU kernel got tensors on another device");
-  TORCH_CHECK(mode == kTwoSided || mode == kFloor, "mode code must be 0 or 1, got ", mode);
-  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, "reduction code must be 0, 1 or 2, got ",
-              reduction);
-  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+  check_positive_pair_inputs(a, b, target, mode, reduction, eps, c10::kCPU);
   const int64_t n_rows = a.size(0), dim = a.size(1);
   const auto acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  check_vector(target, "target", n_rows, acc);
   at::Tensor ac = a.contiguous(), bc = b.contiguous(), tc = target.contiguous();
   auto acc_opts = a.options().dtype(acc);
   at::Tensor loss = empty_output({n_rows}, acc_opts), cosine = empty_output({n_rows}, acc_opts);

@@ -40,6 +40,14 @@ def test_dry_run_plan_covers_the_issue_shapes():
             assert entries[(f"clip B={b} D={dim} bfloat16", "triton")] is None
             assert (f"clip B={b} D={dim} bfloat16", "inf_cl") in entries
     assert entries[("scale R=K=262144 D=128 bfloat16", "triton")] is None
+    # The CUDA backend on the same shapes (skipped, with the reason, where it is not built), and the
+    # memory-bound positive-pair loss on 2^20 rows of D = 256.
+    for n in (4096, 16384, 65536):
+        assert (f"simclr R=K={n} D=128 bfloat16", "cuda") in entries
+    assert ("moco R=256 K=65536 D=128 bfloat16", "cuda") in entries
+    assert ("clip B=65536 D=768 bfloat16", "cuda") in entries
+    for variant in ("triton", "cuda", "reference"):
+        assert ("positive_pair R=1048576 D=256 bfloat16", variant) in entries
     # The reference runs where its logits fit in 80 GiB and is skipped, with the reason, where not.
     assert entries[("simclr R=K=16384 D=256 bfloat16", "reference")] is None
     assert "GiB" in entries[("simclr R=K=65536 D=128 bfloat16", "reference")]
@@ -73,3 +81,19 @@ def test_smoke_run_and_plot(tmp_path):
                              timeout=300)
     assert plotted.returncode == 0, plotted.stderr
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_memory_bound_case_and_ratios():
+    """positive_pair is timed on the bytes it must move; cuda rows get their speed relative to triton."""
+    sweep = _load()
+    pair = sweep.Case("positive_pair", 1 << 20, 1, 256)
+    assert pair.bytes_step == 3 * (1 << 20) * 256 * 2 and pair.flops_step == 0
+    assert sweep.Case("simclr", 8, 8, 4).bytes_step == 0
+    rows = [sweep.Row(pair.name, pair.family, variant, pair.rows, pair.cols, pair.dim, pair.dtype, step_ms=ms,
+                      step_tflops=0.0, step_gb_per_s=pair.bytes_step / (ms * 1e-3) / 1e9)
+            for variant, ms in (("triton", 1.0), ("cuda", 0.8))]
+    sweep.add_ratios(rows, {"copy_gb_per_s": 3000.0, "bf16_matmul_tflops": 800.0})
+    triton, cuda = rows
+    assert cuda.speed_vs_triton == pytest.approx(1.25) and triton.speed_vs_triton is None
+    assert cuda.fraction_of_copy == pytest.approx(cuda.step_gb_per_s / 3000.0)
+    assert cuda.fraction_of_bf16_matmul is None  # no matrix work to compare with the matrix rate

@@ -4,6 +4,7 @@
     backend="reference"  plain PyTorch (synthcl_fast.reference), materializes the logits; always available
     backend="cpu"        fused C++ kernels (csrc/*_cpu.cpp) on CPU tensors
     backend="triton"     fused Triton kernels (backends/triton_*.py) on CUDA tensors (CPU: TRITON_INTERPRET=1)
+    backend="cuda"       fused CUDA C++ kernels (csrc/*_cuda.cu) on CUDA tensors, float32/float16/bfloat16
 
 An explicit backend that cannot run an input raises BackendUnavailableError naming the reason;
 "auto" quietly takes the next one in its order.
@@ -127,7 +128,34 @@ class TritonBackend(FusedBackend):
                                              gradient_in_forward(reduction, anchors, candidates, temperature))[0]
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend(), TritonBackend())}
+class CudaBackend(FusedBackend):
+    """The ahead-of-time compiled CUDA kernels of csrc/*_cuda.cu (the same torch.ops as "cpu", CUDA key)."""
+
+    name = "cuda"
+
+    def unavailable_reason(self, device, dtype):
+        if device.type != "cuda":
+            return f"it runs on CUDA tensors only, got {device}"
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"its kernels take float32, float16 or bfloat16 features, got {dtype}"
+        from .native import has_cuda_kernels, load_error
+
+        error = load_error()
+        if error is not None:
+            return error
+        if not has_cuda_kernels():
+            return ("the compiled extension has no CUDA kernels (built without nvcc or without CUDA in torch, "
+                    "or compiled on first use, which builds the CPU kernels only): reinstall with "
+                    "`pip install --no-build-isolation -e .` where nvcc is found")
+        return None
+
+    ops = CpuBackend.ops  # the same registered ops: the dispatcher picks the CUDA kernels for CUDA tensors
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend(), TritonBackend(),
+                                                   CudaBackend())}
+# "cuda" is not in the automatic order until its kernels have been checked and timed on a GPU
+# (tests/test_cuda_backend.py, benchmarks/gpu_sweep.py): backend="cuda" asks for it explicitly.
 AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
 
 

@@ -1,0 +1,764 @@
+// Fused CUDA kernels for the general contrastive op (DESIGN.md section 2); the same contract as
+// contrastive_cpu.cpp, registered for the CUDA dispatch key.
+//
+//   u_i = A_i / max(||A_i||, eps),  v_j = C_j / max(||C_j||, eps),  s_ij = (u_i . v_j) / t
+//   P(i) = { j : c_j == a_i, c_j >= 0, j != i if exclude_self },  N(i) = all j (minus i if exclude_self)
+//   L_i  = logsumexp_{j in N(i)} s_ij - (1/|P(i)|) sum_{p in P(i)} s_ip      (0 when |P(i)| == 0)
+//
+// Gradients, with w_i the upstream weight of row i (0 when |P(i)| == 0):
+//   G_ij    = w_i * (exp(s_ij - lse_i) - [j in P(i)] / |P(i)|)
+//   dL/du_i = (1/t) sum_j G_ij v_j          dL/dv_j = (1/t) sum_i G_ij u_i
+//   dL/dt   = -(1/t) sum_ij G_ij s_ij
+//   dx      = (du - u (u . du)) / ||x||    (0 for a row no longer than eps: it is a constant)
+//
+// Passes (all on the current stream, no R x K buffer, no float atomics: deterministic):
+//   1. normalize_rows_kernel: u, v as 16-bit copies (rows padded with zeros to a multiple of 64 rows and
+//      of kChunk columns) and the norms (float64).
+//   2. contrastive_tile_kernel<kGrad = false>: each CTA owns 64 anchor rows ("owner" rows) and streams
+//      64-row tiles of candidates through a 3-stage cp.async ring; S = U V^T / t on tensor cores
+//      (mma.sync m16n8k16, fp32 accumulators), labels / -1 / self-exclusion per tile, online
+//      log-sum-exp in fp32 (base 2). Small R: the candidates are split over gridDim.y and the partial
+//      statistics merged by finish_forward_kernel.
+//   3. Backward (recomputation), the same kernel with kGrad = true, twice:
+//        owner = anchors, streamed = candidates: dU (and sum_j G_ij s_ij for dL/dt), row-parallel;
+//        owner = candidates, streamed = anchors: dV, column-parallel.
+//      Per tile: S again, G in registers, then G (as the A operand, straight from the accumulators) times
+//      the streamed rows (ldmatrix.trans) into fp32 accumulators of one 128-column panel of D; D > 128
+//      loops over panels (recomputing S). Partials per split go to fp32 scratch; input_grad_kernel sums
+//      them in a fixed order and applies the normalization backward in the input dtype.
+//
+// Precision. bf16 and fp16 inputs: u, v and G are rounded to the input's 16-bit type for the products
+// (fp32 accumulation). fp32 inputs: every operand is split into bf16 hi + lo parts and each product
+// takes three passes (hi*hi + hi*lo + lo*hi), ~2^-17 relative error per element; single-pass TF32
+// (2^-11) would miss the 3e-4 target on the gradients. For the dV product G is scaled by
+// w_i / max_i |w_i| so it stays in [-1, 1] (fp16 would lose small upstream weights otherwise).
+// float64 inputs are not taken (the CPU or reference backends are).
+//
+// Instructions: mma.sync, ldmatrix and cp.async of sm_80, so one source serves sm_80 and sm_90a (HMMA in
+// the SASS of both; .ci/compile_cuda.sh checks). Hopper's wgmma / TMA path (HGMMA) is not written yet:
+// it was not to be shipped without a GPU to validate it on.
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "common.h"
+#include "cuda_utils.cuh"
+
+namespace synthcl_fast {
+namespace {
+
+using namespace cuda;
+
+constexpr int kThreads = 128;        // 4 warps; warp w owns rows 16w..16w+15 of the CTA's 64 owner rows
+constexpr int kOwnerRows = 64;
+constexpr int kTileRows = 64;        // streamed rows per tile
+constexpr int kChunk = 64;           // columns of D per pipeline stage (128 bytes of 16-bit elements)
+constexpr int kStages = 3;
+constexpr int kPanelChunks = 2;      // gradient accumulators cover 128 columns of D at a time
+constexpr int kChunkRowBytes = kChunk * 2 + 16;            // +16: ldmatrix rows hit distinct banks
+constexpr int kTileBytes = kTileRows * kChunkRowBytes;     // one 64 x 64 chunk of one part
+constexpr int kMetaBytes = kTileRows * (8 + 16);           // per tile: labels (int64), row stats (float4)
+constexpr int kSplitTargetCtasPerSm = 2;
+
+// Per streamed/owner row statistics for the backward: log2-domain lse, 1/|P|, w, w / max|w|.
+struct RowStats {
+  float lse2, inv_positives, weight, weight_normalized;
+};
+
+// Online log-sum-exp state of one row over one split of the candidates (log2 domain).
+struct RowPartial {
+  float max2, sum_exp, positive_sum;  // positive_sum of s (natural units)
+  int positives;
+};
+
+struct TileParams {
+  const uint16_t* owner[2];      // normalized owner rows, [owner_pad][dim_pad], parts hi (and lo)
+  const uint16_t* stream[2];     // normalized streamed rows, [stream_pad][dim_pad]
+  const int64_t* owner_labels;   // [owner_pad]
+  const int64_t* stream_labels;  // [stream_pad]
+  const RowStats* owner_stats;   // gradient of the anchors: stats of the owner rows
+  const RowStats* stream_stats;  // gradient of the candidates: stats of the streamed (anchor) rows
+  const float* temperature;
+  const float* weight_max;       // max_i |w_i| (gradient of the candidates)
+  int64_t n_owner, n_stream, dim_pad;
+  int tiles_per_split;
+  bool exclude_self, owner_resident, stats_on_owner;
+  RowPartial* partial;           // forward: [splits][owner_pad]
+  float* grad;                   // backward: [splits][owner_pad][dim_pad], dL/d(normalized owner rows)
+  float* row_gs;                 // backward, stats_on_owner: [splits][owner_pad], w_i sum_j G'_ij s_ij
+};
+
+// ============================================================================================
+// Pass 1: row normalization into 16-bit copies (fp32 inputs: bf16 hi and lo parts).
+// One warp per padded row; the squares are summed in float64 as in the CPU kernel.
+// ============================================================================================
+template <typename T, typename Mma, bool kSplit>
+__global__ void normalize_rows_kernel(const T* __restrict__ x, int64_t n_rows, int64_t dim, int64_t n_rows_pad,
+                                      int64_t dim_pad, double eps, uint16_t* __restrict__ hi,
+                                      uint16_t* __restrict__ lo, double* __restrict__ norms) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (row >= n_rows_pad) return;
+  const bool real = row < n_rows;
+  const T* xr = x + row * dim;
+  double squares = 0;
+  if (real)
+    for (int64_t d = lane; d < dim; d += 32) {
+      const double v = to_float(xr[d]);
+      squares += v * v;
+    }
+  squares = warp_sum(squares);
+  const double norm = fmax(sqrt(squares), eps), inv_norm = 1.0 / norm;
+  if (real && lane == 0) norms[row] = norm;
+  for (int64_t d = lane; d < dim_pad; d += 32) {
+    const float u = real && d < dim ? static_cast<float>(to_float(xr[d]) * inv_norm) : 0.0f;
+    const uint16_t h = Mma::from_float(u);
+    hi[row * dim_pad + d] = h;
+    if constexpr (kSplit) lo[row * dim_pad + d] = Mma::from_float(u - Mma::to_float(h));
+  }
+}
+
+// ============================================================================================
+// Passes 2 and 3: the tile kernel. kGrad = false: forward statistics; true: gradient of the owner rows.
+// ============================================================================================
+template <bool kSplit>
+struct SmemLayout {
+  static constexpr int kParts = kSplit ? 2 : 1;
+  int64_t owner_row_bytes, resident_bytes, stage_bytes, total;
+  __host__ __device__ SmemLayout(int64_t dim_pad, bool owner_resident) {
+    owner_row_bytes = dim_pad * 2 + 16;
+    resident_bytes = owner_resident ? kParts * kOwnerRows * owner_row_bytes : 0;
+    stage_bytes = kParts * kTileBytes + (owner_resident ? 0 : kParts * kOwnerRows * kChunkRowBytes);
+    total = resident_bytes + kStages * stage_bytes + kStages * kMetaBytes;
+  }
+};
+
+// Issues the cp.async copies of the pipeline, one job (a 64 x kChunk chunk of the streamed tile, plus the
+// owner chunk when the owner rows are not resident, plus the tile's labels and stats at its first job)
+// per call, in exactly the order the consumer loop of contrastive_tile_kernel takes them.
+template <bool kSplit, bool kGrad>
+struct Producer {
+  static constexpr int kParts = kSplit ? 2 : 1;
+  const TileParams& p;
+  unsigned char* stages;
+  unsigned char* meta;
+  SmemLayout<kSplit> layout;
+  int64_t owner0;
+  int n_chunks, n_panels, tile_begin, tile_end;
+  int panel, tile, job, tile_seq, issued = 0;
+
+  __device__ int jobs_in_tile(int pnl) const {
+    return kGrad ? n_chunks + min(kPanelChunks, n_chunks - pnl * kPanelChunks) : n_chunks;
+  }
+
+  // 64 rows x 128 bytes from row0 of a [rows][dim_pad] matrix at column chunk ch into smem (row stride).
+  __device__ void copy_rows(unsigned char* dst, int64_t dst_stride, const uint16_t* src, int64_t row0, int ch) const {
+    for (int i = threadIdx.x; i < 64 * 8; i += kThreads) {
+      const int r = i / 8, piece = i % 8;
+      cp_async_16(dst + r * dst_stride + piece * 16, src + (row0 + r) * p.dim_pad + ch * kChunk + piece * 8);
+    }
+  }
+
+  __device__ void load_next() {
+    if (panel < n_panels) {
+      unsigned char* stage = stages + (issued % kStages) * layout.stage_bytes;
+      const int ch = job < n_chunks ? job : panel * kPanelChunks + (job - n_chunks);
+      const int64_t row0 = static_cast<int64_t>(tile) * kTileRows;
+      for (int part = 0; part < kParts; ++part) copy_rows(stage + part * kTileBytes, kChunkRowBytes, p.stream[part], row0, ch);
+      if (!p.owner_resident && job < n_chunks)
+        for (int part = 0; part < kParts; ++part)
+          copy_rows(stage + (kParts + part) * kTileBytes, kChunkRowBytes, p.owner[part], owner0, ch);
+      if (job == 0) {
+        unsigned char* m = meta + (tile_seq % kStages) * kMetaBytes;
+        const int i = threadIdx.x;  // 32 copies of labels, 64 of stats: one or two per thread
+        if (i < 32) cp_async_16(m + i * 16, p.stream_labels + row0 + i * 2);
+        if (kGrad && !p.stats_on_owner && i < 64) cp_async_16(m + 512 + i * 16, p.stream_stats + row0 + i);
+      }
+      if (++job == jobs_in_tile(panel)) {
+        job = 0;
+        ++tile_seq;
+        if (++tile == tile_end) {
+          tile = tile_begin;
+          ++panel;
+        }
+      }
+      ++issued;
+    }
+    cp_async_commit();  // an empty group past the end keeps the wait counts uniform
+  }
+};
+
+template <typename Mma, bool kSplit, bool kGrad>
+__global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __grid_constant__ TileParams p) {
+  constexpr int kParts = kSplit ? 2 : 1;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const SmemLayout<kSplit> layout(p.dim_pad, p.owner_resident);
+  unsigned char* resident = smem;
+  unsigned char* stages = smem + layout.resident_bytes;
+  unsigned char* meta = stages + kStages * layout.stage_bytes;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int64_t owner0 = static_cast<int64_t>(blockIdx.x) * kOwnerRows;
+  const int n_tiles = static_cast<int>(ceil_div(p.n_stream, kTileRows));
+  const int tile_begin = blockIdx.y * p.tiles_per_split;
+  const int tile_end = min(n_tiles, tile_begin + p.tiles_per_split);
+  const int n_chunks = static_cast<int>(p.dim_pad / kChunk);
+  const int n_panels = kGrad ? static_cast<int>(ceil_div(n_chunks, kPanelChunks)) : 1;
+
+  // ---- prologue: resident owner rows, then the first kStages - 1 jobs --------------------------------
+  if (p.owner_resident) {
+    const int pieces = static_cast<int>(p.dim_pad / 8);  // 16-byte pieces per row
+    for (int part = 0; part < kParts; ++part)
+      for (int i = threadIdx.x; i < kOwnerRows * pieces; i += kThreads) {
+        const int r = i / pieces, piece = i % pieces;
+        cp_async_16(resident + (part * kOwnerRows + r) * layout.owner_row_bytes + piece * 16,
+                    p.owner[part] + (owner0 + r) * p.dim_pad + piece * 8);
+      }
+  }
+  Producer<kSplit, kGrad> producer{p, stages, meta, layout, owner0, n_chunks, n_panels, tile_begin, tile_end,
+                                   0, tile_begin, 0, 0};
+  for (int s = 0; s < kStages - 1; ++s) producer.load_next();
+  int consumed = 0;
+  auto acquire = [&]() -> const unsigned char* {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    producer.load_next();
+    return stages + (consumed++ % kStages) * layout.stage_bytes;
+  };
+
+  // ---- per-row state: this lane's two owner rows (g and g + 8 of the warp's 16) ----------------------
+  const float inv_t = 1.0f / *p.temperature;
+  int64_t row[2], label[2];
+  float max2[2], sum_exp[2], positive_sum[2], gs[2];
+  int positives[2];
+  RowStats rs[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row[h] = owner0 + warp * 16 + g + 8 * h;
+    label[h] = p.owner_labels[row[h]];
+    max2[h] = -INFINITY;
+    sum_exp[h] = positive_sum[h] = gs[h] = 0.0f;
+    positives[h] = 0;
+    if (kGrad && p.stats_on_owner) rs[h] = p.owner_stats[row[h]];
+  }
+
+  float grad_acc[kGrad ? kPanelChunks : 1][8][4];
+  int tile_seq = 0;
+  for (int panel = 0; panel < n_panels; ++panel) {
+    if constexpr (kGrad) {
+#pragma unroll
+      for (int c = 0; c < kPanelChunks; ++c)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) grad_acc[c][n][e] = 0.0f;
+    }
+    for (int tile = tile_begin; tile < tile_end; ++tile, ++tile_seq) {
+      // ---- S = U_owner V_tile^T over all of D ----------------------------------------------------
+      float s[8][4];
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
+      for (int ch = 0; ch < n_chunks; ++ch) {
+        const unsigned char* stage = acquire();
+        // the owner rows' chunk: in the resident copy, or in this stage after the streamed chunk
+        const int64_t a_stride = p.owner_resident ? layout.owner_row_bytes : kChunkRowBytes;
+        const unsigned char* a_base[kParts];
+#pragma unroll
+        for (int part = 0; part < kParts; ++part)
+          a_base[part] = p.owner_resident
+                             ? resident + part * kOwnerRows * layout.owner_row_bytes + ch * kChunk * 2
+                             : stage + (kParts + part) * kTileBytes;
+#pragma unroll
+        for (int kk = 0; kk < kChunk / 16; ++kk) {
+          uint32_t a[kParts][4];
+#pragma unroll
+          for (int part = 0; part < kParts; ++part)
+            ldmatrix_x4(a[part], a_base[part] + (warp * 16 + lane % 16) * a_stride + kk * 32 + (lane / 16) * 16);
+#pragma unroll
+          for (int np = 0; np < 4; ++np) {
+            uint32_t b[kParts][4];
+            const int b_row = np * 16 + lane % 8 + (lane / 16) * 8;
+#pragma unroll
+            for (int part = 0; part < kParts; ++part)
+              ldmatrix_x4(b[part], stage + part * kTileBytes + b_row * kChunkRowBytes + kk * 32 + ((lane / 8) % 2) * 16);
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              Mma::mma(s[2 * np + half], a[0], b[0][2 * half], b[0][2 * half + 1]);
+              if constexpr (kSplit) {
+                Mma::mma(s[2 * np + half], a[0], b[1][2 * half], b[1][2 * half + 1]);
+                Mma::mma(s[2 * np + half], a[1], b[0][2 * half], b[0][2 * half + 1]);
+              }
+            }
+          }
+        }
+      }
+
+      // ---- per-tile epilogue: masks, then statistics (forward) or G (backward) -----------------------
+      const unsigned char* m = meta + (tile_seq % kStages) * kMetaBytes;
+      const int64_t* tile_labels = reinterpret_cast<const int64_t*>(m);
+      const RowStats* tile_stats = reinterpret_cast<const RowStats*>(m + 512);
+      const int64_t col0 = static_cast<int64_t>(tile) * kTileRows;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = n * 8 + 2 * t4 + e;
+            const int64_t col = col0 + c;
+            const bool valid = col < p.n_stream && !(p.exclude_self && col == row[h]);
+            const bool positive = valid && tile_labels[c] == label[h] && label[h] >= 0;
+            const float logit = s[n][2 * h + e] * inv_t;
+            if constexpr (!kGrad) {
+              s[n][2 * h + e] = valid ? logit * kLog2e : -INFINITY;
+              tile_max = fmaxf(tile_max, s[n][2 * h + e]);
+              positive_sum[h] += positive ? logit : 0.0f;
+              positives[h] += positive ? 1 : 0;
+            } else if (p.stats_on_owner) {  // G'_ij without w_i (applied to the accumulated row)
+              const float grad = valid && rs[h].weight != 0.0f
+                                     ? exp2f(logit * kLog2e - rs[h].lse2) - (positive ? rs[h].inv_positives : 0.0f)
+                                     : 0.0f;
+              if (panel == 0) gs[h] += grad * logit;
+              s[n][2 * h + e] = grad;
+            } else {  // owner = candidate j, column = anchor i: G_ij w_i / max|w|
+              const RowStats st = tile_stats[c];
+              s[n][2 * h + e] = valid && st.weight_normalized != 0.0f
+                                    ? st.weight_normalized *
+                                          (exp2f(logit * kLog2e - st.lse2) - (positive ? st.inv_positives : 0.0f))
+                                    : 0.0f;
+            }
+          }
+        if constexpr (!kGrad) {  // online log-sum-exp: the max is quad-uniform, sums stay per lane
+          const float new_max = fmaxf(max2[h], quad_max(tile_max));
+          const float base = new_max == -INFINITY ? 0.0f : new_max;
+          float sum = sum_exp[h] * exp2f(max2[h] - base);
+#pragma unroll
+          for (int n = 0; n < 8; ++n) sum += exp2f(s[n][2 * h] - base) + exp2f(s[n][2 * h + 1] - base);
+          sum_exp[h] = sum;
+          max2[h] = new_max;
+        }
+      }
+
+      // ---- backward: grad_panel += G V_tile[:, panel columns] ----------------------------------------
+      if constexpr (kGrad) {
+        // G as A fragments, straight from the accumulator layout: k-step kk covers columns 16kk..16kk+15.
+        uint32_t ga[kParts][4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const float* src = s[2 * kk + r / 2] + 2 * (r % 2);  // r: (row g | g+8) x (cols +0 | +8)
+            ga[0][kk][r] = Mma::pack(src[0], src[1]);
+            if constexpr (kSplit)
+              ga[1][kk][r] = Mma::pack(src[0] - Mma::to_float(static_cast<uint16_t>(ga[0][kk][r] & 0xffff)),
+                                       src[1] - Mma::to_float(static_cast<uint16_t>(ga[0][kk][r] >> 16)));
+          }
+#pragma unroll
+        for (int c = 0; c < kPanelChunks; ++c) {
+          if (panel * kPanelChunks + c >= n_chunks) break;  // uniform over the CTA
+          const unsigned char* stage = acquire();
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int np = 0; np < 4; ++np) {
+              uint32_t b[kParts][4];
+              const int k_row = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
+              const int n_col = np * 16 + (lane / 16) * 8;
+#pragma unroll
+              for (int part = 0; part < kParts; ++part)
+                ldmatrix_x4_trans(b[part], stage + part * kTileBytes + k_row * kChunkRowBytes + n_col * 2);
+#pragma unroll
+              for (int half = 0; half < 2; ++half) {
+                float(&acc)[4] = grad_acc[c][2 * np + half];
+                Mma::mma(acc, ga[0][kk], b[0][2 * half], b[0][2 * half + 1]);
+                if constexpr (kSplit) {
+                  Mma::mma(acc, ga[0][kk], b[1][2 * half], b[1][2 * half + 1]);
+                  Mma::mma(acc, ga[1][kk], b[0][2 * half], b[0][2 * half + 1]);
+                }
+              }
+            }
+        }
+      }
+    }
+
+    // ---- backward: write this panel of dL/d(normalized owner rows) for this split -------------------
+    if constexpr (kGrad) {
+      const float col_scale = p.stats_on_owner ? inv_t : *p.weight_max * inv_t;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float scale = p.stats_on_owner ? rs[h].weight * col_scale : col_scale;
+        float* out = p.grad + (static_cast<int64_t>(blockIdx.y) * gridDim.x * kOwnerRows + row[h]) * p.dim_pad;
+#pragma unroll
+        for (int c = 0; c < kPanelChunks; ++c) {
+          const int64_t col_base = static_cast<int64_t>(panel * kPanelChunks + c) * kChunk;
+          if (col_base >= p.dim_pad) break;
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+            *reinterpret_cast<float2*>(out + col_base + n * 8 + 2 * t4) =
+                make_float2(grad_acc[c][n][2 * h] * scale, grad_acc[c][n][2 * h + 1] * scale);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // ---- per-row results of this split --------------------------------------------------------------
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t out = static_cast<int64_t>(blockIdx.y) * gridDim.x * kOwnerRows + row[h];
+    if constexpr (!kGrad) {
+      const float sum = quad_sum(sum_exp[h]), psum = quad_sum(positive_sum[h]);
+      const int npos = quad_sum(positives[h]);
+      if (t4 == 0) p.partial[out] = RowPartial{max2[h], sum, psum, npos};
+    } else if (p.stats_on_owner) {
+      const float total = quad_sum(gs[h]);
+      if (t4 == 0) p.row_gs[out] = rs[h].weight * total;
+    }
+  }
+}
+
+// ============================================================================================
+// Merging the splits, the backward's row statistics, and the input gradients.
+// ============================================================================================
+__global__ void finish_forward_kernel(const RowPartial* __restrict__ partial, int splits, int64_t n_rows,
+                                      int64_t rows_pad, float* __restrict__ lse, int* __restrict__ n_positive,
+                                      float* __restrict__ row_loss) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_rows) return;
+  float max2 = -INFINITY;
+  for (int s = 0; s < splits; ++s) max2 = fmaxf(max2, partial[s * rows_pad + i].max2);
+  const float base = max2 == -INFINITY ? 0.0f : max2;
+  float sum = 0.0f, positive_sum = 0.0f;
+  int positives = 0;
+  for (int s = 0; s < splits; ++s) {
+    const RowPartial q = partial[s * rows_pad + i];
+    sum += q.sum_exp * exp2f(q.max2 - base);
+    positive_sum += q.positive_sum;
+    positives += q.positives;
+  }
+  // A row whose denominator is empty (R = K = 1 with exclude_self) gets lse = -inf and no positive.
+  const float row_lse = (max2 + log2f(sum)) * kLn2;
+  lse[i] = row_lse;
+  n_positive[i] = positives;
+  row_loss[i] = positives > 0 ? row_lse - positive_sum / static_cast<float>(positives) : 0.0f;
+}
+
+__global__ void row_stats_kernel(const float* __restrict__ lse, const int* __restrict__ n_positive,
+                                 const float* __restrict__ weight, const float* __restrict__ weight_max,
+                                 int64_t n_rows, int64_t rows_pad, RowStats* __restrict__ stats) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows_pad) return;
+  RowStats st{0.0f, 0.0f, 0.0f, 0.0f};
+  if (i < n_rows && n_positive[i] > 0) {
+    st.lse2 = lse[i] * kLog2e;
+    st.inv_positives = 1.0f / static_cast<float>(n_positive[i]);
+    st.weight = weight[i];
+    st.weight_normalized = *weight_max > 0.0f ? weight[i] / *weight_max : 0.0f;
+  }
+  stats[i] = st;
+}
+
+// dx = (du - u (u . du)) / ||x|| with du the sum of the split partials (and of the other role's partials
+// when the candidates are the anchors); one warp per row; 0 for rows no longer than eps.
+template <typename T>
+__global__ void input_grad_kernel(const T* __restrict__ x, const double* __restrict__ norms, int64_t n_rows,
+                                  int64_t dim, int64_t dim_pad, double eps, const float* __restrict__ partial,
+                                  int splits, int64_t rows_pad, const float* __restrict__ other_partial,
+                                  int other_splits, int64_t other_rows_pad, T* __restrict__ dx) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (row >= n_rows) return;
+  const T* xr = x + row * dim;
+  const double norm = norms[row];
+  const float inv_norm = static_cast<float>(1.0 / norm);
+  auto du = [&](int64_t d) {
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) v += partial[(s * rows_pad + row) * dim_pad + d];
+    for (int s = 0; s < other_splits; ++s) v += other_partial[(s * other_rows_pad + row) * dim_pad + d];
+    return v;
+  };
+  float radial = 0.0f;
+  for (int64_t d = lane; d < dim; d += 32) radial += to_float(xr[d]) * inv_norm * du(d);
+  radial = warp_sum(radial);
+  const bool live = norm > eps;
+  for (int64_t d = lane; d < dim; d += 32) {
+    const float u = to_float(xr[d]) * inv_norm;
+    dx[row * dim + d] = from_float<T>(live ? (du(d) - u * radial) * inv_norm : 0.0f);
+  }
+}
+
+// ============================================================================================
+// Launchers
+// ============================================================================================
+constexpr int64_t kRowPad = 64;
+
+// The 16-bit copies of one input, with what the kernels need to know about it.
+struct NormalizedRows {
+  at::Tensor hi, lo, norms;
+  int64_t n_rows, rows_pad;
+};
+
+template <typename T, typename Mma, bool kSplit>
+NormalizedRows normalize_rows(const at::Tensor& x, int64_t dim_pad, double eps, cudaStream_t stream) {
+  const int64_t n_rows = x.size(0), dim = x.size(1), rows_pad = ceil_div(n_rows, kRowPad) * kRowPad;
+  auto opts16 = x.options().dtype(at::kShort);
+  NormalizedRows out{at::empty({rows_pad, dim_pad}, opts16),
+                     kSplit ? at::empty({rows_pad, dim_pad}, opts16) : at::Tensor(),
+                     at::empty({n_rows}, x.options().dtype(at::kDouble)), n_rows, rows_pad};
+  const int threads = 256;
+  normalize_rows_kernel<T, Mma, kSplit><<<ceil_div(rows_pad * 32, threads), threads, 0, stream>>>(
+      x.data_ptr<T>(), n_rows, dim, rows_pad, dim_pad, eps, reinterpret_cast<uint16_t*>(out.hi.data_ptr<int16_t>()),
+      kSplit ? reinterpret_cast<uint16_t*>(out.lo.data_ptr<int16_t>()) : nullptr, out.norms.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor padded_labels(const at::Tensor& labels, int64_t rows_pad) {
+  return at::constant_pad_nd(labels.contiguous(), {0, rows_pad - labels.size(0)}, -1);
+}
+
+// Grid of one tile-kernel launch: owner blocks x splits of the streamed tiles (splits only when the owner
+// rows alone would leave most multiprocessors idle).
+struct Grid {
+  int64_t blocks;
+  int splits, tiles_per_split;
+};
+
+Grid make_grid(int64_t n_owner, int64_t n_stream) {
+  const int64_t blocks = ceil_div(n_owner, kOwnerRows), tiles = ceil_div(n_stream, kTileRows);
+  const int64_t target = kSplitTargetCtasPerSm * device_attribute(cudaDevAttrMultiProcessorCount);
+  const int64_t splits = std::clamp<int64_t>(ceil_div(target, blocks), 1, tiles);
+  const int64_t per_split = ceil_div(tiles, splits);
+  return {blocks, static_cast<int>(ceil_div(tiles, per_split)), static_cast<int>(per_split)};
+}
+
+template <typename Mma, bool kSplit, bool kGrad>
+void launch_tile_kernel(TileParams p, const Grid& grid, cudaStream_t stream) {
+  const int64_t smem_limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  p.owner_resident = SmemLayout<kSplit>(p.dim_pad, true).total <= smem_limit;
+  const int64_t smem = SmemLayout<kSplit>(p.dim_pad, p.owner_resident).total;
+  TORCH_CHECK(smem <= smem_limit, "contrastive CUDA kernel needs ", smem, " bytes of shared memory, the device has ",
+              smem_limit);
+  p.tiles_per_split = grid.tiles_per_split;
+  auto kernel = contrastive_tile_kernel<Mma, kSplit, kGrad>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<dim3(static_cast<unsigned>(grid.blocks), grid.splits), kThreads, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+TileParams tile_params(const NormalizedRows& owner, const at::Tensor& owner_labels, const NormalizedRows& streamed,
+                       const at::Tensor& stream_labels, const at::Tensor& temperature, bool exclude_self) {
+  TileParams p{};
+  auto ptr = [](const at::Tensor& t) {
+    return t.defined() ? reinterpret_cast<const uint16_t*>(t.data_ptr<int16_t>()) : nullptr;
+  };
+  p.owner[0] = ptr(owner.hi);
+  p.owner[1] = ptr(owner.lo);
+  p.stream[0] = ptr(streamed.hi);
+  p.stream[1] = ptr(streamed.lo);
+  p.owner_labels = owner_labels.data_ptr<int64_t>();
+  p.stream_labels = stream_labels.data_ptr<int64_t>();
+  p.temperature = temperature.data_ptr<float>();
+  p.n_owner = owner.n_rows;
+  p.n_stream = streamed.n_rows;
+  p.dim_pad = owner.hi.size(1);
+  p.exclude_self = exclude_self;
+  return p;
+}
+
+// Everything both ops share: inputs checked and made contiguous, rows normalized.
+struct Prepared {
+  at::Tensor anchors, candidates, temperature, anchor_labels, candidate_labels;
+  NormalizedRows u, v;
+  bool shared;  // the candidates are the anchors (one tensor)
+};
+
+struct Forward {
+  at::Tensor lse, n_positive, row_loss;
+};
+
+struct InputGrads {
+  at::Tensor anchors, candidates, temperature;
+};
+
+template <typename T, typename Mma, bool kSplit>
+struct ContrastiveCuda {
+  static Prepared prepare(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+                          const at::Tensor& candidate_labels, const at::Tensor& temperature, double eps,
+                          cudaStream_t stream) {
+    Prepared pr;
+    pr.shared = candidates.is_same(anchors);
+    pr.anchors = anchors.contiguous();
+    pr.candidates = pr.shared ? pr.anchors : candidates.contiguous();
+    pr.temperature = temperature.reshape({1}).to(at::kFloat);
+    const int64_t dim_pad = ceil_div(anchors.size(1), kChunk) * kChunk;
+    pr.u = normalize_rows<T, Mma, kSplit>(pr.anchors, dim_pad, eps, stream);
+    pr.v = pr.shared ? pr.u : normalize_rows<T, Mma, kSplit>(pr.candidates, dim_pad, eps, stream);
+    pr.anchor_labels = padded_labels(anchor_labels, pr.u.rows_pad);
+    pr.candidate_labels = padded_labels(candidate_labels, pr.v.rows_pad);
+    return pr;
+  }
+
+  static Forward forward(const Prepared& pr, bool exclude_self, cudaStream_t stream) {
+    TileParams p = tile_params(pr.u, pr.anchor_labels, pr.v, pr.candidate_labels, pr.temperature, exclude_self);
+    const Grid grid = make_grid(pr.u.n_rows, pr.v.n_rows);
+    auto opts = pr.anchors.options().dtype(at::kFloat);
+    at::Tensor partial = empty_output({grid.splits * pr.u.rows_pad * 4}, opts);  // RowPartial: 4 x 32 bits
+    p.partial = reinterpret_cast<RowPartial*>(partial.data_ptr<float>());
+    launch_tile_kernel<Mma, kSplit, false>(p, grid, stream);
+    const int64_t n = pr.u.n_rows;
+    Forward f{empty_output({n}, opts), empty_output({n}, opts.dtype(at::kInt)), empty_output({n}, opts)};
+    finish_forward_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(p.partial, grid.splits, n, pr.u.rows_pad,
+                                                              f.lse.data_ptr<float>(), f.n_positive.data_ptr<int>(),
+                                                              f.row_loss.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return f;
+  }
+
+  // weight (R,) float: dLoss/dL_i; rows without a positive are ignored whatever their weight.
+  static InputGrads backward(const Prepared& pr, const at::Tensor& weight, const at::Tensor& lse,
+                             const at::Tensor& n_positive, bool exclude_self, double eps,
+                             const at::Tensor& temperature, cudaStream_t stream) {
+    auto opts = pr.anchors.options().dtype(at::kFloat);
+    const int64_t rows_pad = pr.u.rows_pad, dim_pad = pr.u.hi.size(1);
+    at::Tensor live_weight = at::where(n_positive > 0, weight, at::zeros({}, opts));
+    at::Tensor weight_max = live_weight.abs().amax().reshape({1});
+    at::Tensor stats = empty_output({rows_pad * 4}, opts);  // RowStats: 4 floats
+    auto* stats_ptr = reinterpret_cast<RowStats*>(stats.data_ptr<float>());
+    row_stats_kernel<<<ceil_div(rows_pad, 256), 256, 0, stream>>>(
+        lse.data_ptr<float>(), n_positive.data_ptr<int>(), live_weight.data_ptr<float>(),
+        weight_max.data_ptr<float>(), pr.u.n_rows, rows_pad, stats_ptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    // dL/du: owner = anchors, streamed = candidates (row-parallel), with the temperature partials.
+    TileParams pa = tile_params(pr.u, pr.anchor_labels, pr.v, pr.candidate_labels, pr.temperature, exclude_self);
+    const Grid grid_a = make_grid(pr.u.n_rows, pr.v.n_rows);
+    at::Tensor grad_u = empty_output({grid_a.splits * rows_pad * dim_pad}, opts);
+    at::Tensor row_gs = empty_output({grid_a.splits, rows_pad}, opts);
+    pa.stats_on_owner = true;
+    pa.owner_stats = stats_ptr;
+    pa.grad = grad_u.data_ptr<float>();
+    pa.row_gs = row_gs.data_ptr<float>();
+    launch_tile_kernel<Mma, kSplit, true>(pa, grid_a, stream);
+
+    // dL/dv: owner = candidates, streamed = anchors (column-parallel).
+    TileParams pc = tile_params(pr.v, pr.candidate_labels, pr.u, pr.anchor_labels, pr.temperature, exclude_self);
+    const Grid grid_c = make_grid(pr.v.n_rows, pr.u.n_rows);
+    at::Tensor grad_v = empty_output({grid_c.splits * pr.v.rows_pad * dim_pad}, opts);
+    pc.stats_on_owner = false;
+    pc.stream_stats = stats_ptr;
+    pc.weight_max = weight_max.data_ptr<float>();
+    pc.grad = grad_v.data_ptr<float>();
+    launch_tile_kernel<Mma, kSplit, true>(pc, grid_c, stream);
+
+    InputGrads out;
+    // One rounding of the summed gradient when the candidates are the anchors (as the CPU kernel does for
+    // inputs narrower than the accumulation); the candidates' part is then zero and autograd adds it.
+    const bool sum_roles = pr.shared && pr.anchors.scalar_type() != at::kFloat;
+    out.anchors = input_grad(pr.anchors, pr.u, eps, grad_u, grid_a.splits, sum_roles ? &grad_v : nullptr,
+                             grid_c.splits, pr.v.rows_pad, stream);
+    out.candidates = sum_roles ? at::zeros(pr.candidates.sizes(), pr.candidates.options())
+                               : input_grad(pr.candidates, pr.v, eps, grad_v, grid_c.splits, nullptr, 0, 0, stream);
+    at::Tensor gs_sum = row_gs.narrow(1, 0, pr.u.n_rows).to(at::kDouble).sum();
+    out.temperature = (-gs_sum / temperature.reshape({}).to(at::kDouble)).to(temperature.scalar_type());
+    return out;
+  }
+
+  static at::Tensor input_grad(const at::Tensor& x, const NormalizedRows& rows, double eps, const at::Tensor& partial,
+                               int splits, const at::Tensor* other, int other_splits, int64_t other_rows_pad,
+                               cudaStream_t stream) {
+    at::Tensor dx = empty_output(x.sizes(), x.options());
+    const int threads = 256;
+    input_grad_kernel<T><<<ceil_div(rows.n_rows * 32, threads), threads, 0, stream>>>(
+        x.data_ptr<T>(), rows.norms.data_ptr<double>(), rows.n_rows, x.size(1), rows.hi.size(1), eps,
+        partial.data_ptr<float>(), splits, rows.rows_pad, other ? other->data_ptr<float>() : nullptr,
+        other ? other_splits : 0, other_rows_pad, dx.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return dx;
+  }
+};
+
+// Calls fn with the ContrastiveCuda instantiation of the input dtype.
+template <typename Fn>
+auto dispatch_dtype(at::ScalarType dtype, Fn fn) {
+  switch (dtype) {
+    case at::kFloat: return fn(ContrastiveCuda<float, Bf16Mma, true>{});
+    case at::kBFloat16: return fn(ContrastiveCuda<c10::BFloat16, Bf16Mma, false>{});
+    case at::kHalf: return fn(ContrastiveCuda<c10::Half, Fp16Mma, false>{});
+    default: TORCH_CHECK(false, "the CUDA kernels take float32, float16 or bfloat16 features, got ", dtype);
+  }
+}
+
+// ============================================================================================
+// Registered ops (same schemas and results as contrastive_cpu.cpp)
+// ============================================================================================
+// The temperature's value is not checked here (that would synchronize with the device): the Python layer
+// checks it; a bad value gives NaN or Inf, never an out-of-bounds access.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
+    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+    const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self, int64_t reduction,
+    double eps, bool compute_grad) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+  check_reduction(reduction);
+  TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  return dispatch_dtype(anchors.scalar_type(), [&](auto impl) {
+    using Impl = decltype(impl);
+    const Prepared pr = Impl::prepare(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, stream);
+    const Forward f = Impl::forward(pr, exclude_self, stream);
+    at::Tensor scale = reduction == kMean ? 1.0 / (f.n_positive > 0).sum().clamp_min(1).to(at::kDouble)
+                                          : at::ones({}, f.row_loss.options().dtype(at::kDouble));
+    at::Tensor loss = reduction == kNone ? f.row_loss : (f.row_loss.to(at::kDouble).sum() * scale).to(at::kFloat);
+    InputGrads grads{at::empty({0}, anchors.options()), at::empty({0}, candidates.options()),
+                     at::empty({0}, temperature.options())};
+    if (compute_grad) {
+      at::Tensor weight = scale.to(at::kFloat).expand({anchors.size(0)}).contiguous();
+      grads = Impl::backward(pr, weight, f.lse, f.n_positive, exclude_self, eps, temperature, stream);
+    }
+    return std::make_tuple(loss, f.lse, f.n_positive, grads.anchors, grads.candidates, grads.temperature);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
+    const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
+    const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
+    const at::Tensor& row_lse, const at::Tensor& row_n_positive, bool exclude_self, double eps) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+  const int64_t n_rows = anchors.size(0);
+  check_vector(row_lse, "row_lse", n_rows, at::kFloat);
+  check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
+  TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
+              grad_rows.sizes());
+  for (const auto& [t, name] : {std::pair{&grad_rows, "grad_rows"}, {&row_lse, "row_lse"},
+                                {&row_n_positive, "row_n_positive"}}) {
+    check_same_device(*t, anchors, name);
+  }
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  return dispatch_dtype(anchors.scalar_type(), [&](auto impl) {
+    using Impl = decltype(impl);
+    const Prepared pr = Impl::prepare(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, stream);
+    const InputGrads g = Impl::backward(pr, grad_rows.to(at::kFloat).contiguous(), row_lse.contiguous(),
+                                        row_n_positive.contiguous(), exclude_self, eps, temperature, stream);
+    return std::make_tuple(g.anchors, g.candidates, g.temperature);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(synthcl_fast, CUDA, m) {
+  m.impl("contrastive_forward", &contrastive_forward_cuda);
+  m.impl("contrastive_backward", &contrastive_backward_cuda);
+}
+
+}  // namespace synthcl_fast
