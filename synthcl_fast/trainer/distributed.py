@@ -8,7 +8,8 @@ parameter sets (the contrastive loss updates the encoder; the generator's object
 through the encoder, must update G only): DDP's one-forward-one-backward reducer does not fit that.
 
 The contrastive loss of a process uses the negatives in its own batch (as SimCLR does per device
-without a global gather); `--batch-size` is per process.
+without a global gather); `--batch-size` is per process. Rank 0 writes the run folder; resuming needs
+the same number of processes and the run folder visible to all of them (a shared file system).
 """
 
 from __future__ import annotations

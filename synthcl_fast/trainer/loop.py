@@ -2,7 +2,7 @@
 
 One step of `synthcl` after the GAN warm-up (N real images, M latent codes z):
 
-    1. D learns real vs G(z):                    L_D = hinge(D(x), D(G(z)))
+    1. D learns real vs G(z):                    L_D = hinge(D(x[:M]), D(G(z)))
     2. one forward of the main model f over      2 views of each real image, and
                                                  4 views of each synthetic pair [G(z) v1, G(z) v2, G_ema(z) v1, G_ema(z) v2]
        (G_ema(z) view k is augmented with the same random parameters as G(z) view k)
@@ -242,8 +242,8 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"non-finite loss at step {self.global_step + 1} (epoch {self.epoch_number(self.epoch)}, "
                     f"batch {self.batch + 1}): "
-                    f"{name} = {value}. Training stopped before this step changed any weight; the last checkpoint "
-                    f"in {self.run_dir / 'checkpoints'} holds the weights before it.")
+                    f"{name} = {value}. Training stopped before any non-finite value reached the weights; the last "
+                    f"checkpoint in {self.run_dir / 'checkpoints'} holds the state before this step.")
         return dict(zip(names, averaged))
 
     def _check_weights_finite(self) -> None:
@@ -277,8 +277,8 @@ class Trainer:
         cfg = self.config
         z = torch.randn(cfg.synthetic_batch_size, cfg.latent_dim, device=self.device)
         fake = self.generator(z)  # one forward for both players: the D step does not change G
-        # 1. the discriminator: real vs G(z)
-        loss_d = discriminator_loss(self.discriminator(real), self.discriminator(fake.detach()))
+        # 1. the discriminator: M real images vs the M samples G(z)
+        loss_d = discriminator_loss(self.discriminator(real[:z.shape[0]]), self.discriminator(fake.detach()))
         stats = self._check_finite({"loss_d": loss_d})
         self._backward(loss_d, self.discriminator)
         self.d_optimizer.step()
