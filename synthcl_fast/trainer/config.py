@@ -62,9 +62,9 @@ class TrainConfig:
     latent_dim: int = 64
     gan_width: int = 16
     synthetic_batch_size: int = 32          # synthetic pairs (G(z), G_ema(z)) per step
-    lr_gan: float = 1e-3
+    lr_gan: float = 2e-4
     ema_decay: float = 0.99
-    warmup_epochs: int = 40                 # GAN alone, before the `epochs` of the main model
+    warmup_epochs: int = 5                  # GAN alone, before the `epochs` of the main model
     lambda_hard: float | None = None        # None: 0.1 for methods with hard samples, 0 otherwise
     mu_pair: float | None = None            # None: 1.0 for methods with hard pairs, 0 otherwise
     pair_target_start: float = 0.9
