@@ -320,6 +320,18 @@ def _contrastive_backward_kernel(
 
 
 @triton.jit
+def _summed_partials(PART_ptr, X_ptr, stride_x, offs_m, offs_d, mask, n_x, dim, n_splits, ACC: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(sum over splits of PART[split], X) on a [BLOCK_M, BLOCK_D] panel; the splits are added in order
+    (deterministic). Loaded twice by the caller rather than kept: a row may be longer than the registers."""
+    du = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
+    for split in range(0, n_splits):
+        du += tl.load(PART_ptr + (split * n_x + offs_m[:, None]) * dim + offs_d[None, :], mask=mask, other=0.0)
+    x = tl.load(X_ptr + offs_m[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0).to(ACC)
+    return du, x
+
+
+@triton.jit
 def _normalize_backward_kernel(PART_ptr, X_ptr, stride_x, NORM_X_ptr, T_ptr, DX_ptr, stride_dx,
                                n_x, dim, n_splits, eps_hi, eps_lo,
                                ACC: tl.constexpr, ROUND_BY_HAND: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -336,20 +348,16 @@ def _normalize_backward_kernel(PART_ptr, X_ptr, stride_x, NORM_X_ptr, T_ptr, DX_
     for d0 in range(0, dim, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask = mask_m[:, None] & (offs_d[None, :] < dim)
-        du = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
-        for split in range(0, n_splits):
-            du += tl.load(PART_ptr + (split * n_x + offs_m[:, None]) * dim + offs_d[None, :], mask=mask, other=0.0)
-        x = tl.load(X_ptr + offs_m[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0).to(ACC)
+        du, x = _summed_partials(PART_ptr, X_ptr, stride_x, offs_m, offs_d, mask, n_x, dim, n_splits, ACC,
+                                 BLOCK_M, BLOCK_D)
         radial += tl.sum(x * du, axis=1)
     radial = radial * inv_t * inv_norm_x * inv_norm_x
     live = (norm_x > eps)[:, None]  # a row no longer than eps is a constant: no gradient
     for d0 in range(0, dim, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask = mask_m[:, None] & (offs_d[None, :] < dim)
-        du = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
-        for split in range(0, n_splits):
-            du += tl.load(PART_ptr + (split * n_x + offs_m[:, None]) * dim + offs_d[None, :], mask=mask, other=0.0)
-        x = tl.load(X_ptr + offs_m[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0).to(ACC)
+        du, x = _summed_partials(PART_ptr, X_ptr, stride_x, offs_m, offs_d, mask, n_x, dim, n_splits, ACC,
+                                 BLOCK_M, BLOCK_D)
         dx = tl.where(live, (du * inv_t - radial[:, None] * x) * inv_norm_x[:, None], 0.0)
         tl.store(DX_ptr + offs_m[:, None] * stride_dx + offs_d[None, :],
                  cast_output(dx, DX_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
