@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis): drawn shapes, label patterns (1..8 positives per row, rows with none,
 all candidates -1 but one), temperatures 0.01..10, dtypes and scales; every fused backend that runs on the
-CPU against the float64 reference, values and gradients. 200 examples per op and backend in CI
+CPU against the float64 reference, values and gradients (triton: under TRITON_INTERPRET=1, run by
+tests/test_triton.py in a subprocess). 200 examples per op and backend in CI
 (profile "ci", derandomized so CI is reproducible); HYPOTHESIS_PROFILE=dev draws 1000 fresh ones."""
 
 import os

@@ -25,27 +25,36 @@ MIN_CASES = 200  # the interpreter lane must really have run the kernel tests, n
 TRITON_MISSING = triton_support.triton_import_error()
 
 
-def _run_cases(tmp_path, interpret: bool):
+def _run_cases(tmp_path, interpret: bool, target: str = CASES, select: str | None = None,
+               min_tests: int = MIN_CASES):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("TRITON_INTERPRET", None)
     env.pop("SYNTHCL_FAST_TRITON_TILES", None)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     report = tmp_path / "cases.xml"
-    command = [sys.executable, "-m", "pytest", CASES, "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
+    command = [sys.executable, "-m", "pytest", target, "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
+    command += ["-k", select] if select else []
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-20000:]}\n{done.stderr[-5000:]}"
     suite = ET.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")}
     assert counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
-    assert counts["tests"] >= MIN_CASES, counts
+    assert counts["tests"] >= min_tests, counts
 
 
 @pytest.mark.skipif(TRITON_MISSING is not None, reason=f"{TRITON_MISSING}")
 def test_kernels_under_the_interpreter(tmp_path):
     """Every case of tests/triton_cases.py, on CPU tensors with TRITON_INTERPRET=1 (~2-4 minutes)."""
     _run_cases(tmp_path, interpret=True)
+
+
+@pytest.mark.skipif(TRITON_MISSING is not None, reason=f"{TRITON_MISSING}")
+def test_property_suite_under_the_interpreter(tmp_path):
+    """tests/test_properties.py (hypothesis: 200 drawn problems per op in CI) for the Triton backend, on CPU
+    tensors with TRITON_INTERPRET=1, against the same float64 reference and tolerances as the CPU kernels."""
+    _run_cases(tmp_path, interpret=True, target="tests/test_properties.py", select="triton", min_tests=2)
 
 
 @pytest.mark.gpu

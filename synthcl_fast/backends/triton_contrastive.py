@@ -259,6 +259,9 @@ def _contrastive_backward_kernel(
     inv_t = 1.0 / tl.load(T_ptr).to(ACC)
     norm_x = tl.load(NORM_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
     inv_norm_x = 1.0 / tl.maximum(norm_x, eps)
+    # the forward kernel's row scale, bit for bit: the recomputed s must round as the s its LSE came from
+    # (1 ulp of s = 1/t moves p = exp(s - lse) by ~eps/t, and the temperature gradient by ~eps/t^3)
+    row_scale = inv_t / tl.maximum(norm_x, eps)
     label_x = tl.load(LABEL_X_ptr + offs_m, mask=mask_m, other=-1)
     if OWN_TERM:
         lse_x = tl.load(LSE_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
@@ -279,7 +282,7 @@ def _contrastive_backward_kernel(
         mask_n = offs_n < n_end
         inv_norm_y = 1.0 / tl.maximum(tl.load(NORM_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC), eps)
         label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
-        s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, inv_norm_x * inv_t, Y_ptr, stride_y, offs_n,
+        s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n,
                          mask_n, inv_norm_y, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
         allowed = mask_m[:, None] & mask_n[None, :]
         if EXCLUDE_SELF:
