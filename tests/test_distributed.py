@@ -212,15 +212,21 @@ def _worker(rank, world_size, init_file, out_file):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=120))
-    results = {}
+    results, completed = {}, True
     for name, case in CASES.items():
         try:
             results[name] = case(world_size)
         except Exception:  # reported per case; the other ranks then fail in a collective or report their own
             results[name] = traceback.format_exc()
+            completed = False
             break
     with open(f"{out_file}.{rank}", "w") as handle:
         json.dump(results, handle)
+    # Every rank's collectives finish before any rank tears gloo down: a rank that destroyed its group while
+    # a peer still had work in flight aborted once in CI ("terminate called without an active exception").
+    # Not after a failed case: the peers may be waiting in that case's collective instead.
+    if completed:
+        dist.barrier()
     dist.destroy_process_group()
 
 
