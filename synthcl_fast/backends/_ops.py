@@ -48,6 +48,25 @@ def _no_double_backward() -> None:
                            "use backend='reference'")
 
 
+def _fake_input_grads(anchors, candidates, temperature, compute_grad=True):
+    """Fake (grad_anchors, grad_candidates, grad_temperature): full-size, or the empty placeholders the ops
+    return when the gradient is not computed in forward."""
+    if compute_grad:
+        return (torch.empty_like(anchors, memory_format=torch.contiguous_format),
+                torch.empty_like(candidates, memory_format=torch.contiguous_format), temperature.new_empty(()))
+    return anchors.new_empty((0,)), candidates.new_empty((0,)), temperature.new_empty((0,))
+
+
+def _row_weights(grad_loss, n_positive, reduction):
+    """dLoss/dL_i for every row from the upstream gradient of the reduced loss (the mean is over the rows
+    that have a positive)."""
+    if reduction == REDUCTION_CODES["none"]:
+        return grad_loss
+    if reduction == REDUCTION_CODES["mean"]:
+        grad_loss = grad_loss / (n_positive > 0).sum().clamp_min(1)
+    return grad_loss.expand(n_positive.shape[0])
+
+
 def register_contrastive_autograd(forward_op, backward_op) -> None:
     """Registers fake and autograd implementations for a backend's contrastive_forward op."""
     name = _qualname(forward_op)
@@ -60,19 +79,13 @@ def register_contrastive_autograd(forward_op, backward_op) -> None:
         loss = anchors.new_empty((n_rows,) if reduction == 0 else (), dtype=acc)
         lse = anchors.new_empty((n_rows,), dtype=acc)
         n_positive = anchors.new_empty((n_rows,), dtype=torch.int32)
-        if compute_grad:
-            grads = (torch.empty_like(anchors, memory_format=torch.contiguous_format),
-                     torch.empty_like(candidates, memory_format=torch.contiguous_format),
-                     temperature.new_empty(()))
-        else:
-            grads = (anchors.new_empty((0,)), candidates.new_empty((0,)), temperature.new_empty((0,)))
+        grads = _fake_input_grads(anchors, candidates, temperature, compute_grad)
         return (loss, lse, n_positive, *grads)
 
     @torch.library.register_fake(backward_name)
     def _(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, row_n_positive,
           exclude_self, eps):
-        return (torch.empty_like(anchors, memory_format=torch.contiguous_format),
-                torch.empty_like(candidates, memory_format=torch.contiguous_format), temperature.new_empty(()))
+        return _fake_input_grads(anchors, candidates, temperature)
 
     def setup_context(ctx, inputs, output):
         anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps, \
@@ -94,13 +107,7 @@ def register_contrastive_autograd(forward_op, backward_op) -> None:
         else:
             anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, row_n_positive = \
                 ctx.saved_tensors
-            n_rows = anchors.shape[0]
-            if ctx.reduction == REDUCTION_CODES["none"]:
-                grad_rows = grad_loss
-            elif ctx.reduction == REDUCTION_CODES["mean"]:
-                grad_rows = (grad_loss / (row_n_positive > 0).sum().clamp_min(1)).expand(n_rows)
-            else:
-                grad_rows = grad_loss.expand(n_rows)
+            grad_rows = _row_weights(grad_loss, row_n_positive, ctx.reduction)
             grads = backward_op(grad_rows.contiguous(), anchors, candidates, anchor_labels, candidate_labels,
                                 temperature, row_lse, row_n_positive, ctx.exclude_self, ctx.eps)
         grad_anchors, grad_candidates, grad_temperature = grads
@@ -121,19 +128,13 @@ def register_symmetric_contrastive_autograd(forward_op, backward_op) -> None:
         loss = anchors.new_empty((n_rows,) if reduction == 0 else (), dtype=acc)
         stats = (anchors.new_empty((n_rows,), dtype=acc), anchors.new_empty((n_cols,), dtype=acc),
                  anchors.new_empty((n_rows,), dtype=torch.int32), anchors.new_empty((n_cols,), dtype=torch.int32))
-        if compute_grad:
-            grads = (torch.empty_like(anchors, memory_format=torch.contiguous_format),
-                     torch.empty_like(candidates, memory_format=torch.contiguous_format),
-                     temperature.new_empty(()))
-        else:
-            grads = (anchors.new_empty((0,)), candidates.new_empty((0,)), temperature.new_empty((0,)))
+        grads = _fake_input_grads(anchors, candidates, temperature, compute_grad)
         return (loss, *stats, *grads)
 
     @torch.library.register_fake(backward_name)
     def _(grad_rows, grad_cols, anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse,
           row_n_positive, col_n_positive, exclude_self, eps):
-        return (torch.empty_like(anchors, memory_format=torch.contiguous_format),
-                torch.empty_like(candidates, memory_format=torch.contiguous_format), temperature.new_empty(()))
+        return _fake_input_grads(anchors, candidates, temperature)
 
     def setup_context(ctx, inputs, output):
         anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps, \
@@ -149,15 +150,6 @@ def register_symmetric_contrastive_autograd(forward_op, backward_op) -> None:
             ctx.save_for_backward(anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse,
                                   row_n_positive, col_n_positive)
 
-    def side_weights(grad_loss, n_positive, reduction):
-        # loss = (row part + column part) / 2: each side's loss gets half the upstream gradient.
-        half = grad_loss / 2
-        if reduction == REDUCTION_CODES["none"]:
-            return half
-        if reduction == REDUCTION_CODES["mean"]:
-            half = half / (n_positive > 0).sum().clamp_min(1)
-        return half.expand(n_positive.shape[0])
-
     def backward(ctx, grad_loss, *_unused):
         _no_double_backward()
         if ctx.compute_grad:
@@ -166,8 +158,10 @@ def register_symmetric_contrastive_autograd(forward_op, backward_op) -> None:
         else:
             anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse, row_n_positive, \
                 col_n_positive = ctx.saved_tensors
-            grads = backward_op(side_weights(grad_loss, row_n_positive, ctx.reduction).contiguous(),
-                                side_weights(grad_loss, col_n_positive, ctx.reduction).contiguous(),
+            # loss = (row part + column part) / 2: each side's loss gets half the upstream gradient
+            half = grad_loss / 2
+            grads = backward_op(_row_weights(half, row_n_positive, ctx.reduction).contiguous(),
+                                _row_weights(half, col_n_positive, ctx.reduction).contiguous(),
                                 anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse,
                                 row_n_positive, col_n_positive, ctx.exclude_self, ctx.eps)
         grad_anchors, grad_candidates, grad_temperature = grads
