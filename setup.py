@@ -1,8 +1,9 @@
 """Builds the compiled kernels of csrc/ into synthcl_fast._C where torch is importable at build time.
 
-- CPU kernels always (when torch is present); CUDA kernels (csrc/*.cu) only where torch has CUDA and
-  nvcc is found, or FORCE_CUDA=1. SYNTHCL_FAST_NO_CUDA=1 skips them, SYNTHCL_FAST_NO_EXTENSION=1 skips
-  the whole extension (the kernels are then compiled on first use).
+- CPU kernels always (when torch is present), for any CPU of the architecture (SYNTHCL_FAST_NATIVE=1: for
+  this machine's CPU only, -march=native); CUDA kernels (csrc/*.cu) only where torch has CUDA and nvcc is
+  found, or FORCE_CUDA=1. SYNTHCL_FAST_NO_CUDA=1 skips them, SYNTHCL_FAST_NO_EXTENSION=1 skips the whole
+  extension (the kernels are then compiled on first use). Every variable: docs/environment.md.
 - TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0+PTX;9.0a": Ampere machine code and PTX that
   later GPUs compile at load, and Hopper machine code). CUDA_HOME picks the toolkit; without it, the toolkit
   whose nvcc is on PATH, or /usr/local/cuda when that nvcc is a wrapper outside a toolkit (no libcudart beside).
@@ -49,7 +50,9 @@ def _extension_config():
               file=sys.stderr)
         return [], {}
 
-    cxx = ["-O3", "-fopenmp-simd"] + ([] if _flag("SYNTHCL_FAST_PORTABLE") else ["-march=native"])
+    # Portable machine code unless SYNTHCL_FAST_NATIVE=1: a wheel or a shared build directory used on another
+    # CPU must not die with SIGILL (the same flags as the first-use build: backends/native.py cxx_flags).
+    cxx = ["-O3", "-fopenmp-simd"] + (["-march=native"] if _flag("SYNTHCL_FAST_NATIVE") else [])
     sources = sorted(glob.glob("csrc/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/*.cu"))
     with_cuda = bool(cuda_sources) and not _flag("SYNTHCL_FAST_NO_CUDA") and (

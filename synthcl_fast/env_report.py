@@ -14,6 +14,7 @@ import torch
 from . import __version__
 from .backends import available_backends
 from .benchmarking import environment, peak_memory_bytes
+from .environment import VARIABLES, current_values
 
 
 def _build_info() -> dict | None:
@@ -68,6 +69,11 @@ def main(argv=None) -> None:
     for key, value in environment().items():
         print(f"  {key}: {value}")
     print(f"  build: {_build_info() or 'no ahead-of-time build (kernels compiled on first use)'}")
+    print("environment variables (docs/environment.md):")
+    values = current_values()
+    for variable in VARIABLES:
+        value = values[variable.name]
+        print(f"  {variable.name:<36} {'unset (default ' + variable.default + ')' if value is None else repr(value)}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         print(f"backends on {device}:")

@@ -13,29 +13,49 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import sys
 from pathlib import Path
 
 import torch
 
-from ._ops import register_contrastive_autograd, register_positive_pair_autograd
+from ._ops import register_contrastive_op, register_positive_pair_op
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CPU_SOURCES = ("bindings.cpp", "contrastive_cpu.cpp", "positive_pair_cpu.cpp")
 CXX_FLAGS = ["-O3", "-fopenmp-simd"]
+NATIVE_ENV = "SYNTHCL_FAST_NATIVE"
 
 
 def cxx_flags() -> list[str]:
-    """-march=native unless SYNTHCL_FAST_PORTABLE=1 (the exp and label loops vectorize much wider)."""
-    portable = os.environ.get("SYNTHCL_FAST_PORTABLE") == "1"
-    return CXX_FLAGS + ([] if portable else ["-march=native"])
+    """Portable machine code (for any CPU of this architecture) unless SYNTHCL_FAST_NATIVE=1 (-march=native:
+    this CPU only; benchmarks/results/ measures what it buys)."""
+    return CXX_FLAGS + (["-march=native"] if os.environ.get(NATIVE_ENV) == "1" else [])
+
+
+def _cpu_identity() -> str:
+    """What the machine code of a -march=native build depends on: the CPU's model and instruction-set flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    fields = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return f"{fields.get('model name', '')}|{fields.get('flags', fields.get('Features', ''))}"
 
 
 def cache_dir() -> Path:
+    """One build per torch version, sources, flags and machine: a cache shared by several machines (a home
+    directory on a cluster) never loads a build made for another architecture or, for native builds,
+    another CPU."""
     root = Path(os.environ.get("SYNTHCL_FAST_CACHE", Path.home() / ".cache" / "synthcl_fast"))
     sources = b"".join((CSRC / name).read_bytes() for name in CPU_SOURCES + ("common.h",))
-    key = hashlib.sha256(sources + torch.__version__.encode() + " ".join(cxx_flags()).encode()).hexdigest()[:16]
-    return root / f"torch-{torch.__version__}-{key}"
+    flags = cxx_flags()
+    machine = platform.machine() + ("|" + _cpu_identity() if "-march=native" in flags else "")
+    key = hashlib.sha256(sources + torch.__version__.encode() + " ".join(flags).encode() + machine.encode())
+    return root / f"torch-{torch.__version__}-{platform.machine()}-{key.hexdigest()[:16]}"
 
 
 def _jit_build() -> None:
@@ -81,8 +101,8 @@ def _load() -> str | None:
         except Exception as jit_error:  # a compiler or ninja problem: report it, do not crash the caller
             return f"the compiled extension is missing and compiling it failed: {jit_error}"
     ops = torch.ops.synthcl_fast
-    register_contrastive_autograd(ops.contrastive_forward, ops.contrastive_backward)
-    register_positive_pair_autograd(ops.positive_pair_forward)
+    register_contrastive_op(ops.contrastive_forward, ops.contrastive_backward, sides=1)
+    register_positive_pair_op(ops.positive_pair_forward)
     return None
 
 
