@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 MAX_SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes of shared memory per block (opt-in max)
 
 KERNELS = {
-    "synthcl_fast.backends.triton_contrastive": ["_row_norm_kernel", "_contrastive_forward_kernel",
+    "synthcl_fast.backends.triton_contrastive": ["_prepare_rows_kernel", "_contrastive_forward_kernel",
                                                  "_merge_row_stats_kernel", "_contrastive_backward_kernel",
                                                  "_normalize_backward_kernel", "_temperature_grad_kernel"],
     "synthcl_fast.backends.triton_common": ["_reduce_rows_kernel"],
@@ -109,9 +109,10 @@ def record_launches() -> list[Launch]:
             else:
                 tc.contrastive_forward(x, y, labels_x, labels_y, t, same, reduction, 1e-12, reduction != 0)
                 if reduction == 0:  # the recomputing backward
-                    lse, npos = torch.zeros(n_rows, dtype=acc), torch.ones(n_rows, dtype=torch.int32)
-                    tc.contrastive_backward(torch.ones(n_rows, dtype=acc), x, y, labels_x, labels_y, t, lse, npos,
-                                            same, 1e-12)
+                    row_max, log_sum = torch.zeros(n_rows, dtype=acc), torch.zeros(n_rows, dtype=acc)
+                    npos = torch.ones(n_rows, dtype=torch.int32)
+                    tc.contrastive_backward(torch.ones(n_rows, dtype=acc), x, y, labels_x, labels_y, t, row_max,
+                                            log_sum, npos, same, 1e-12)
         finally:
             if previous is None:
                 os.environ.pop("SYNTHCL_FAST_TRITON_TILES", None)

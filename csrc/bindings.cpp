@@ -1,4 +1,5 @@
-// Operator schemas of synthcl_fast. Each backend file registers its implementations with
+// Operator schemas of synthcl_fast (the contract: synthcl_fast/backends/_ops.py; the math:
+// synthcl_fast/reference.py). Each backend file registers its implementations with
 // TORCH_LIBRARY_IMPL(synthcl_fast, <CPU|CUDA>, m); autograd and fake (meta) implementations are
 // registered from Python (synthcl_fast/backends/native.py) with torch.library.
 //
@@ -14,12 +15,12 @@ TORCH_LIBRARY(synthcl_fast, m) {
   m.def(
       "contrastive_forward(Tensor anchors, Tensor candidates, Tensor anchor_labels, Tensor candidate_labels, "
       "Tensor temperature, bool exclude_self, int reduction, float eps, bool compute_grad) -> "
-      "(Tensor loss, Tensor row_lse, Tensor row_n_positive, Tensor grad_anchors, Tensor grad_candidates, "
-      "Tensor grad_temperature)");
+      "(Tensor loss, Tensor row_max, Tensor row_log_sum, Tensor row_n_positive, Tensor grad_anchors, "
+      "Tensor grad_candidates, Tensor grad_temperature)");
   m.def(
       "contrastive_backward(Tensor grad_rows, Tensor anchors, Tensor candidates, Tensor anchor_labels, "
-      "Tensor candidate_labels, Tensor temperature, Tensor row_lse, Tensor row_n_positive, bool exclude_self, "
-      "float eps) -> (Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
+      "Tensor candidate_labels, Tensor temperature, Tensor row_max, Tensor row_log_sum, Tensor row_n_positive, "
+      "bool exclude_self, float eps) -> (Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
   m.def(
       "positive_pair_forward(Tensor a, Tensor b, Tensor target, int mode, int reduction, float eps, "
       "bool compute_grad_a, bool compute_grad_b) -> "

@@ -16,7 +16,7 @@
 namespace synthcl_fast {
 
 // Below this the logits (|s| <= 1/t) and the temperature gradient (~ 1/t^2) leave fp32's range.
-// Mirrored by synthcl_fast/_validation.py MIN_TEMPERATURE.
+// Mirrored by synthcl_fast/reference.py MIN_TEMPERATURE (below it the results are NaN, on every backend).
 constexpr double kMinTemperature = 1e-6;
 
 inline void check_matrix(const at::Tensor& t, const char* name) {
@@ -104,7 +104,7 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
 // |r| <= ln2/2, exp(r) by a degree-6 polynomial (relative error ~1e-7), 2^n through the exponent bits.
 // Branch-free and written with plain arithmetic so that GCC vectorizes the loops that call it.
 // Inputs below -87 return ~1e-38 rather than 0; callers that need an exact 0 (the excluded self pair)
-// write it explicitly.
+// write it explicitly. NaN propagates.
 inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
   const float rounding = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
@@ -117,7 +117,8 @@ inline float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  // NaN in, NaN out (through r); the exponent of a NaN is taken as 0 (casting NaN to an integer is undefined)
+  const int32_t bits = (static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;

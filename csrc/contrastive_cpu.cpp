@@ -1,14 +1,9 @@
-// Fused CPU kernels for the general contrastive op (DESIGN.md section 2).
+// Fused CPU kernels for the general contrastive op. The math (s_ij, m_i, log S_i, L_i, G_ij and the
+// gradients) is stated once, in synthcl_fast/reference.py; the op contract is synthcl_fast/backends/_ops.py.
 //
-//   u_i = A_i / max(||A_i||, eps),  v_j = C_j / max(||C_j||, eps),  s_ij = (u_i . v_j) / t
-//   P(i) = { j : c_j == a_i, c_j >= 0, j != i if exclude_self },  N(i) = all j (minus i if exclude_self)
-//   L_i  = logsumexp_{j in N(i)} s_ij - (1/|P(i)|) sum_{p in P(i)} s_ip      (0 when |P(i)| == 0)
-//
-// Gradients, with w_i the upstream weight of row i (0 when |P(i)| == 0):
-//   G_ij      = w_i * (softmax_i(s)_j - [j in P(i)] / |P(i)|)
-//   dL/du_i   = (1/t) sum_j G_ij v_j          dL/dv_j = (1/t) sum_i G_ij u_i
-//   dL/dt     = -(1/t) sum_ij G_ij s_ij
-//   dx        = (du - u (u . du)) / ||x||    (du / eps where ||x|| < eps)
+// Row statistics are kept online over column tiles: per row the running max m, S = sum exp(s - m), the
+// positive gap sum_p (s_ip - m) (rescaled when m moves) and |P|; then L_i = -gap_i / |P(i)| + log S_i,
+// formed from quantities of the loss's own size, and the backward gets (m_i, log S_i).
 //
 // Work layout: rows in blocks of at most 256; for each block the logits strip S = (U_b / t) V^T is
 // formed one column tile at a time in a buffer of at most kStripBytes (never R x K), with an online
@@ -71,8 +66,7 @@ std::pair<at::Tensor, at::Tensor> normalize_rows(const at::Tensor& x, double eps
   return {u, norms};
 }
 
-// dx = (du - u (u . du)) / ||x||. A row shorter than eps is treated as a constant and gets no gradient:
-// its exact gradient du / eps (about 1e12 du) would overflow fp16 and is useless to an optimizer.
+// dx = (du - u (u . du)) / ||x||; a row no longer than eps is a constant and gets no gradient.
 // Overwrites du (no temporaries of its size), then casts to the input dtype.
 template <typename acc_t>
 at::Tensor normalize_backward(at::Tensor du, const at::Tensor& u, const at::Tensor& norms, double eps,
@@ -170,11 +164,13 @@ at::Tensor logits_tile(const Problem<acc_t>& p, at::Tensor& strip, int64_t r0, i
   return tile;
 }
 
-// Online log-sum-exp and positive statistics of rows [r0, r0+bm) over the tile of columns [c0, c0+tn).
+// Online row statistics of rows [r0, r0+bm) over the tile of columns [c0, c0+tn): max, sum of exp(s - max),
+// the positive gap sum_p (s_p - max) (shifted with the max, so it stays the size of the loss) and |P|.
 template <typename acc_t>
 void accumulate_row_stats(const Problem<acc_t>& p, const acc_t* tile, int64_t r0, int64_t bm, int64_t c0,
-                          int64_t tn, acc_t* row_max, acc_t* row_sum_exp, acc_t* row_positive_sum,
+                          int64_t tn, acc_t* row_max, acc_t* row_sum_exp, acc_t* row_positive_gap,
                           int64_t* row_n_positive) {
+  constexpr acc_t kMinusInf = -std::numeric_limits<acc_t>::infinity();
   at::parallel_for(0, bm, kRowGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t row = r0 + i;
@@ -182,38 +178,47 @@ void accumulate_row_stats(const Problem<acc_t>& p, const acc_t* tile, int64_t r0
       const int64_t self = p.exclude_self ? row - c0 : -1;
       const int64_t label = p.anchor_labels[row];
       const int64_t* labels = p.candidate_labels + c0;
-      acc_t tile_max = -std::numeric_limits<acc_t>::infinity();
-      acc_t positive_sum = 0;
+      if (tn == 1 && self == 0) continue;  // the tile holds only the excluded self column
+      acc_t tile_max = kMinusInf;
+      for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+#pragma omp simd reduction(max : tile_max)
+        for (int64_t j = a; j < b; ++j) tile_max = std::max(tile_max, s[j]);
+      });
+      // The max skips NaN logits (NaN features or an invalid temperature); the sums below do not, so NaN
+      // reaches the loss. -inf only then: shift by 0 so that the sums are NaN, not skipped.
+      const acc_t new_max = std::max(row_max[i], tile_max);
+      const acc_t shift = new_max == kMinusInf ? acc_t(0) : new_max;
+      acc_t sum_exp = 0, positive_gap = 0;
       int64_t n_positive = 0;
       for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
-#pragma omp simd reduction(max : tile_max) reduction(+ : positive_sum, n_positive)
+#pragma omp simd reduction(+ : sum_exp, positive_gap, n_positive)
         for (int64_t j = a; j < b; ++j) {
-          tile_max = std::max(tile_max, s[j]);
+          const acc_t shifted = s[j] - shift;
           const bool positive = labels[j] == label && labels[j] >= 0;
-          positive_sum += positive ? s[j] : acc_t(0);
+          sum_exp += exp_nonpositive(shifted);
+          positive_gap += positive ? shifted : acc_t(0);
           n_positive += positive ? 1 : 0;
         }
       });
-      row_positive_sum[i] += positive_sum;
+      if (row_max[i] != kMinusInf && shift != row_max[i]) {  // the earlier tiles' terms, moved to the new max
+        row_sum_exp[i] *= exp_nonpositive(row_max[i] - shift);
+        row_positive_gap[i] += static_cast<acc_t>(row_n_positive[i]) * (row_max[i] - shift);
+      }
+      row_sum_exp[i] += sum_exp;
+      row_positive_gap[i] += positive_gap;
       row_n_positive[i] += n_positive;
-      const acc_t new_max = std::max(row_max[i], tile_max);
-      if (new_max == -std::numeric_limits<acc_t>::infinity()) continue;  // nothing allowed yet
-      acc_t sum_exp = 0;
-      for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
-#pragma omp simd reduction(+ : sum_exp)
-        for (int64_t j = a; j < b; ++j) sum_exp += exp_nonpositive(s[j] - new_max);
-      });
-      row_sum_exp[i] = row_sum_exp[i] * exp_nonpositive(row_max[i] - new_max) + sum_exp;
-      row_max[i] = new_max;
+      row_max[i] = shift;
     }
   });
 }
 
-// Overwrites the logits tile with G_ij = w_i (exp(s_ij - lse_i) - [j in P(i)] / |P(i)|) and adds
-// sum_j G_ij s_ij of each row to row_gs (for the temperature gradient). The self column gets G = 0.
+// Overwrites the logits tile with G_ij = w_i (exp((s_ij - m_i) - log S_i) - [j in P(i)] / |P(i)|) and adds
+// sum_j G_ij (s_ij - m_i) of each row to row_gs (for the temperature gradient; the shift by m_i removes the
+// 1/t-sized common part, as sum_j G_ij = 0). The self column gets G = 0.
 template <typename acc_t>
 void gradient_tile(const Problem<acc_t>& p, acc_t* tile, int64_t r0, int64_t bm, int64_t c0, int64_t tn,
-                   const acc_t* lse, const int32_t* n_positive, const acc_t* weight, double* row_gs) {
+                   const acc_t* max, const acc_t* log_sum, const int32_t* n_positive, const acc_t* weight,
+                   double* row_gs) {
   at::parallel_for(0, bm, kRowGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t row = r0 + i;
@@ -226,15 +231,16 @@ void gradient_tile(const Problem<acc_t>& p, acc_t* tile, int64_t r0, int64_t bm,
       }
       const int64_t label = p.anchor_labels[row];
       const int64_t* labels = p.candidate_labels + c0;
-      const acc_t row_lse = lse[row];
+      const acc_t row_max = max[row], row_log_sum = log_sum[row];
       const acc_t positive_weight = acc_t(1) / static_cast<acc_t>(n_positive[row]);
       acc_t gs = 0;
       for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
 #pragma omp simd reduction(+ : gs)
         for (int64_t j = a; j < b; ++j) {
+          const acc_t shifted = s[j] - row_max;
           const bool positive = labels[j] == label && labels[j] >= 0;
-          const acc_t g = w * (exp_nonpositive(s[j] - row_lse) - (positive ? positive_weight : acc_t(0)));
-          gs += g * s[j];
+          const acc_t g = w * (exp_nonpositive(shifted - row_log_sum) - (positive ? positive_weight : acc_t(0)));
+          gs += g * shifted;
           s[j] = g;
         }
       });
@@ -259,9 +265,10 @@ struct Gradients {
   double sum_gs = 0;          // sum_ij G_ij s_ij
 };
 
-// Gradient pass over all row blocks with known lse and |P(i)| (the recompute backward).
+// Gradient pass over all row blocks with known (m, log S, |P|) (the recompute backward).
 template <typename acc_t>
-Gradients gradient_pass(const Problem<acc_t>& p, const acc_t* lse, const int32_t* n_positive, const acc_t* weight) {
+Gradients gradient_pass(const Problem<acc_t>& p, const acc_t* max, const acc_t* log_sum, const int32_t* n_positive,
+                        const acc_t* weight) {
   auto opts = p.v.options();
   Gradients out{at::zeros({p.n_rows, p.dim}, opts), at::zeros({p.n_cols, p.dim}, opts)};
   at::Tensor strip = empty_output({p.block_rows * p.tile_cols}, opts);  // scratch: poisoned in tests too
@@ -271,7 +278,7 @@ Gradients gradient_pass(const Problem<acc_t>& p, const acc_t* lse, const int32_t
     for (int64_t c0 = 0; c0 < p.n_cols; c0 += p.tile_cols) {
       const int64_t tn = std::min(p.tile_cols, p.n_cols - c0);
       at::Tensor tile = logits_tile(p, strip, r0, bm, c0, tn);
-      gradient_tile(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, lse, n_positive, weight, row_gs.data());
+      gradient_tile(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, max, log_sum, n_positive, weight, row_gs.data());
       accumulate_feature_grads(p, tile, r0, bm, c0, tn, out.grad_u, out.grad_v);
     }
   }
@@ -281,7 +288,7 @@ Gradients gradient_pass(const Problem<acc_t>& p, const acc_t* lse, const int32_t
 }
 
 struct ForwardResult {
-  at::Tensor row_loss, lse, n_positive;
+  at::Tensor row_loss, max, log_sum, n_positive;
   int64_t n_valid = 0;
   bool has_grads = false;
   Gradients grads;
@@ -294,10 +301,12 @@ ForwardResult forward_pass(const Problem<acc_t>& p, bool want_grad) {
   auto opts = p.v.options();
   ForwardResult out;
   out.row_loss = empty_output({p.n_rows}, opts);
-  out.lse = empty_output({p.n_rows}, opts);
+  out.max = empty_output({p.n_rows}, opts);
+  out.log_sum = empty_output({p.n_rows}, opts);
   out.n_positive = empty_output({p.n_rows}, opts.dtype(at::kInt));
   acc_t* loss_ptr = out.row_loss.data_ptr<acc_t>();
-  acc_t* lse_ptr = out.lse.data_ptr<acc_t>();
+  acc_t* max_ptr = out.max.data_ptr<acc_t>();
+  acc_t* log_sum_ptr = out.log_sum.data_ptr<acc_t>();
   int32_t* npos_ptr = out.n_positive.data_ptr<int32_t>();
   const bool single_tile = p.tile_cols >= p.n_cols;
   if (want_grad) {
@@ -307,29 +316,30 @@ ForwardResult forward_pass(const Problem<acc_t>& p, bool want_grad) {
   std::vector<acc_t> unit_weight(want_grad ? p.n_rows : 0, acc_t(1));
   std::vector<double> row_gs(want_grad ? p.n_rows : 0, 0.0);
   at::Tensor strip = empty_output({p.block_rows * p.tile_cols}, opts);  // scratch: poisoned in tests too
-  std::vector<acc_t> row_max(p.block_rows), row_sum_exp(p.block_rows), row_positive_sum(p.block_rows);
+  std::vector<acc_t> row_max(p.block_rows), row_sum_exp(p.block_rows), row_positive_gap(p.block_rows);
   std::vector<int64_t> row_n_positive(p.block_rows);
 
   for (int64_t r0 = 0; r0 < p.n_rows; r0 += p.block_rows) {
     const int64_t bm = std::min(p.block_rows, p.n_rows - r0);
     std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<acc_t>::infinity());
     std::fill(row_sum_exp.begin(), row_sum_exp.end(), acc_t(0));
-    std::fill(row_positive_sum.begin(), row_positive_sum.end(), acc_t(0));
+    std::fill(row_positive_gap.begin(), row_positive_gap.end(), acc_t(0));
     std::fill(row_n_positive.begin(), row_n_positive.end(), 0);
     at::Tensor tile;
     for (int64_t c0 = 0; c0 < p.n_cols; c0 += p.tile_cols) {
       const int64_t tn = std::min(p.tile_cols, p.n_cols - c0);
       tile = logits_tile(p, strip, r0, bm, c0, tn);
       accumulate_row_stats(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, row_max.data(), row_sum_exp.data(),
-                           row_positive_sum.data(), row_n_positive.data());
+                           row_positive_gap.data(), row_n_positive.data());
     }
     for (int64_t i = 0; i < bm; ++i) {
       const int64_t row = r0 + i;
-      // A row whose denominator is empty (R = K = 1 with exclude_self) has no positive either.
-      lse_ptr[row] = row_max[i] + std::log(row_sum_exp[i]);
+      // A row whose denominator is empty (R = K = 1 with exclude_self) has no positive either: m = -inf.
+      max_ptr[row] = row_max[i];
+      log_sum_ptr[row] = std::log(row_sum_exp[i]);
       npos_ptr[row] = static_cast<int32_t>(row_n_positive[i]);
       loss_ptr[row] = row_n_positive[i] > 0
-                          ? lse_ptr[row] - row_positive_sum[i] / static_cast<acc_t>(row_n_positive[i])
+                          ? log_sum_ptr[row] - row_positive_gap[i] / static_cast<acc_t>(row_n_positive[i])
                           : acc_t(0);
       out.n_valid += row_n_positive[i] > 0;
     }
@@ -337,7 +347,8 @@ ForwardResult forward_pass(const Problem<acc_t>& p, bool want_grad) {
     for (int64_t c0 = 0; c0 < p.n_cols; c0 += p.tile_cols) {
       const int64_t tn = std::min(p.tile_cols, p.n_cols - c0);
       if (!single_tile) tile = logits_tile(p, strip, r0, bm, c0, tn);
-      gradient_tile(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, lse_ptr, npos_ptr, unit_weight.data(), row_gs.data());
+      gradient_tile(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, max_ptr, log_sum_ptr, npos_ptr, unit_weight.data(),
+                    row_gs.data());
       accumulate_feature_grads(p, tile, r0, bm, c0, tn, out.grads.grad_u, out.grads.grad_v);
     }
   }
@@ -348,24 +359,24 @@ ForwardResult forward_pass(const Problem<acc_t>& p, bool want_grad) {
   return out;
 }
 
-double checked_inverse_temperature(const at::Tensor& temperature) {
-  const double t = temperature.item<double>();
-  TORCH_CHECK(std::isfinite(t) && t >= kMinTemperature, "temperature must be finite and >= ", kMinTemperature,
-              ", got ", t);
-  return 1.0 / t;
+// 1/t, or NaN for a temperature out of range (finite and >= kMinTemperature): the results are then NaN,
+// as on every backend (the value is checked where it lives, without a host synchronization on a GPU).
+double inverse_temperature(const at::Tensor& temperature) {
+  const double t = temperature.item<double>();  // a CPU tensor: no device to wait for
+  return std::isfinite(t) && t >= kMinTemperature ? 1.0 / t : std::numeric_limits<double>::quiet_NaN();
 }
 
-// Returns (loss, row_lse, row_n_positive, grad_anchors, grad_candidates, grad_temperature).
+// Returns (loss, row_max, row_log_sum, row_n_positive, grad_anchors, grad_candidates, grad_temperature).
 // loss: (R,) for reduction none, else a scalar, in float32 (float64 for float64 inputs). With
 // compute_grad (reduction mean or sum only) the gradients of that loss are returned, else empty tensors.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cpu(
-    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
-    const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self, int64_t reduction,
-    double eps, bool compute_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+                        const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self,
+                        int64_t reduction, double eps, bool compute_grad) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
   check_reduction(reduction);
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
-  const double inv_t = checked_inverse_temperature(temperature);
+  const double inv_t = inverse_temperature(temperature);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
@@ -389,7 +400,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     });
     grad_temperature = at::full({}, -inv_t * fwd.grads.sum_gs * scale, temperature.options());
   }
-  return {loss, fwd.lse, fwd.n_positive, grad_anchors, grad_candidates, grad_temperature};
+  return {loss, fwd.max, fwd.log_sum, fwd.n_positive, grad_anchors, grad_candidates, grad_temperature};
 }
 
 // Recompute backward. grad_rows (R,) is dLoss/dL_i (the reduction weight already folded in).
@@ -397,27 +408,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
-    const at::Tensor& row_lse, const at::Tensor& row_n_positive, bool exclude_self, double eps) {
+    const at::Tensor& row_max, const at::Tensor& row_log_sum, const at::Tensor& row_n_positive, bool exclude_self,
+    double eps) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
   const int64_t n_rows = anchors.size(0);
   const auto acc = accumulate_type(anchors.scalar_type());
-  check_vector(row_lse, "row_lse", n_rows, acc);
+  check_vector(row_max, "row_max", n_rows, acc);
+  check_vector(row_log_sum, "row_log_sum", n_rows, acc);
   check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
   TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
               grad_rows.sizes());
-  const double inv_t = checked_inverse_temperature(temperature);
+  const double inv_t = inverse_temperature(temperature);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
-  at::Tensor lse = row_lse.contiguous(), npos = row_n_positive.contiguous();
+  at::Tensor max = row_max.contiguous(), log_sum = row_log_sum.contiguous(), npos = row_n_positive.contiguous();
   at::Tensor weight = grad_rows.to(acc).contiguous();
 
   at::Tensor grad_anchors, grad_candidates;
   double sum_gs = 0;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_backward_cpu", [&] {
     auto p = make_problem<scalar_t>(u, v, a_labels, c_labels, exclude_self, inv_t);
-    Gradients grads =
-        gradient_pass<scalar_t>(p, lse.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(), weight.data_ptr<scalar_t>());
+    Gradients grads = gradient_pass<scalar_t>(p, max.data_ptr<scalar_t>(), log_sum.data_ptr<scalar_t>(),
+                                              npos.data_ptr<int32_t>(), weight.data_ptr<scalar_t>());
     std::tie(grad_anchors, grad_candidates) =
         input_gradients<scalar_t>(grads.grad_u, grads.grad_v, u, norm_a, v, norm_c, anchors, candidates, eps);
     sum_gs = grads.sum_gs;

@@ -1,36 +1,33 @@
-// Fused CUDA kernels for the general contrastive op (DESIGN.md section 2); the same contract as
-// contrastive_cpu.cpp, registered for the CUDA dispatch key.
-//
-//   u_i = A_i / max(||A_i||, eps),  v_j = C_j / max(||C_j||, eps),  s_ij = (u_i . v_j) / t
-//   P(i) = { j : c_j == a_i, c_j >= 0, j != i if exclude_self },  N(i) = all j (minus i if exclude_self)
-//   L_i  = logsumexp_{j in N(i)} s_ij - (1/|P(i)|) sum_{p in P(i)} s_ip      (0 when |P(i)| == 0)
-//
-// Gradients, with w_i the upstream weight of row i (0 when |P(i)| == 0):
-//   G_ij    = w_i * (exp(s_ij - lse_i) - [j in P(i)] / |P(i)|)
-//   dL/du_i = (1/t) sum_j G_ij v_j          dL/dv_j = (1/t) sum_i G_ij u_i
-//   dL/dt   = -(1/t) sum_ij G_ij s_ij
-//   dx      = (du - u (u . du)) / ||x||    (0 for a row no longer than eps: it is a constant)
+// Fused CUDA kernels for the general contrastive op; the math (s_ij, m_i, log S_i, L_i, G_ij and the
+// gradients) is stated once, in synthcl_fast/reference.py; the op contract in synthcl_fast/backends/_ops.py.
+// Registered for the CUDA dispatch key with the same schemas and results as contrastive_cpu.cpp.
 //
 // Passes (all on the current stream, no R x K buffer, no float atomics: deterministic):
-//   1. normalize_rows_kernel: u, v as 16-bit copies (rows padded with zeros to a multiple of 64 rows and
-//      of kChunk columns) and the norms (float64).
+//   1. prepare_rows_kernel: 16-bit copies of the rows scaled by a power of two, x~ = x 2^-k with ||x~|| in
+//      [1, 2) (exact: only the exponent changes; bf16 and fp32 rows, whose raw products could overflow fp32;
+//      fp16 rows are copied as they are), rows padded with zeros to a multiple of 64 rows and of kChunk
+//      columns; per row inv = 2^k / max(||x||, eps) (so u = x~ inv) and the norm (float64). The logits are
+//      s = (x~_i . y~_j) (inv_i / t) inv_j: 16-bit inputs enter the products exactly, so the loss value of a
+//      16-bit input has fp32 accuracy.
 //   2. contrastive_tile_kernel<kGrad = false>: each CTA owns 64 anchor rows ("owner" rows) and streams
 //      64-row tiles of candidates through a 3-stage cp.async ring; S = U V^T / t on tensor cores
 //      (mma.sync m16n8k16, fp32 accumulators), labels / -1 / self-exclusion per tile, online
-//      log-sum-exp in fp32 (base 2). Small R: the candidates are split over gridDim.y and the partial
-//      statistics merged by finish_forward_kernel.
+//      row statistics in fp32 (max m, S = sum exp(s - m), the positive gap sum_p (s_p - m) moved with m,
+//      |P|). Small R: the candidates are split over gridDim.y and the partial statistics merged by
+//      finish_forward_kernel.
 //   3. Backward (recomputation), the same kernel with kGrad = true, twice:
 //        owner = anchors, streamed = candidates: dU (and sum_j G_ij s_ij for dL/dt), row-parallel;
 //        owner = candidates, streamed = anchors: dV, column-parallel.
-//      Per tile: S again, G in registers, then G (as the A operand, straight from the accumulators) times
-//      the streamed rows (ldmatrix.trans) into fp32 accumulators of one 128-column panel of D; D > 128
+//      Per tile: S again, G in registers, scaled by the streamed rows' inv (G_ij v_j = (G_ij inv_j) x~_j),
+//      then (as the A operand, straight from the accumulators) times the streamed rows x~ (ldmatrix.trans)
+//      into fp32 accumulators of one 128-column panel of D; D > 128
 //      loops over panels (recomputing S). Partials per split go to fp32 scratch; input_grad_kernel sums
 //      them in a fixed order and applies the normalization backward in the input dtype.
 //
-// Precision. bf16 and fp16 inputs: u, v and G are rounded to the input's 16-bit type for the products
-// (fp32 accumulation). fp32 inputs: every operand is split into bf16 hi + lo parts and each product
-// takes three passes (hi*hi + hi*lo + lo*hi), ~2^-17 relative error per element; single-pass TF32
-// (2^-11) would miss the 3e-4 target on the gradients. For the dV product G is scaled by
+// Precision. bf16 and fp16 inputs enter the logits' products exactly; G is rounded to the input's 16-bit
+// type for the gradient products (fp32 accumulation). fp32 inputs: every operand is split into bf16 hi + lo
+// parts and each product takes three passes (hi*hi + hi*lo + lo*hi), ~2^-17 relative error per element;
+// single-pass TF32 (2^-11) would miss the 3e-4 target on the gradients. For the dV product G is scaled by
 // w_i / max_i |w_i| so it stays in [-1, 1] (fp16 would lose small upstream weights otherwise).
 // float64 inputs are not taken (the CPU or reference backends are).
 //
@@ -45,7 +42,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "common.h"
 #include "cuda_utils.cuh"
@@ -63,23 +62,28 @@ constexpr int kStages = 3;
 constexpr int kPanelChunks = 2;      // gradient accumulators cover 128 columns of D at a time
 constexpr int kChunkRowBytes = kChunk * 2 + 16;            // +16: ldmatrix rows hit distinct banks
 constexpr int kTileBytes = kTileRows * kChunkRowBytes;     // one 64 x 64 chunk of one part
-constexpr int kMetaBytes = kTileRows * (8 + 16);           // per tile: labels (int64), row stats (float4)
+constexpr int kMetaBytes = kTileRows * (8 + 16 + 4);       // per tile: labels (int64), row stats, inv (float)
+constexpr int kMetaStats = kTileRows * 8;                  // byte offsets in a tile's meta block
+constexpr int kMetaInv = kTileRows * (8 + 16);
 constexpr int kSplitTargetCtasPerSm = 2;
 
-// Per streamed/owner row statistics for the backward: log2-domain lse, 1/|P|, w, w / max|w|.
+// Per streamed/owner row statistics for the backward: m, log S, 1/|P|, w (all 0 for a row without positives).
 struct RowStats {
-  float lse2, inv_positives, weight, weight_normalized;
+  float max, log_sum, inv_positives, weight;
 };
 
-// Online log-sum-exp state of one row over one split of the candidates (log2 domain).
+// Online statistics of one row over one split of the candidates: max m, S = sum exp(s - m), the positive gap
+// sum_p (s_p - m), |P|.
 struct RowPartial {
-  float max2, sum_exp, positive_sum;  // positive_sum of s (natural units)
+  float max, sum_exp, positive_gap;
   int positives;
 };
 
 struct TileParams {
-  const uint16_t* owner[2];      // normalized owner rows, [owner_pad][dim_pad], parts hi (and lo)
-  const uint16_t* stream[2];     // normalized streamed rows, [stream_pad][dim_pad]
+  const uint16_t* owner[2];      // prepared owner rows x~, [owner_pad][dim_pad], parts hi (and lo)
+  const uint16_t* stream[2];     // prepared streamed rows, [stream_pad][dim_pad]
+  const float* owner_inv;        // [owner_pad] 2^k / max(||x||, eps) (0 for padding rows)
+  const float* stream_inv;       // [stream_pad]
   const int64_t* owner_labels;   // [owner_pad]
   const int64_t* stream_labels;  // [stream_pad]
   const RowStats* owner_stats;   // gradient of the anchors: stats of the owner rows
@@ -95,13 +99,15 @@ struct TileParams {
 };
 
 // ============================================================================================
-// Pass 1: row normalization into 16-bit copies (fp32 inputs: bf16 hi and lo parts).
+// Pass 1: the rows scaled by a power of two into 16-bit copies (fp32 inputs: bf16 hi and lo parts).
 // One warp per padded row; the squares are summed in float64 as in the CPU kernel.
 // ============================================================================================
 template <typename T, typename Mma, bool kSplit>
-__global__ void normalize_rows_kernel(const T* __restrict__ x, int64_t n_rows, int64_t dim, int64_t n_rows_pad,
-                                      int64_t dim_pad, double eps, uint16_t* __restrict__ hi,
-                                      uint16_t* __restrict__ lo, double* __restrict__ norms) {
+__global__ void prepare_rows_kernel(const T* __restrict__ x, int64_t n_rows, int64_t dim, int64_t n_rows_pad,
+                                    int64_t dim_pad, double eps, uint16_t* __restrict__ hi, uint16_t* __restrict__ lo,
+                                    double* __restrict__ norms, float* __restrict__ inv) {
+  // fp16 rows cannot overflow an fp32 accumulator (|x| <= 65504) and are copied exactly as they are
+  constexpr bool kPrescale = !std::is_same_v<T, c10::Half>;
   const int lane = threadIdx.x % 32;
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   if (row >= n_rows_pad) return;
@@ -114,13 +120,22 @@ __global__ void normalize_rows_kernel(const T* __restrict__ x, int64_t n_rows, i
       squares += v * v;
     }
   squares = warp_sum(squares);
-  const double norm = fmax(sqrt(squares), eps), inv_norm = 1.0 / norm;
-  if (real && lane == 0) norms[row] = norm;
+  const double clamped = fmax(sqrt(squares), eps);
+  int exponent = 0;  // clamped = f 2^exponent with f in [0.5, 1): 2^(exponent - 1) <= clamped
+  frexp(clamped, &exponent);
+  const int k = kPrescale ? min(max(exponent - 1, -126), 126) : 0;
+  const double scale = ldexp(1.0, -k);
+  if (real && lane == 0) {
+    norms[row] = clamped;
+    inv[row] = static_cast<float>(1.0 / (clamped * scale));
+  } else if (!real && lane == 0) {
+    inv[row] = 0.0f;
+  }
   for (int64_t d = lane; d < dim_pad; d += 32) {
-    const float u = real && d < dim ? static_cast<float>(to_float(xr[d]) * inv_norm) : 0.0f;
-    const uint16_t h = Mma::from_float(u);
+    const float scaled = real && d < dim ? static_cast<float>(to_float(xr[d]) * scale) : 0.0f;  // exact
+    const uint16_t h = Mma::from_float(scaled);
     hi[row * dim_pad + d] = h;
-    if constexpr (kSplit) lo[row * dim_pad + d] = Mma::from_float(u - Mma::to_float(h));
+    if constexpr (kSplit) lo[row * dim_pad + d] = Mma::from_float(scaled - Mma::to_float(h));
   }
 }
 
@@ -178,7 +193,8 @@ struct Producer {
         unsigned char* m = meta + (tile_seq % kStages) * kMetaBytes;
         const int i = threadIdx.x;  // 32 copies of labels, 64 of stats: one or two per thread
         if (i < 32) cp_async_16(m + i * 16, p.stream_labels + row0 + i * 2);
-        if (kGrad && !p.stats_on_owner && i < 64) cp_async_16(m + 512 + i * 16, p.stream_stats + row0 + i);
+        if (kGrad && !p.stats_on_owner && i < 64) cp_async_16(m + kMetaStats + i * 16, p.stream_stats + row0 + i);
+        if (i < 16) cp_async_16(m + kMetaInv + i * 16, p.stream_inv + row0 + i * 4);
       }
       if (++job == jobs_in_tile(panel)) {
         job = 0;
@@ -233,17 +249,21 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
   };
 
   // ---- per-row state: this lane's two owner rows (g and g + 8 of the warp's 16) ----------------------
-  const float inv_t = 1.0f / *p.temperature;
+  // 1/t, or NaN for a temperature out of range: every result is then NaN, as on every backend
+  const float t = *p.temperature;
+  const float inv_t = t >= static_cast<float>(kMinTemperature) && t < INFINITY ? 1.0f / t : NAN;
+  const float inv_weight_max = kGrad && !p.stats_on_owner && *p.weight_max > 0.0f ? 1.0f / *p.weight_max : 0.0f;
   int64_t row[2], label[2];
-  float max2[2], sum_exp[2], positive_sum[2], gs[2];
+  float row_scale[2], row_max[2], sum_exp[2], positive_gap[2], gs[2];
   int positives[2];
   RowStats rs[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row[h] = owner0 + warp * 16 + g + 8 * h;
     label[h] = p.owner_labels[row[h]];
-    max2[h] = -INFINITY;
-    sum_exp[h] = positive_sum[h] = gs[h] = 0.0f;
+    row_scale[h] = inv_t * p.owner_inv[row[h]];
+    row_max[h] = -INFINITY;
+    sum_exp[h] = positive_gap[h] = gs[h] = 0.0f;
     positives[h] = 0;
     if (kGrad && p.stats_on_owner) rs[h] = p.owner_stats[row[h]];
   }
@@ -304,7 +324,8 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
       // ---- per-tile epilogue: masks, then statistics (forward) or G (backward) -----------------------
       const unsigned char* m = meta + (tile_seq % kStages) * kMetaBytes;
       const int64_t* tile_labels = reinterpret_cast<const int64_t*>(m);
-      const RowStats* tile_stats = reinterpret_cast<const RowStats*>(m + 512);
+      const RowStats* tile_stats = reinterpret_cast<const RowStats*>(m + kMetaStats);
+      const float* tile_inv = reinterpret_cast<const float*>(m + kMetaInv);
       const int64_t col0 = static_cast<int64_t>(tile) * kTileRows;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -316,35 +337,54 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
             const int c = n * 8 + 2 * t4 + e;
             const int64_t col = col0 + c;
             const bool valid = col < p.n_stream && !(p.exclude_self && col == row[h]);
-            const bool positive = valid && tile_labels[c] == label[h] && label[h] >= 0;
-            const float logit = s[n][2 * h + e] * inv_t;
+            [[maybe_unused]] const bool positive = valid && tile_labels[c] == label[h] && label[h] >= 0;
+            const float logit = s[n][2 * h + e] * row_scale[h] * tile_inv[c];
             if constexpr (!kGrad) {
-              s[n][2 * h + e] = valid ? logit * kLog2e : -INFINITY;
+              s[n][2 * h + e] = valid ? logit : -INFINITY;
               tile_max = fmaxf(tile_max, s[n][2 * h + e]);
-              positive_sum[h] += positive ? logit : 0.0f;
-              positives[h] += positive ? 1 : 0;
-            } else if (p.stats_on_owner) {  // G'_ij without w_i (applied to the accumulated row)
-              const float grad = valid && rs[h].weight != 0.0f
-                                     ? exp2f(logit * kLog2e - rs[h].lse2) - (positive ? rs[h].inv_positives : 0.0f)
-                                     : 0.0f;
-              if (panel == 0) gs[h] += grad * logit;
-              s[n][2 * h + e] = grad;
-            } else {  // owner = candidate j, column = anchor i: G_ij w_i / max|w|
+            } else if (p.stats_on_owner) {  // G'_ij without w_i (applied to the accumulated row), times inv_j
+              const bool live = valid && rs[h].weight != 0.0f;
+              const float shifted = logit - rs[h].max;
+              const float grad = live ? exp2f((shifted - rs[h].log_sum) * kLog2e) -
+                                            (positive ? rs[h].inv_positives : 0.0f)
+                                      : 0.0f;
+              if (panel == 0 && live) gs[h] += grad * shifted;
+              s[n][2 * h + e] = grad * tile_inv[c];
+            } else {  // owner = candidate j, column = anchor i: G_ij w_i / max|w|, times inv_i
               const RowStats st = tile_stats[c];
-              s[n][2 * h + e] = valid && st.weight_normalized != 0.0f
-                                    ? st.weight_normalized *
-                                          (exp2f(logit * kLog2e - st.lse2) - (positive ? st.inv_positives : 0.0f))
-                                    : 0.0f;
+              s[n][2 * h + e] =
+                  valid && st.weight != 0.0f
+                      ? st.weight * inv_weight_max * tile_inv[c] *
+                            (exp2f((logit - st.max - st.log_sum) * kLog2e) - (positive ? st.inv_positives : 0.0f))
+                      : 0.0f;
             }
           }
-        if constexpr (!kGrad) {  // online log-sum-exp: the max is quad-uniform, sums stay per lane
-          const float new_max = fmaxf(max2[h], quad_max(tile_max));
-          const float base = new_max == -INFINITY ? 0.0f : new_max;
-          float sum = sum_exp[h] * exp2f(max2[h] - base);
+        if constexpr (!kGrad) {
+          // Online statistics: the max is quad-uniform, sums stay per lane. The earlier tiles' terms move from
+          // row_max to the new shift; NaN logits (NaN features, an invalid temperature) reach the sums.
+          const float new_max = fmaxf(row_max[h], quad_max(tile_max));
+          const float shift = new_max == -INFINITY ? 0.0f : new_max;
+          float sum = sum_exp[h] * exp2f((row_max[h] - shift) * kLog2e);
+          float gap = positive_gap[h] + static_cast<float>(positives[h]) *
+                                            ((positives[h] > 0 ? row_max[h] : shift) - shift);
+          int npos = positives[h];
 #pragma unroll
-          for (int n = 0; n < 8; ++n) sum += exp2f(s[n][2 * h] - base) + exp2f(s[n][2 * h + 1] - base);
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int c = n * 8 + 2 * t4 + e;
+              const int64_t col = col0 + c;
+              const bool positive = col < p.n_stream && !(p.exclude_self && col == row[h]) &&
+                                    tile_labels[c] == label[h] && label[h] >= 0;
+              const float shifted = s[n][2 * h + e] - shift;
+              sum += exp2f(shifted * kLog2e);
+              gap += positive ? shifted : 0.0f;
+              npos += positive ? 1 : 0;
+            }
           sum_exp[h] = sum;
-          max2[h] = new_max;
+          positive_gap[h] = gap;
+          positives[h] = npos;
+          row_max[h] = new_max;
         }
       }
 
@@ -416,9 +456,9 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
   for (int h = 0; h < 2; ++h) {
     const int64_t out = static_cast<int64_t>(blockIdx.y) * gridDim.x * kOwnerRows + row[h];
     if constexpr (!kGrad) {
-      const float sum = quad_sum(sum_exp[h]), psum = quad_sum(positive_sum[h]);
+      const float sum = quad_sum(sum_exp[h]), gap = quad_sum(positive_gap[h]);
       const int npos = quad_sum(positives[h]);
-      if (t4 == 0) p.partial[out] = RowPartial{max2[h], sum, psum, npos};
+      if (t4 == 0) p.partial[out] = RowPartial{row_max[h], sum, gap, npos};
     } else if (p.stats_on_owner) {
       const float total = quad_sum(gs[h]);
       if (t4 == 0) p.row_gs[out] = rs[h].weight * total;
@@ -430,39 +470,40 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
 // Merging the splits, the backward's row statistics, and the input gradients.
 // ============================================================================================
 __global__ void finish_forward_kernel(const RowPartial* __restrict__ partial, int splits, int64_t n_rows,
-                                      int64_t rows_pad, float* __restrict__ lse, int* __restrict__ n_positive,
-                                      float* __restrict__ row_loss) {
+                                      int64_t rows_pad, float* __restrict__ row_max, float* __restrict__ log_sum,
+                                      int* __restrict__ n_positive, float* __restrict__ row_loss) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n_rows) return;
-  float max2 = -INFINITY;
-  for (int s = 0; s < splits; ++s) max2 = fmaxf(max2, partial[s * rows_pad + i].max2);
-  const float base = max2 == -INFINITY ? 0.0f : max2;
-  float sum = 0.0f, positive_sum = 0.0f;
+  float max = -INFINITY;
+  for (int s = 0; s < splits; ++s) max = fmaxf(max, partial[s * rows_pad + i].max);
+  const float shift = max == -INFINITY ? 0.0f : max;
+  float sum = 0.0f, gap = 0.0f;
   int positives = 0;
-  for (int s = 0; s < splits; ++s) {
+  for (int s = 0; s < splits; ++s) {  // each split's sum and gap moved from its own max to the row's
     const RowPartial q = partial[s * rows_pad + i];
-    sum += q.sum_exp * exp2f(q.max2 - base);
-    positive_sum += q.positive_sum;
+    sum += q.sum_exp * exp2f((q.max - shift) * kLog2e);
+    gap += q.positive_gap + static_cast<float>(q.positives) * ((q.positives > 0 ? q.max : shift) - shift);
     positives += q.positives;
   }
-  // A row whose denominator is empty (R = K = 1 with exclude_self) gets lse = -inf and no positive.
-  const float row_lse = (max2 + log2f(sum)) * kLn2;
-  lse[i] = row_lse;
+  // A row whose denominator is empty (R = K = 1 with exclude_self) gets m = log S = -inf and no positive.
+  const float row_log_sum = logf(sum);
+  row_max[i] = max;
+  log_sum[i] = row_log_sum;
   n_positive[i] = positives;
-  row_loss[i] = positives > 0 ? row_lse - positive_sum / static_cast<float>(positives) : 0.0f;
+  row_loss[i] = positives > 0 ? row_log_sum - gap / static_cast<float>(positives) : 0.0f;
 }
 
-__global__ void row_stats_kernel(const float* __restrict__ lse, const int* __restrict__ n_positive,
-                                 const float* __restrict__ weight, const float* __restrict__ weight_max,
+__global__ void row_stats_kernel(const float* __restrict__ row_max, const float* __restrict__ log_sum,
+                                 const int* __restrict__ n_positive, const float* __restrict__ weight,
                                  int64_t n_rows, int64_t rows_pad, RowStats* __restrict__ stats) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows_pad) return;
   RowStats st{0.0f, 0.0f, 0.0f, 0.0f};
   if (i < n_rows && n_positive[i] > 0) {
-    st.lse2 = lse[i] * kLog2e;
+    st.max = row_max[i];
+    st.log_sum = log_sum[i];
     st.inv_positives = 1.0f / static_cast<float>(n_positive[i]);
     st.weight = weight[i];
-    st.weight_normalized = *weight_max > 0.0f ? weight[i] / *weight_max : 0.0f;
   }
   stats[i] = st;
 }
@@ -502,22 +543,24 @@ __global__ void input_grad_kernel(const T* __restrict__ x, const double* __restr
 constexpr int64_t kRowPad = 64;
 
 // The 16-bit copies of one input, with what the kernels need to know about it.
-struct NormalizedRows {
-  at::Tensor hi, lo, norms;
+struct PreparedRows {
+  at::Tensor hi, lo, norms, inv;
   int64_t n_rows, rows_pad;
 };
 
 template <typename T, typename Mma, bool kSplit>
-NormalizedRows normalize_rows(const at::Tensor& x, int64_t dim_pad, double eps, cudaStream_t stream) {
+PreparedRows prepare_rows(const at::Tensor& x, int64_t dim_pad, double eps, cudaStream_t stream) {
   const int64_t n_rows = x.size(0), dim = x.size(1), rows_pad = ceil_div(n_rows, kRowPad) * kRowPad;
   auto opts16 = x.options().dtype(at::kShort);
-  NormalizedRows out{at::empty({rows_pad, dim_pad}, opts16),
-                     kSplit ? at::empty({rows_pad, dim_pad}, opts16) : at::Tensor(),
-                     at::empty({n_rows}, x.options().dtype(at::kDouble)), n_rows, rows_pad};
+  PreparedRows out{at::empty({rows_pad, dim_pad}, opts16),
+                   kSplit ? at::empty({rows_pad, dim_pad}, opts16) : at::Tensor(),
+                   at::empty({n_rows}, x.options().dtype(at::kDouble)),
+                   at::empty({rows_pad}, x.options().dtype(at::kFloat)), n_rows, rows_pad};
   const int threads = 256;
-  normalize_rows_kernel<T, Mma, kSplit><<<ceil_div(rows_pad * 32, threads), threads, 0, stream>>>(
+  prepare_rows_kernel<T, Mma, kSplit><<<ceil_div(rows_pad * 32, threads), threads, 0, stream>>>(
       x.data_ptr<T>(), n_rows, dim, rows_pad, dim_pad, eps, reinterpret_cast<uint16_t*>(out.hi.data_ptr<int16_t>()),
-      kSplit ? reinterpret_cast<uint16_t*>(out.lo.data_ptr<int16_t>()) : nullptr, out.norms.data_ptr<double>());
+      kSplit ? reinterpret_cast<uint16_t*>(out.lo.data_ptr<int16_t>()) : nullptr, out.norms.data_ptr<double>(),
+      out.inv.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -555,7 +598,7 @@ void launch_tile_kernel(TileParams p, const Grid& grid, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-TileParams tile_params(const NormalizedRows& owner, const at::Tensor& owner_labels, const NormalizedRows& streamed,
+TileParams tile_params(const PreparedRows& owner, const at::Tensor& owner_labels, const PreparedRows& streamed,
                        const at::Tensor& stream_labels, const at::Tensor& temperature, bool exclude_self) {
   TileParams p{};
   auto ptr = [](const at::Tensor& t) {
@@ -565,6 +608,8 @@ TileParams tile_params(const NormalizedRows& owner, const at::Tensor& owner_labe
   p.owner[1] = ptr(owner.lo);
   p.stream[0] = ptr(streamed.hi);
   p.stream[1] = ptr(streamed.lo);
+  p.owner_inv = owner.inv.data_ptr<float>();
+  p.stream_inv = streamed.inv.data_ptr<float>();
   p.owner_labels = owner_labels.data_ptr<int64_t>();
   p.stream_labels = stream_labels.data_ptr<int64_t>();
   p.temperature = temperature.data_ptr<float>();
@@ -578,12 +623,12 @@ TileParams tile_params(const NormalizedRows& owner, const at::Tensor& owner_labe
 // Everything both ops share: inputs checked and made contiguous, rows normalized.
 struct Prepared {
   at::Tensor anchors, candidates, temperature, anchor_labels, candidate_labels;
-  NormalizedRows u, v;
+  PreparedRows u, v;
   bool shared;  // the candidates are the anchors (one tensor)
 };
 
 struct Forward {
-  at::Tensor lse, n_positive, row_loss;
+  at::Tensor row_max, log_sum, n_positive, row_loss;
 };
 
 struct InputGrads {
@@ -601,8 +646,8 @@ struct ContrastiveCuda {
     pr.candidates = pr.shared ? pr.anchors : candidates.contiguous();
     pr.temperature = temperature.reshape({1}).to(at::kFloat);
     const int64_t dim_pad = ceil_div(anchors.size(1), kChunk) * kChunk;
-    pr.u = normalize_rows<T, Mma, kSplit>(pr.anchors, dim_pad, eps, stream);
-    pr.v = pr.shared ? pr.u : normalize_rows<T, Mma, kSplit>(pr.candidates, dim_pad, eps, stream);
+    pr.u = prepare_rows<T, Mma, kSplit>(pr.anchors, dim_pad, eps, stream);
+    pr.v = pr.shared ? pr.u : prepare_rows<T, Mma, kSplit>(pr.candidates, dim_pad, eps, stream);
     pr.anchor_labels = padded_labels(anchor_labels, pr.u.rows_pad);
     pr.candidate_labels = padded_labels(candidate_labels, pr.v.rows_pad);
     return pr;
@@ -616,17 +661,18 @@ struct ContrastiveCuda {
     p.partial = reinterpret_cast<RowPartial*>(partial.data_ptr<float>());
     launch_tile_kernel<Mma, kSplit, false>(p, grid, stream);
     const int64_t n = pr.u.n_rows;
-    Forward f{empty_output({n}, opts), empty_output({n}, opts.dtype(at::kInt)), empty_output({n}, opts)};
-    finish_forward_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(p.partial, grid.splits, n, pr.u.rows_pad,
-                                                              f.lse.data_ptr<float>(), f.n_positive.data_ptr<int>(),
-                                                              f.row_loss.data_ptr<float>());
+    Forward f{empty_output({n}, opts), empty_output({n}, opts), empty_output({n}, opts.dtype(at::kInt)),
+              empty_output({n}, opts)};
+    finish_forward_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(
+        p.partial, grid.splits, n, pr.u.rows_pad, f.row_max.data_ptr<float>(), f.log_sum.data_ptr<float>(),
+        f.n_positive.data_ptr<int>(), f.row_loss.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return f;
   }
 
   // weight (R,) float: dLoss/dL_i; rows without a positive are ignored whatever their weight.
-  static InputGrads backward(const Prepared& pr, const at::Tensor& weight, const at::Tensor& lse,
-                             const at::Tensor& n_positive, bool exclude_self, double eps,
+  static InputGrads backward(const Prepared& pr, const at::Tensor& weight, const at::Tensor& row_max,
+                             const at::Tensor& log_sum, const at::Tensor& n_positive, bool exclude_self, double eps,
                              const at::Tensor& temperature, cudaStream_t stream) {
     auto opts = pr.anchors.options().dtype(at::kFloat);
     const int64_t rows_pad = pr.u.rows_pad, dim_pad = pr.u.hi.size(1);
@@ -635,8 +681,8 @@ struct ContrastiveCuda {
     at::Tensor stats = empty_output({rows_pad * 4}, opts);  // RowStats: 4 floats
     auto* stats_ptr = reinterpret_cast<RowStats*>(stats.data_ptr<float>());
     row_stats_kernel<<<ceil_div(rows_pad, 256), 256, 0, stream>>>(
-        lse.data_ptr<float>(), n_positive.data_ptr<int>(), live_weight.data_ptr<float>(),
-        weight_max.data_ptr<float>(), pr.u.n_rows, rows_pad, stats_ptr);
+        row_max.data_ptr<float>(), log_sum.data_ptr<float>(), n_positive.data_ptr<int>(),
+        live_weight.data_ptr<float>(), pr.u.n_rows, rows_pad, stats_ptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // dL/du: owner = anchors, streamed = candidates (row-parallel), with the temperature partials.
@@ -668,12 +714,16 @@ struct ContrastiveCuda {
                              grid_c.splits, pr.v.rows_pad, stream);
     out.candidates = sum_roles ? at::zeros(pr.candidates.sizes(), pr.candidates.options())
                                : input_grad(pr.candidates, pr.v, eps, grad_v, grid_c.splits, nullptr, 0, 0, stream);
+    // dL/dt = -(1/t) sum_ij G_ij (s_ij - m_i); 1/t NaN for a temperature out of range, as in the kernels
     at::Tensor gs_sum = row_gs.narrow(1, 0, pr.u.n_rows).to(at::kDouble).sum();
-    out.temperature = (-gs_sum / temperature.reshape({}).to(at::kDouble)).to(temperature.scalar_type());
+    at::Tensor t64 = temperature.reshape({}).to(at::kDouble);
+    at::Tensor inv_t = at::where(at::isfinite(t64) & (t64 >= kMinTemperature), t64.reciprocal(),
+                                 at::full({}, std::numeric_limits<double>::quiet_NaN(), t64.options()));
+    out.temperature = (-gs_sum * inv_t).to(temperature.scalar_type());
     return out;
   }
 
-  static at::Tensor input_grad(const at::Tensor& x, const NormalizedRows& rows, double eps, const at::Tensor& partial,
+  static at::Tensor input_grad(const at::Tensor& x, const PreparedRows& rows, double eps, const at::Tensor& partial,
                                int splits, const at::Tensor* other, int other_splits, int64_t other_rows_pad,
                                cudaStream_t stream) {
     at::Tensor dx = empty_output(x.sizes(), x.options());
@@ -703,7 +753,8 @@ auto dispatch_dtype(at::ScalarType dtype, Fn fn) {
 // ============================================================================================
 // The temperature's value is not checked here (that would synchronize with the device): the Python layer
 // checks it; a bad value gives NaN or Inf, never an out-of-bounds access.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+contrastive_forward_cuda(
     const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
     const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self, int64_t reduction,
     double eps, bool compute_grad) {
@@ -723,24 +774,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                      at::empty({0}, temperature.options())};
     if (compute_grad) {
       at::Tensor weight = scale.to(at::kFloat).expand({anchors.size(0)}).contiguous();
-      grads = Impl::backward(pr, weight, f.lse, f.n_positive, exclude_self, eps, temperature, stream);
+      grads = Impl::backward(pr, weight, f.row_max, f.log_sum, f.n_positive, exclude_self, eps, temperature, stream);
     }
-    return std::make_tuple(loss, f.lse, f.n_positive, grads.anchors, grads.candidates, grads.temperature);
+    return std::make_tuple(loss, f.row_max, f.log_sum, f.n_positive, grads.anchors, grads.candidates,
+                           grads.temperature);
   });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
-    const at::Tensor& row_lse, const at::Tensor& row_n_positive, bool exclude_self, double eps) {
+    const at::Tensor& row_max, const at::Tensor& row_log_sum, const at::Tensor& row_n_positive, bool exclude_self,
+    double eps) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
   const int64_t n_rows = anchors.size(0);
-  check_vector(row_lse, "row_lse", n_rows, at::kFloat);
+  check_vector(row_max, "row_max", n_rows, at::kFloat);
+  check_vector(row_log_sum, "row_log_sum", n_rows, at::kFloat);
   check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
   TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
               grad_rows.sizes());
-  for (const auto& [t, name] : {std::pair{&grad_rows, "grad_rows"}, {&row_lse, "row_lse"},
-                                {&row_n_positive, "row_n_positive"}}) {
+  for (const auto& [t, name] : {std::pair{&grad_rows, "grad_rows"}, {&row_max, "row_max"},
+                                {&row_log_sum, "row_log_sum"}, {&row_n_positive, "row_n_positive"}}) {
     check_same_device(*t, anchors, name);
   }
   const c10::cuda::CUDAGuard guard(anchors.device());
@@ -748,7 +802,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
   return dispatch_dtype(anchors.scalar_type(), [&](auto impl) {
     using Impl = decltype(impl);
     const Prepared pr = Impl::prepare(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, stream);
-    const InputGrads g = Impl::backward(pr, grad_rows.to(at::kFloat).contiguous(), row_lse.contiguous(),
+    const InputGrads g = Impl::backward(pr, grad_rows.to(at::kFloat).contiguous(), row_max.contiguous(),
+                                        row_log_sum.contiguous(),
                                         row_n_positive.contiguous(), exclude_self, eps, temperature, stream);
     return std::make_tuple(g.anchors, g.candidates, g.temperature);
   });

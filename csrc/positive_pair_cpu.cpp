@@ -1,10 +1,5 @@
-// Fused CPU kernel for the similarity-controlled positive-pair loss (DESIGN.md section 2).
-//
-//   c_k = (a_k . b_k) / (max(||a_k||, eps) max(||b_k||, eps))
-//   "two_sided": L_k = (c_k - s*_k)^2            dL_k/dc_k = 2 (c_k - s*_k)
-//   "floor":     L_k = relu(s*_k - c_k)^2         dL_k/dc_k = -2 relu(s*_k - c_k)
-//   dc/da = (b^ - c a^) / ||a||   (0 where ||a|| <= eps: such a row is a constant), symmetric for b;
-//   dL/ds* = -dL/dc
+// Fused CPU kernel for the similarity-controlled positive-pair loss; the math (c_k, L_k and the
+// gradients) is stated once, in synthcl_fast/reference.py.
 //
 // Memory-bound: each row reads a_k and b_k once for the three dot products and, when gradients are
 // wanted, once more from L1 to write them. Every row is independent, so the per-row gradients of the

@@ -1,11 +1,6 @@
-// Fused CUDA kernel for the similarity-controlled positive-pair loss (DESIGN.md section 2); the same
-// contract as positive_pair_cpu.cpp, registered for the CUDA dispatch key.
-//
-//   c_k = (a_k . b_k) / (max(||a_k||, eps) max(||b_k||, eps))
-//   "two_sided": L_k = (c_k - s*_k)^2            dL_k/dc_k = 2 (c_k - s*_k)
-//   "floor":     L_k = relu(s*_k - c_k)^2         dL_k/dc_k = -2 relu(s*_k - c_k)
-//   dc/da = (b^ - c a^) / ||a||   (0 where ||a|| <= eps: such a row is a constant), symmetric for b;
-//   dL/ds* = -dL/dc
+// Fused CUDA kernel for the similarity-controlled positive-pair loss; the math (c_k, L_k and the
+// gradients) is stated once, in synthcl_fast/reference.py. Registered for the CUDA dispatch key with the same
+// contract as positive_pair_cpu.cpp.
 //
 // Memory-bound, one pass: one warp per row, 16-byte loads (8 bf16/fp16 or 4 fp32 per lane and load)
 // when rows are 16-byte aligned, else one element per lane and load. A row of up to kCachedVectors x 32

@@ -1,21 +1,30 @@
-"""Checks of user input with errors that name the argument. Kernels get only what passes here."""
+"""Checks of user input with errors that name the argument. Kernels get only what passes here.
+
+Only what is known on the host is checked here (types, shapes, dtypes, devices, Python numbers): reading a
+tensor's value would synchronize with the device on every call. Values of tensors are handled where they
+live (reference.py, conventions): any negative label is a never-positive one, and a temperature tensor out of
+range makes the results NaN. SYNTHCL_FAST_CHECK_VALUES=1 adds host checks of tensor values with errors that
+name the argument (one synchronization per call: for debugging).
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import torch
 
+from .reference import MIN_TEMPERATURE
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
-# Below this the logits (|s| <= 1/t) and the temperature gradient (~ 1/t^2) leave fp32's range.
-# Mirrored by csrc/common.h kMinTemperature.
-MIN_TEMPERATURE = 1e-6
+CHECK_VALUES_ENV = "SYNTHCL_FAST_CHECK_VALUES"
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
+def _check_values() -> bool:
+    """Host checks of tensor values (SYNTHCL_FAST_CHECK_VALUES=1); never while compiling."""
+    return os.environ.get(CHECK_VALUES_ENV) == "1" and not torch.compiler.is_compiling()
 
 
 def check_features(x, name: str, ndim: int = 2, allow_empty: bool = False) -> torch.Tensor:
@@ -42,7 +51,8 @@ def check_like(x: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> 
 
 
 def check_labels(labels, name: str, length: int, device: torch.device) -> torch.Tensor:
-    """Integer labels of shape (length,) on `device`, returned as int64. -1 marks a never-positive candidate."""
+    """Integer labels of shape (length,) on `device`, returned as int64. A negative label (-1, or any other
+    negative value) marks a row that is never a positive."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
@@ -51,9 +61,6 @@ def check_labels(labels, name: str, length: int, device: torch.device) -> torch.
         raise ValueError(f"{name} must have shape ({length},), got {tuple(labels.shape)}")
     if labels.device != device:
         raise ValueError(f"{name} is on {labels.device} but the features are on {device}")
-    if not _compiling() and length > 0 and int(labels.min()) < -1:
-        raise ValueError(f"{name} must be >= -1 (-1 marks a candidate that is never a positive), "
-                         f"got {int(labels.min())}")
     return labels.to(torch.int64)
 
 
@@ -69,7 +76,7 @@ def check_positive_scalar(value, name: str, like: torch.Tensor, minimum: float =
         if value.device != like.device:
             raise ValueError(f"{name} is on {value.device} but the features are on {like.device}")
         value = value.reshape(())
-        if not _compiling():
+        if _check_values():
             _check_range(float(value.detach()), name, minimum, maximum)
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -1,11 +1,7 @@
 """Public API: contrastive losses as functions and nn.Modules, every one a case of one fused op.
 
-Every loss here is the general contrastive op of DESIGN.md section 2 with particular inputs
-(rows are L2-normalized inside; u = x / max(||x||, eps)):
-
-    s_ij = u(A_i) . u(C_j) / t
-    L_i  = logsumexp_{j in N(i)} s_ij - mean_{p in P(i)} s_ip
-    L    = mean of L_i over the rows that have a positive     (reduction "mean"; also "sum", "none")
+Every loss here is the general contrastive op (its math, gradients and conventions: the docstring of
+synthcl_fast.reference) with particular inputs:
 
 | loss                        | anchors  | candidates        | labels                                   |
 |-----------------------------|----------|-------------------|------------------------------------------|
@@ -19,8 +15,9 @@ Every function takes `reduction` ("mean" | "sum" | "none"), `backend` ("auto" | 
 ...) and `eps`; nt_xent, supcon, ppcl, info_nce and clip_loss also take `gather_distributed` (candidates
 from every torch.distributed rank; see synthcl_fast.distributed for the exact semantics). `temperature`
 (and `logit_scale`) may be a float or a one-element tensor that requires grad. Rows without any positive
-contribute 0 and are left out of the mean; if no row has a positive, the mean is 0. NaN or Inf in the
-features propagate to the loss (they are not checked: that would synchronize the device).
+contribute 0 and are left out of the mean; if no row has a positive, the mean is 0. Values of tensors are
+never read on the host (that would synchronize the device): NaN or Inf in the features propagate to the
+loss, any negative label is a never-positive one, and a temperature tensor out of range gives NaN.
 
 Example:
     >>> z1, z2 = model(view1), model(view2)          # (N, D) each
@@ -232,19 +229,18 @@ def clip_loss(image_features, text_features, *, logit_scale, symmetric=True, red
     check.check_like(text_features, "text_features", image_features, "image_features")
     scale = check.check_logit_scale(logit_scale, image_features)
     temperature = scale.reciprocal()
-    # A backend with a symmetric kernel computes both directions from the same tiles (not across ranks:
-    # gathered candidates differ per direction).
+    # A backend with a symmetric op computes both directions from the same tiles (not across ranks: gathered
+    # candidates differ per direction); the others add two one-direction calls.
     if symmetric and not (gather_distributed and distributed.is_distributed()):
         if text_features.shape[0] != image_features.shape[0]:
             raise ValueError(f"text_features must have as many rows as image_features ({image_features.shape[0]}), "
                              f"got {text_features.shape[0]}")
-        reduction, eps = check.check_reduction(reduction), check.check_eps(eps)
         chosen = resolve_backend(backend, image_features.device, image_features.dtype)
-        labels = torch.arange(image_features.shape[0], device=image_features.device)
-        loss = chosen.symmetric_contrastive(image_features, text_features, labels, labels, temperature, False,
-                                            reduction, eps)
-        if loss is not None:
-            return loss
+        if chosen.has_symmetric_op:
+            reduction, eps = check.check_reduction(reduction), check.check_eps(eps)
+            labels = torch.arange(image_features.shape[0], device=image_features.device)
+            return chosen.symmetric_contrastive(image_features, text_features, labels, labels, temperature, False,
+                                                reduction, eps)
     kwargs = dict(temperature=temperature, reduction=reduction, backend=backend, eps=eps,
                   gather_distributed=gather_distributed)
     image_to_text = info_nce(image_features, text_features, **kwargs)

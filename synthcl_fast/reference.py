@@ -1,17 +1,64 @@
-"""Plain PyTorch reference: materializes the R x K logits. The ground truth for every backend.
+"""Plain PyTorch reference: materializes the R x K logits. The ground truth for every backend, and the one
+place where the math of the library is written out; every kernel file points here.
 
-Nothing here is fast; everything here is obviously right. Tests compare every fused kernel
-against these functions in float64, and benchmarks time the fused kernels against them.
+Nothing here is fast; everything here is obviously right. Tests compare every fused kernel against these
+functions in float64, and benchmarks time the fused kernels against them.
 
-The math (DESIGN.md section 2). Rows are L2-normalized, u = x / max(||x||, eps):
+The general contrastive op
+--------------------------
+Anchors A (R, D), candidates C (K, D), anchor labels a (R,), candidate labels c (K,), temperature t:
 
-    s_ij = u(A_i) . u(C_j) / t
-    P(i) = { j : c_j == a_i, c_j >= 0, j != i if exclude_self }         # positives
-    N(i) = all j, minus j == i if exclude_self                          # denominator
-    L_i  = logsumexp_{j in N(i)} s_ij - mean_{p in P(i)} s_ip            # rows with |P(i)| >= 1
-    L    = sum_i L_i / max(#rows with a positive, 1)                     # "mean"
+    u_i  = A_i / max(||A_i||, eps)       v_j = C_j / max(||C_j||, eps)     (||.|| accumulated in float64)
+    s_ij = (u_i . v_j) / t
+    N(i) = all j, minus j == i if exclude_self                              # the denominator
+    P(i) = { j in N(i) : c_j == a_i and c_j >= 0 }                          # the positives
+    m_i  = max_{j in N(i)} s_ij                                              # the row max
+    S_i  = sum_{j in N(i)} exp(s_ij - m_i)                                   # in [1, K]
+    L_i  = (1/|P(i)|) sum_{p in P(i)} (m_i - s_ip)  +  log S_i              # rows with |P(i)| >= 1
+         = logsumexp_{j in N(i)} s_ij - mean_{p in P(i)} s_ip
+    L    = sum_i L_i / max(#rows with a positive, 1)     ("mean"; "sum": sum_i L_i; "none": L_i, 0 without P)
 
-Rows without a positive contribute 0 to every reduction (and report 0 under "none").
+The row loss is formed from quantities of its own size: (m_i - s_ip) is exact when the positive is (near)
+the row max, and log S_i is a logarithm of a number in [1, K]. Forming it as lse_i - mean s_ip instead
+subtracts two numbers of size ~1/t and loses ~eps/t absolute, which is most of a small loss at t = 0.01.
+For the same reason the kernels keep (m_i, log S_i) as the row statistics for the backward, not their sum.
+
+Gradients, with w_i = dLoss/dL_i (1/#rows with a positive for "mean"; 0 for a row without positives):
+
+    p_ij       = exp((s_ij - m_i) - log S_i)                                 # softmax over N(i)
+    G_ij       = dLoss/ds_ij = w_i (p_ij - [j in P(i)] / |P(i)|)             # 0 for j not in N(i)
+    dLoss/du_i = (1/t) sum_j G_ij v_j          dLoss/dv_j = (1/t) sum_i G_ij u_i   (summed when A is C)
+    dLoss/dt   = -(1/t) sum_ij G_ij s_ij = -(1/t) sum_ij G_ij (s_ij - m_i)   # sum_j G_ij = 0: shift-free form
+    dLoss/dx   = (du - u (u . du)) / ||x||       and 0 for a row with ||x|| <= eps (a constant: see below)
+
+The fused kernels recompute s tile by tile in the backward (or reuse it in the forward for a scalar loss),
+so memory is O((R + K) D), never O(R K).
+
+Every named loss is this op with particular inputs (synthcl_fast.losses): NT-Xent (anchors [z1; z2], the same
+rows as candidates, exclude_self, instance ids twice), + generated negatives (label -1), SupCon / PPCL
+(class or pseudo-labels), InfoNCE / MoCo (q against [k; queue]), CLIP (image against text, and the
+transpose for the symmetric loss).
+
+The positive-pair loss
+----------------------
+Paired rows a_k, b_k (R, D), target s*_k (float or per row):
+
+    c_k = u(a_k) . u(b_k)          "two_sided": L_k = (c_k - s*_k)^2        "floor": L_k = relu(s*_k - c_k)^2
+    dL_k/dc_k = 2 (c_k - s*_k) ("floor": only where c_k < s*_k)
+    dc_k/du(a_k) = u(b_k), then through the normalization as above; "mean" averages over all R rows.
+
+Conventions (every backend follows them; the README's conventions section states them for users)
+-----------------------------------------------------------------------------------------------
+- Labels are integers; a negative label (-1, or any negative value such as an ignore index) is never a
+  positive: a candidate with one is a pure negative, an anchor with one has no positive.
+- A row no longer than eps (a zero row) is a constant: u = x / eps and no gradient. Its exact gradient,
+  du / eps (about 1e12 du), would overflow fp16 and is useless to an optimizer.
+- fp16/bf16 inputs are computed in fp32; losses come back in fp32 (fp64 for fp64), gradients in the input
+  dtype. Norms are accumulated in float64, so fp32 rows of norm 1e-30 or 1e30 keep their direction.
+- The temperature must be finite and >= MIN_TEMPERATURE (logit_scale <= 1 / MIN_TEMPERATURE). A Python
+  float is checked on the host (ValueError). A tensor is checked where it lives, without a host
+  synchronization: out of range, the loss and every gradient are NaN (SYNTHCL_FAST_CHECK_VALUES=1 checks on
+  the host instead and raises ValueError, at the cost of one synchronization per call).
 """
 
 from __future__ import annotations
@@ -19,19 +66,30 @@ from __future__ import annotations
 import torch
 
 DEFAULT_EPS = 1e-12  # same as torch.nn.functional.normalize, so drop-in replacements agree
+# Below this the logits (|s| <= 1/t) and the temperature gradient (~ 1/t^2) leave fp32's range.
+# Mirrored by csrc/common.h kMinTemperature and the Triton kernels (triton_common.MIN_TEMPERATURE).
+MIN_TEMPERATURE = 1e-6
 
 
 def l2_normalize(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """u = x / max(||x||, eps) row-wise, computed in at least float32.
-
-    A row no longer than eps (a zero row, say) is treated as a constant: it gets no gradient. Its exact
-    gradient, du / eps (about 1e12 du), would overflow fp16 and is useless to an optimizer; every backend
-    follows this convention.
-    """
-    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    norm = x.norm(dim=-1, keepdim=True)
-    u = x / norm.clamp_min(eps)
+    """u = x / max(||x||, eps) row-wise, computed in at least float32, with the norm accumulated in float64
+    (x^2 of an fp32 row of norm 1e20 overflows fp32). A row no longer than eps gets no gradient."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    # x is used once: the radial and tangential parts of its gradient, which nearly cancel, are summed in
+    # float64 and rounded to x's dtype once (rounded separately, a 16-bit sum would lose most of it)
+    x64 = x.to(torch.float64)
+    norm = x64.norm(dim=-1, keepdim=True)
+    u = (x64 / norm.clamp_min(eps)).to(compute)
     return torch.where(norm > eps, u, u.detach())
+
+
+def valid_temperature(temperature):
+    """The temperature, or NaN where a tensor temperature is out of range (no host synchronization)."""
+    if not isinstance(temperature, torch.Tensor):
+        return temperature
+    valid = torch.isfinite(temperature) & (temperature >= MIN_TEMPERATURE)
+    # NaN added (not substituted), so that the temperature's own gradient is NaN too, as in the kernels
+    return temperature + torch.where(valid, 0.0, float("nan")).to(temperature.dtype)
 
 
 def reduce_rows(row_loss: torch.Tensor, has_positive: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -73,18 +131,21 @@ def contrastive_loss(
         candidate_labels = anchor_labels if self_candidates else torch.arange(n_cols, device=device)
 
     u, v = l2_normalize(anchors, eps), l2_normalize(candidates, eps)
-    logits = (u @ v.T) / temperature
-    positive = (anchor_labels[:, None] == candidate_labels[None, :]) & (candidate_labels[None, :] >= 0)
+    logits = (u @ v.T) / valid_temperature(temperature)
+    allowed = torch.ones(n_rows, n_cols, dtype=torch.bool, device=device)
     if exclude_self:
-        is_self = torch.eye(n_rows, n_cols, dtype=torch.bool, device=device)
-        positive = positive & ~is_self
-        logits = logits.masked_fill(is_self, float("-inf"))
+        allowed &= ~torch.eye(n_rows, n_cols, dtype=torch.bool, device=device)
+    positive = (anchor_labels[:, None] == candidate_labels[None, :]) & (candidate_labels[None, :] >= 0) & allowed
     n_positive = positive.sum(dim=1)
     has_positive = n_positive > 0
-    lse = torch.logsumexp(torch.where(has_positive[:, None], logits, torch.zeros_like(logits)), dim=1)
-    positive_sum = torch.where(positive, logits, torch.zeros_like(logits)).sum(dim=1)
-    row_loss = lse - positive_sum / n_positive.clamp_min(1)
-    row_loss = torch.where(has_positive, row_loss, torch.zeros_like(row_loss))
+    # Rows without a positive contribute 0; their logits are replaced so that an empty denominator
+    # (R = K = 1 with exclude_self) gives no NaN, not even in the gradient of the unused branch.
+    logits = torch.where(has_positive[:, None], logits.masked_fill(~allowed, float("-inf")), torch.zeros_like(logits))
+    row_max = logits.amax(dim=1, keepdim=True).detach()  # the loss does not depend on the shift
+    shifted = logits - row_max  # s_ij - m_i
+    log_sum = torch.logsumexp(shifted, dim=1)  # log S_i
+    positive_gap = torch.where(positive, -shifted, torch.zeros_like(shifted)).sum(dim=1) / n_positive.clamp_min(1)
+    row_loss = torch.where(has_positive, positive_gap + log_sum, torch.zeros_like(log_sum))
     return reduce_rows(row_loss, has_positive, reduction)
 
 

@@ -32,6 +32,36 @@ def assert_close(actual, expected, tol, what="", floor=0.0):
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
 
 
+def representation_floor(dtype, tol, upstream):
+    """Gradients are rounded to `dtype`: for a scalar loss the gradient is saved rounded (for upstream 1) and
+    scaled by the upstream gradient u in backward, two roundings of up to half a spacing each, so up to
+    (1 + |u|) / 2 subnormal spacings from the exact value where the gradient is subnormal (fp16). Relative
+    to a tolerance tol, that is a floor of (1 + |u|) spacing / tol on the scale."""
+    if dtype == torch.float64:
+        return 0.0
+    spacing = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
+    return (1 + float(upstream.abs().max())) * spacing / tol
+
+
+def min_row_norm(*tensors):
+    return min(float(x.detach().double().norm(dim=1).min()) for x in tensors)
+
+
+def total_upstream_weight(reduction, upstream, n_rows):
+    """sum_i |dLoss/dL_i|: how many rows' worth of terms the gradients add up (and may cancel)."""
+    if reduction == "none":
+        return float(upstream.abs().sum())
+    return float(upstream.abs()) * (n_rows if reduction == "sum" else 1)
+
+
+def cancellation_floor(terms, dtype, tol):
+    """A sum that cancels carries rounding error ~ (operation depth x number of terms) eps * sum |terms|
+    in the compute precision (fp64 for fp64 inputs, else fp32); seen up to ~20 eps here (exp, subtract,
+    scale, then sums over rows and columns). Relative to tol, a floor of 64 eps * terms / tol."""
+    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    return 64 * eps * terms / tol
+
+
 def fused_cpu_backends():
     """Names of fused backends that run on CPU tensors in this environment."""
     device = torch.device("cpu")
@@ -52,3 +82,83 @@ def labels_with_positives(n_rows: int, max_group: int, generator: torch.Generato
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(1234)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Conformance lanes: which (backend, device) pairs this session holds to the contract (tests/test_conformance.py)
+# ------------------------------------------------------------------------------------------------------------
+
+import random  # noqa: E402
+import zlib  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+INTERPRETER_SESSION = os.environ.get("TRITON_INTERPRET") == "1"
+# Inputs are fresh random draws in every session; the seed is in the header of the run and in every failure
+# message, and SYNTHCL_FAST_TEST_SEED=<seed> reproduces a run.
+SEED = int(os.environ.get("SYNTHCL_FAST_TEST_SEED", random.randrange(2**31)))
+ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def pytest_report_header(config):
+    return f"synthcl_fast: SYNTHCL_FAST_TEST_SEED={SEED}"
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One backend on one device, with the dtypes it takes and the tolerances it declares."""
+
+    name: str
+    device: torch.device
+
+    @property
+    def backend(self):
+        return BACKENDS[self.name]
+
+    @property
+    def fused(self) -> bool:
+        return self.name != "reference"
+
+    @property
+    def dtypes(self) -> tuple:
+        return tuple(d for d in ALL_DTYPES if self.backend.unavailable_reason(self.device, d) is None)
+
+    @property
+    def exact_dtype(self) -> torch.dtype:
+        """The most precise dtype this lane takes (float64, or float32 for the cuda backend)."""
+        return self.dtypes[0]
+
+    def tolerances(self, dtype) -> tuple[float, float]:
+        return self.backend.tolerances(self.device)[dtype]
+
+    def __str__(self):
+        return f"{self.name}-{self.device.type}"
+
+
+def conformance_lanes() -> list[Lane]:
+    """Every backend that runs here, on every device here. The interpreter session (TRITON_INTERPRET=1, run by
+    tests/test_triton.py in a subprocess) checks the Triton kernels only: the others ran in the main session."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [Lane(name, device) for device in devices for name, backend in BACKENDS.items()
+            if (name == "triton" or not INTERPRETER_SESSION)
+            and backend.unavailable_reason(device, torch.float32) is None]
+
+
+def lane_param(lane: Lane, *values):
+    """pytest.param for a lane (and more values), marked gpu on CUDA."""
+    marks = [pytest.mark.gpu] if lane.device.type == "cuda" else []
+    ids = "-".join([str(lane)] + [_param_id(v) for v in values])
+    return pytest.param(lane, *values, marks=marks, id=ids)
+
+
+def _param_id(value) -> str:
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return str(value)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded by the session seed and the test's id: fresh inputs per session, reproducible."""
+    return torch.Generator().manual_seed(SEED * 2**32 + zlib.crc32(request.node.nodeid.encode()))

@@ -1,5 +1,5 @@
-"""The fused ops as PyTorch operators: torch.library.opcheck, and torch.compile(fullgraph=True) of a model plus
-our loss with no graph break, matching eager."""
+"""torch.compile(fullgraph=True) of every loss (no graph break) and of a model plus our loss with the default
+inductor backend, matching eager. (opcheck of every backend's ops: tests/test_conformance.py.)"""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ import torch
 from conftest import assert_close
 from ecosystem_helpers import RTOL
 from synthcl_fast import losses
-from synthcl_fast.backends._ops import MODE_CODES, REDUCTION_CODES
 from synthcl_fast.backends.native import load_error
-
-EPS = 1e-12
-
 
 @pytest.fixture(scope="module")
 def ops():
@@ -23,43 +19,6 @@ def ops():
 
 def random(*shape, seed=0, requires_grad=True):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).requires_grad_(requires_grad)
-
-
-def contrastive_args(exclude_self, reduction, compute_grad, rows=5, cols=9, dim=7):
-    """Anchors (rows) against candidates (cols); with exclude_self the anchors are the first candidates."""
-    candidates = random(cols, dim, seed=1)
-    anchors = candidates[:rows].detach().clone().requires_grad_() if exclude_self else random(rows, dim, seed=2)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2, -1, 3, 1])
-    return (anchors, candidates, labels[:rows], labels[:cols], torch.tensor(0.3, requires_grad=True), exclude_self,
-            REDUCTION_CODES[reduction], EPS, compute_grad)
-
-
-@pytest.mark.parametrize("exclude_self", [False, True])
-@pytest.mark.parametrize("reduction, compute_grad", [("mean", True), ("sum", False), ("none", False)])
-def test_opcheck_contrastive_forward(ops, exclude_self, reduction, compute_grad):
-    torch.library.opcheck(ops.contrastive_forward, contrastive_args(exclude_self, reduction, compute_grad))
-
-
-def test_opcheck_contrastive_backward(ops):
-    anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, _, eps, _ = \
-        contrastive_args(True, "none", False)
-    with torch.no_grad():
-        _, row_lse, row_n_positive, *_ = ops.contrastive_forward(
-            anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, REDUCTION_CODES["none"],
-            eps, False)
-    torch.library.opcheck(ops.contrastive_backward, (
-        random(anchors.shape[0], seed=3, requires_grad=False), anchors.detach(), candidates.detach(), anchor_labels,
-        candidate_labels, temperature.detach(), row_lse, row_n_positive, exclude_self, eps))
-
-
-@pytest.mark.parametrize("mode", ["two_sided", "floor"])
-@pytest.mark.parametrize("reduction, grad_a, grad_b", [("mean", True, False), ("none", True, True),
-                                                        ("sum", False, True)])
-def test_opcheck_positive_pair_forward(ops, mode, reduction, grad_a, grad_b):
-    a, b = random(6, 5, seed=4, requires_grad=grad_a), random(6, 5, seed=5, requires_grad=grad_b)
-    target = torch.full((6,), 0.4)
-    torch.library.opcheck(ops.positive_pair_forward,
-                          (a, b, target, MODE_CODES[mode], REDUCTION_CODES[reduction], EPS, grad_a, grad_b))
 
 
 LOSS_CALLS = {

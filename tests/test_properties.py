@@ -1,8 +1,9 @@
 """Property-based tests (hypothesis): drawn shapes, label patterns (1..8 positives per row, rows with none,
 all candidates -1 but one), temperatures 0.01..10, dtypes and scales; every fused backend that runs on the
-CPU against the float64 reference, values and gradients (triton: under TRITON_INTERPRET=1, run by
-tests/test_triton.py in a subprocess). 200 examples per op and backend in CI
-(profile "ci", derandomized so CI is reproducible); HYPOTHESIS_PROFILE=dev draws 1000 fresh ones."""
+CPU against the float64 reference, values and gradients, held to the tolerances each backend declares
+(Backend.tolerances) times the problem's conditioning (triton: under TRITON_INTERPRET=1, run by
+tests/test_triton.py in a subprocess). 200 examples per op and backend in CI (profile "ci", derandomized so
+CI is reproducible); HYPOTHESIS_PROFILE=dev draws 1000 fresh ones."""
 
 import os
 
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 
 import synthcl_fast.losses as L
 from synthcl_fast import reference as ref
-from conftest import assert_close, fused_cpu_backends
+from conftest import (assert_close, cancellation_floor, conformance_lanes, min_row_norm, representation_floor,
+                      total_upstream_weight)
 
 settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -21,48 +23,21 @@ settings.register_profile("dev", max_examples=1000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-BACKENDS = fused_cpu_backends()
+LANES = {lane.name: lane for lane in conformance_lanes() if lane.fused and lane.device.type == "cpu"}
+BACKENDS = list(LANES)
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no fused CPU backend available")
-HALF_TOLS = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
-def representation_floor(dtype, tol, upstream):
-    """Gradients are rounded to `dtype`: for a scalar loss the gradient is saved rounded (for upstream 1) and
-    scaled by the upstream gradient u in backward, two roundings of up to half a spacing each, so up to
-    (1 + |u|) / 2 subnormal spacings from the exact value where the gradient is subnormal (fp16). Relative
-    to a tolerance tol, that is a floor of (1 + |u|) spacing / tol on the scale."""
+def tolerances(backend, dtype, temperature=None):
+    """(value, gradient) tolerances: the backend's declared ones, the fp32 part scaled by the conditioning 1/t
+    of the logits (they carry an absolute error ~ eps sqrt(D) / t; declared for t >= 0.05). 16-bit inputs are
+    computed in fp32: their values are held to fp32's tolerance, their gradients also to the 16-bit rounding."""
+    value, grad = LANES[backend].tolerances(dtype)
+    fp32_value, fp32_grad = LANES[backend].tolerances(torch.float32)
+    conditioning = 1.0 if temperature is None else max(1.0, 0.05 / temperature)
     if dtype == torch.float64:
-        return 0.0
-    spacing = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
-    return (1 + float(upstream.abs().max())) * spacing / tol
-
-
-def min_row_norm(*tensors):
-    return min(float(x.detach().double().norm(dim=1).min()) for x in tensors)
-
-
-def total_upstream_weight(reduction, upstream, n_rows):
-    """sum_i |dLoss/dL_i|: how many rows' worth of terms the gradients add up (and may cancel)."""
-    if reduction == "none":
-        return float(upstream.abs().sum())
-    return float(upstream.abs()) * (n_rows if reduction == "sum" else 1)
-
-
-def cancellation_floor(terms, dtype, tol):
-    """A sum that cancels carries rounding error ~ (operation depth x number of terms) eps * sum |terms|
-    in the compute precision (fp64 for fp64 inputs, else fp32); seen up to ~20 eps here (exp, subtract,
-    scale, then sums over rows and columns). Relative to tol, a floor of 64 eps * terms / tol."""
-    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
-    return 64 * eps * terms / tol
-
-
-def tolerance(dtype, temperature):
-    if dtype == torch.float64:
-        return 1e-9
-    # fp32 arithmetic: logits carry an absolute error ~ 1e-7 sqrt(D) / t. Half inputs are computed in fp32
-    # and only their gradients are rounded to the input dtype.
-    fp32 = 1e-5 * max(1.0, 0.05 / temperature)
-    return max(fp32, HALF_TOLS.get(dtype, 0.0))
+        return value * conditioning, grad * conditioning
+    return fp32_value * conditioning, max(fp32_grad * conditioning, grad)
 
 
 @st.composite
@@ -118,10 +93,11 @@ def test_contrastive_op(backend, problem):
     c64 = None if problem["self_candidates"] else inputs64[1]
     exp = ref.contrastive_loss(a64, c64, problem["anchor_labels"], problem["candidate_labels"],
                                temperature=inputs64[-1], **kwargs)
-    tol = tolerance(dtype, problem["temperature"])
-    # lse and the mean positive logit, both ~ 1/t, cancel (per row, R rows for "sum")
+    value_tol, tol = tolerances(backend, dtype, problem["temperature"])
+    # the rows' terms, each ~ 1/t, cancel in "sum" with upstream weights of both signs (R rows)
     n_terms = problem["n_rows"] if problem["reduction"] == "sum" else 1
-    assert_close(got, exp, tol, "value", floor=cancellation_floor(n_terms / problem["temperature"], dtype, tol))
+    assert_close(got, exp, value_tol, "value",
+                 floor=cancellation_floor(n_terms / problem["temperature"], dtype, value_tol))
     upstream = torch.randn(exp.shape, generator=g, dtype=torch.float64)
     grads = torch.autograd.grad(got, inputs, upstream.to(got.dtype))
     grads64 = torch.autograd.grad(exp, inputs64, upstream)
@@ -162,10 +138,10 @@ def test_positive_pair_op(backend, problem):
     got = L.positive_pair_loss(a, b, target, backend=backend, **kwargs)
     a64, b64, t64 = (x.detach().double().requires_grad_() for x in (a, b, target))
     exp = ref.positive_pair_loss(a64, b64, t64, **kwargs)
-    tol = 1e-9 if dtype == torch.float64 else max(1e-5, HALF_TOLS.get(dtype, 0.0))
+    value_tol, tol = tolerances(backend, dtype)
     # (c - s*)^2 with c, s* ~ 1: terms of size 1 cancel (per row, R rows for "sum")
     n_terms = problem["n_rows"] if problem["reduction"] == "sum" else 1
-    assert_close(got, exp, tol, "value", floor=cancellation_floor(n_terms, dtype, tol))
+    assert_close(got, exp, value_tol, "value", floor=cancellation_floor(n_terms, dtype, value_tol))
     upstream = torch.randn(exp.shape, generator=g, dtype=torch.float64)
     # Terms that cancel, per unit of upstream weight W: dc/da ~ 1 / ||a|| (per row), dL/ds* ~ 1 per row.
     weight = total_upstream_weight(problem["reduction"], upstream, problem["n_rows"])

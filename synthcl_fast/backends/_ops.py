@@ -1,40 +1,64 @@
-"""Autograd formulas and fake (shape-only) implementations shared by every fused backend.
+"""The operator contract every fused backend implements, and its autograd and fake (shape-only) registrations.
 
-Every fused backend exposes the same three operators (C++ ones under the names of csrc/bindings.cpp,
-Triton ones as torch.library.custom_op with the same signatures):
+The math is in synthcl_fast/reference.py (module docstring). C++ backends define the ops in
+csrc/bindings.cpp (TORCH_LIBRARY); Triton defines them as torch.library.custom_op with the same signatures.
+A contrastive op has one "side" (the anchors' row losses) or two (the symmetric op, CLIP's loss: the row
+losses and the column losses from the same tiles). For a k-sided op:
 
-    contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
-                        exclude_self, reduction, eps, compute_grad)
-        -> (loss, row_lse, row_n_positive, grad_anchors, grad_candidates, grad_temperature)
-    contrastive_backward(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature,
-                         row_lse, row_n_positive, exclude_self, eps)
+    forward(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps,
+            compute_grad)
+        -> (loss, *k x (max, log_sum, n_positive), grad_anchors, grad_candidates, grad_temperature)
+    backward(*k x grad_side, anchors, candidates, anchor_labels, candidate_labels, temperature,
+             *k x (max, log_sum, n_positive), exclude_self, eps)
         -> (grad_anchors, grad_candidates, grad_temperature)
+
+    contrastive_forward / contrastive_backward                      k = 1 (every fused backend)
+    symmetric_contrastive_forward / symmetric_contrastive_backward  k = 2, loss = (row loss + column loss) / 2,
+                                                                    each reduced over its own side ("none":
+                                                                    R == K, elementwise); a declared
+                                                                    capability (Backend.has_symmetric_op)
+
+Per side and row: max = m_i, log_sum = log S_i (float32; float64 for float64 inputs), n_positive = |P(i)|
+(int32): what the backward needs to recompute p_ij = exp((s_ij - m_i) - log S_i) to the loss's own accuracy.
+grad_side: dLoss/dL_i for every row of that side (the reduction's weight folded in). With compute_grad
+(a scalar loss only) the forward also returns the gradients of the loss, so the backward only scales them by
+the upstream gradient; otherwise they are empty and the backward recomputes the logits tile by tile.
+
     positive_pair_forward(a, b, target, mode, reduction, eps, compute_grad_a, compute_grad_b)
-        -> (loss, cosine, grad_a, grad_b, grad_target)
-
-A backend may also offer the symmetric op (CLIP's loss, both directions from the same tiles; optional,
-see Backend.symmetric_contrastive):
-
-    symmetric_contrastive_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
-                                  exclude_self, reduction, eps, compute_grad)
-        -> (loss, row_lse, col_lse, row_n_positive, col_n_positive, grad_anchors, grad_candidates,
-            grad_temperature)
-        loss = (row loss + column loss) / 2, each reduced over its own side ("none": R == K, elementwise)
-    symmetric_contrastive_backward(grad_rows, grad_cols, anchors, candidates, anchor_labels, candidate_labels,
-                                   temperature, row_lse, col_lse, row_n_positive, col_n_positive, exclude_self,
-                                   eps)
-        -> (grad_anchors, grad_candidates, grad_temperature)
-
-With compute_grad the forward also returns the gradients of the (scalar) loss, so the backward only
-scales them by the upstream gradient; otherwise the backward recomputes the logits tile by tile.
+        -> (loss, cosine, grad_a, grad_b, grad_target)          (gradients always in forward: one pass)
 """
 
 from __future__ import annotations
 
+import enum
+
 import torch
 
-REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
-MODE_CODES = {"two_sided": 0, "floor": 1}
+
+class Reduction(enum.IntEnum):
+    """The `reduction` argument as the integer the op schemas take."""
+
+    NONE = 0
+    MEAN = 1
+    SUM = 2
+
+
+class PairMode(enum.IntEnum):
+    """The positive-pair loss's `mode` as the integer the op schema takes."""
+
+    TWO_SIDED = 0
+    FLOOR = 1
+
+
+def reduction_code(name: str) -> int:
+    return int(Reduction[name.upper()])
+
+
+def mode_code(name: str) -> int:
+    return int(PairMode[name.upper()])
+
+
+STATS_PER_SIDE = 3  # (max, log_sum, n_positive)
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -57,127 +81,78 @@ def _fake_input_grads(anchors, candidates, temperature, compute_grad=True):
     return anchors.new_empty((0,)), candidates.new_empty((0,)), temperature.new_empty((0,))
 
 
-def _row_weights(grad_loss, n_positive, reduction):
-    """dLoss/dL_i for every row from the upstream gradient of the reduced loss (the mean is over the rows
-    that have a positive)."""
-    if reduction == REDUCTION_CODES["none"]:
+def _fake_side_stats(n: int, like: torch.Tensor):
+    acc = accumulate_dtype(like.dtype)
+    return like.new_empty((n,), dtype=acc), like.new_empty((n,), dtype=acc), like.new_empty((n,), dtype=torch.int32)
+
+
+def row_weights(grad_loss, n_positive, reduction: int):
+    """dLoss/dL_i for every row of one side from the upstream gradient of its reduced loss (the mean is over
+    the rows that have a positive)."""
+    if reduction == Reduction.NONE:
         return grad_loss
-    if reduction == REDUCTION_CODES["mean"]:
+    if reduction == Reduction.MEAN:
         grad_loss = grad_loss / (n_positive > 0).sum().clamp_min(1)
     return grad_loss.expand(n_positive.shape[0])
 
 
-def register_contrastive_autograd(forward_op, backward_op) -> None:
-    """Registers fake and autograd implementations for a backend's contrastive_forward op."""
-    name = _qualname(forward_op)
-    backward_name = _qualname(backward_op)
+def register_contrastive_op(forward_op, backward_op, sides: int) -> None:
+    """Fake and autograd implementations of a backend's `sides`-sided contrastive forward and backward ops."""
+    name, backward_name = _qualname(forward_op), _qualname(backward_op)
+    n_stats = sides * STATS_PER_SIDE
 
     @torch.library.register_fake(name)
     def _(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps,
           compute_grad):
-        n_rows, acc = anchors.shape[0], accumulate_dtype(anchors.dtype)
-        loss = anchors.new_empty((n_rows,) if reduction == 0 else (), dtype=acc)
-        lse = anchors.new_empty((n_rows,), dtype=acc)
-        n_positive = anchors.new_empty((n_rows,), dtype=torch.int32)
-        grads = _fake_input_grads(anchors, candidates, temperature, compute_grad)
-        return (loss, lse, n_positive, *grads)
+        n_rows = anchors.shape[0]
+        loss = anchors.new_empty((n_rows,) if reduction == Reduction.NONE else (),
+                                 dtype=accumulate_dtype(anchors.dtype))
+        stats = _fake_side_stats(n_rows, anchors)
+        if sides == 2:
+            stats += _fake_side_stats(candidates.shape[0], anchors)
+        return (loss, *stats, *_fake_input_grads(anchors, candidates, temperature, compute_grad))
 
     @torch.library.register_fake(backward_name)
-    def _(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, row_n_positive,
-          exclude_self, eps):
+    def _(*args):
+        anchors, candidates, _, _, temperature = args[sides:sides + 5]
         return _fake_input_grads(anchors, candidates, temperature)
 
     def setup_context(ctx, inputs, output):
         anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps, \
             compute_grad = inputs
-        loss, row_lse, row_n_positive, grad_anchors, grad_candidates, grad_temperature = output
+        stats, grads = output[1:1 + n_stats], output[1 + n_stats:]
         ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = compute_grad, reduction, exclude_self, eps
-        ctx.mark_non_differentiable(row_lse, row_n_positive, grad_anchors, grad_candidates, grad_temperature)
+        ctx.mark_non_differentiable(*stats, *grads)
         if compute_grad:
-            ctx.save_for_backward(grad_anchors, grad_candidates, grad_temperature)
+            ctx.save_for_backward(*grads)
         else:
-            ctx.save_for_backward(anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse,
-                                  row_n_positive)
+            ctx.save_for_backward(anchors, candidates, anchor_labels, candidate_labels, temperature, *stats)
 
     def backward(ctx, grad_loss, *_unused):
         _no_double_backward()
         if ctx.compute_grad:
-            grad_anchors, grad_candidates, grad_temperature = ctx.saved_tensors
-            grads = (grad_anchors * grad_loss, grad_candidates * grad_loss, grad_temperature * grad_loss)
+            grads = tuple(g * grad_loss for g in ctx.saved_tensors)
         else:
-            anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, row_n_positive = \
-                ctx.saved_tensors
-            grad_rows = _row_weights(grad_loss, row_n_positive, ctx.reduction)
-            grads = backward_op(grad_rows.contiguous(), anchors, candidates, anchor_labels, candidate_labels,
-                                temperature, row_lse, row_n_positive, ctx.exclude_self, ctx.eps)
+            inputs, stats = ctx.saved_tensors[:5], ctx.saved_tensors[5:]
+            # loss = mean of the sides' losses: each side gets 1/sides of the upstream gradient
+            share = grad_loss / sides if sides > 1 else grad_loss
+            side_weights = [row_weights(share, stats[k * STATS_PER_SIDE + 2], ctx.reduction).contiguous()
+                            for k in range(sides)]
+            grads = backward_op(*side_weights, *inputs, *stats, ctx.exclude_self, ctx.eps)
         grad_anchors, grad_candidates, grad_temperature = grads
         return grad_anchors, grad_candidates, None, None, grad_temperature, None, None, None, None
 
     torch.library.register_autograd(name, backward, setup_context=setup_context)
 
 
-def register_symmetric_contrastive_autograd(forward_op, backward_op) -> None:
-    """Registers fake and autograd implementations for a backend's symmetric_contrastive_forward op."""
-    name = _qualname(forward_op)
-    backward_name = _qualname(backward_op)
-
-    @torch.library.register_fake(name)
-    def _(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps,
-          compute_grad):
-        n_rows, n_cols, acc = anchors.shape[0], candidates.shape[0], accumulate_dtype(anchors.dtype)
-        loss = anchors.new_empty((n_rows,) if reduction == 0 else (), dtype=acc)
-        stats = (anchors.new_empty((n_rows,), dtype=acc), anchors.new_empty((n_cols,), dtype=acc),
-                 anchors.new_empty((n_rows,), dtype=torch.int32), anchors.new_empty((n_cols,), dtype=torch.int32))
-        grads = _fake_input_grads(anchors, candidates, temperature, compute_grad)
-        return (loss, *stats, *grads)
-
-    @torch.library.register_fake(backward_name)
-    def _(grad_rows, grad_cols, anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse,
-          row_n_positive, col_n_positive, exclude_self, eps):
-        return _fake_input_grads(anchors, candidates, temperature)
-
-    def setup_context(ctx, inputs, output):
-        anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps, \
-            compute_grad = inputs
-        loss, row_lse, col_lse, row_n_positive, col_n_positive, grad_anchors, grad_candidates, grad_temperature = \
-            output
-        ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = compute_grad, reduction, exclude_self, eps
-        ctx.mark_non_differentiable(row_lse, col_lse, row_n_positive, col_n_positive, grad_anchors, grad_candidates,
-                                    grad_temperature)
-        if compute_grad:
-            ctx.save_for_backward(grad_anchors, grad_candidates, grad_temperature)
-        else:
-            ctx.save_for_backward(anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse,
-                                  row_n_positive, col_n_positive)
-
-    def backward(ctx, grad_loss, *_unused):
-        _no_double_backward()
-        if ctx.compute_grad:
-            grad_anchors, grad_candidates, grad_temperature = ctx.saved_tensors
-            grads = (grad_anchors * grad_loss, grad_candidates * grad_loss, grad_temperature * grad_loss)
-        else:
-            anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse, row_n_positive, \
-                col_n_positive = ctx.saved_tensors
-            # loss = (row part + column part) / 2: each side's loss gets half the upstream gradient
-            half = grad_loss / 2
-            grads = backward_op(_row_weights(half, row_n_positive, ctx.reduction).contiguous(),
-                                _row_weights(half, col_n_positive, ctx.reduction).contiguous(),
-                                anchors, candidates, anchor_labels, candidate_labels, temperature, row_lse, col_lse,
-                                row_n_positive, col_n_positive, ctx.exclude_self, ctx.eps)
-        grad_anchors, grad_candidates, grad_temperature = grads
-        return grad_anchors, grad_candidates, None, None, grad_temperature, None, None, None, None
-
-    torch.library.register_autograd(name, backward, setup_context=setup_context)
-
-
-def register_positive_pair_autograd(forward_op) -> None:
-    """Registers fake and autograd implementations for a backend's positive_pair_forward op."""
+def register_positive_pair_op(forward_op) -> None:
+    """Fake and autograd implementations of a backend's positive_pair_forward op."""
     name = _qualname(forward_op)
 
     @torch.library.register_fake(name)
     def _(a, b, target, mode, reduction, eps, compute_grad_a, compute_grad_b):
         n_rows, acc = a.shape[0], accumulate_dtype(a.dtype)
-        loss = a.new_empty((n_rows,) if reduction == 0 else (), dtype=acc)
+        loss = a.new_empty((n_rows,) if reduction == Reduction.NONE else (), dtype=acc)
         grad_a = torch.empty_like(a, memory_format=torch.contiguous_format) if compute_grad_a else a.new_empty((0,))
         grad_b = torch.empty_like(b, memory_format=torch.contiguous_format) if compute_grad_b else b.new_empty((0,))
         return loss, a.new_empty((n_rows,), dtype=acc), grad_a, grad_b, a.new_empty((n_rows,), dtype=acc)
@@ -191,7 +166,7 @@ def register_positive_pair_autograd(forward_op) -> None:
     def backward(ctx, grad_loss, *_unused):
         _no_double_backward()
         grad_a, grad_b, grad_target = ctx.saved_tensors
-        row_scale = grad_loss.unsqueeze(1) if ctx.reduction == REDUCTION_CODES["none"] else grad_loss
+        row_scale = grad_loss.unsqueeze(1) if ctx.reduction == Reduction.NONE else grad_loss
         return (grad_a * row_scale if ctx.compute_grad_a else None,
                 grad_b * row_scale if ctx.compute_grad_b else None,
                 grad_target * grad_loss, None, None, None, None, None)

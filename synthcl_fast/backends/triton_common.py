@@ -6,9 +6,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import MIN_TEMPERATURE
 from .triton_support import empty_output, interpreting, split_float
 
 INTERPRET = interpreting()  # what triton.jit saw when the kernels were defined
+_MIN_TEMPERATURE = tl.constexpr(MIN_TEMPERATURE)
 
 TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
              torch.float64: tl.float64}
@@ -18,6 +20,14 @@ def round_by_hand(dtype: torch.dtype) -> bool:
     """Whether cast_output must round to bfloat16 itself: the interpreter truncates float32 -> bfloat16 (and
     mangles float64 -> bfloat16), where the GPU rounds to nearest even."""
     return INTERPRET and dtype == torch.bfloat16
+
+
+@triton.jit
+def inverse_temperature(T_ptr, ACC: tl.constexpr):
+    """1/t from the temperature tensor, or NaN where t is out of range (not finite or below MIN_TEMPERATURE):
+    every result is then NaN, as on every backend (reference.py, conventions). No host synchronization."""
+    t = tl.load(T_ptr).to(ACC)
+    return tl.where((t >= _MIN_TEMPERATURE) & (t < float("inf")), 1.0 / t, float("nan"))
 
 
 @triton.jit

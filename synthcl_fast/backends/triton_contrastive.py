@@ -1,36 +1,34 @@
-"""Triton kernels for the general contrastive op (DESIGN.md section 2), and its symmetric (CLIP) form.
+"""Triton kernels for the general contrastive op and its symmetric (CLIP) form.
 
-The math. Anchors X (R, D), candidates Y (K, D), labels a (R,), c (K,), temperature t:
+The math (s_ij, m_i, log S_i, L_i, G_ij, the gradients) is stated once, in synthcl_fast/reference.py; the op
+contract (outputs, row statistics, compute_grad) in backends/_ops.py. What is particular to these kernels:
 
-    u_i = X_i / max(||X_i||, eps)      v_j = Y_j / max(||Y_j||, eps)      s_ij = (u_i . v_j) / t
-    P_ij = [a_i == c_j and a_i >= 0 and (i != j if exclude_self)]          (the same mask seen from either side)
-    row i:     lse_i = logsumexp_{j allowed} s_ij,   L_i = lse_i - (1/|P(i)|) sum_j P_ij s_ij   (0 if |P(i)| == 0)
-    column j:  clse_j = logsumexp_{i allowed} s_ij,  L'_j = clse_j - (1/|P'(j)|) sum_i P_ij s_ij  (symmetric only)
-
-Gradients, with w_i (w'_j) the upstream weight of row i (column j), 0 for a row without positives:
-
-    G_ij  = w_i (exp(s_ij - lse_i) - P_ij/|P(i)|)  [+ w'_j (exp(s_ij - clse_j) - P_ij/|P'(j)|)  symmetric]
-    dL/du_i = (1/t) sum_j G_ij v_j        dL/dv_j = (1/t) sum_i G_ij u_i        dL/dt = -(1/t) sum_ij G_ij s_ij
-    dx = (du - u (u . du)) / ||x||        (0 where ||x|| <= eps: such a row is a constant, as in reference.py)
+    P_ij  = [a_i == c_j and a_i >= 0 and (i != j if exclude_self)]    (the same mask seen from either side)
+    column statistics (symmetric op only): m'_j, log S'_j, |P'(j)| over the rows, the transposed problem
+    G_ij  = w_i (p_ij - P_ij/|P(i)|)  [+ w'_j (p'_ij - P_ij/|P'(j)|)  symmetric]
 
 How it runs (no R x K buffer anywhere; memory O((R + K) D)):
 
-1. `_row_norm_kernel`: ||x|| per row of X and of Y (once when Y is X). The normalization and 1/t are folded
-   into the tiles: s = (X_i . Y_j) * (1/(t ||X_i||)) * (1/||Y_j||), with X . Y from tl.dot on the raw inputs
-   (bf16/fp16 tensor cores with fp32 accumulation, tf32 for fp32, fp64 for fp64).
-2. `_contrastive_forward_kernel`: one program per BLOCK_M rows and per split of the columns; an online
-   log-sum-exp over BLOCK_N-column tiles, with label, -1 and self masks evaluated per tile. With several
-   splits (few rows, many columns: MoCo's R=256, K=65536) each writes (max, sum-exp, positive sum, count)
-   and `_merge_row_stats_kernel` combines them in a fixed order. The symmetric op runs it a second time
-   on the transposed problem (Y as rows) for the column statistics.
+1. `_prepare_rows_kernel`, once per input (once when Y is X): ||x|| accumulated in float64 and the rows the
+   products take, x~, with inv such that u = x~ inv. Products of raw fp32 or bf16 rows of norm 1e20 overflow
+   fp32; of x~ they cannot. float32 rows: x~ = u, rounded once (inv = 1). bfloat16 rows: x~ = x 2^-k with
+   ||x~|| in [1, 2), exact (only the exponent changes), so 16-bit inputs enter the products exactly and their
+   loss has fp32 accuracy. float16 rows cannot overflow an fp32 accumulator and float64 ones cannot overflow at
+   all: they are used as they are (no copy). Also dx_scale = 1 / max(||x||, eps) (0 for a row no longer than
+   eps: a constant). s = (x~_i . y~_j) (inv_i / t) inv_j, with x~ . y~ from tl.dot (bf16/fp16 tensor cores
+   with fp32 accumulation, tf32 for fp32, fp64 for fp64).
+2. `_contrastive_forward_kernel`: one program per BLOCK_M rows and per split of the columns; online row
+   statistics over BLOCK_N-column tiles (running max m, S = sum exp(s - m), the positive gap
+   sum_p (s_p - m) moved with m, |P|), label, -1 and self masks evaluated per tile. With several splits
+   (few rows, many columns: MoCo's R=256, K=65536) each writes its statistics and `_merge_row_stats_kernel`
+   combines them in a fixed order. The symmetric op runs it a second time on the transposed problem.
 3. `_contrastive_backward_kernel`, launched twice (once for one symmetric tensor, below): rows own dU (X's
    gradient) and loop over column tiles; columns own dV (Y's gradient) and loop over row tiles. Each
-   recomputes s and G tile by tile (same
-   formula, seen from either side; the symmetric G costs the same as a one-direction G), so every
-   gradient element is reduced by one program in a fixed order: deterministic, no atomics. The row launch
-   also sums G_ij s_ij per row for the temperature gradient. When one program holds a whole gradient row
-   (no split, BLOCK_DO >= D) it applies the normalization backward in its epilogue; otherwise it writes
-   fp32 partial sums and `_normalize_backward_kernel` adds them in split order and finishes.
+   recomputes s and G tile by tile (same formula, seen from either side; the symmetric G costs the same as
+   a one-direction G), so every gradient element is reduced by one program in a fixed order: deterministic,
+   no atomics. The row launch also sums G_ij (s_ij - m_i) per row for the temperature gradient. When one
+   program holds a whole gradient row (no split, BLOCK_DO >= D) it applies the normalization backward in its
+   epilogue; otherwise it writes fp32 partial sums and `_normalize_backward_kernel` adds them in split order.
 4. One-program kernels reduce the row losses (triton_common.reduce_rows: sum in float64, the mean over rows
    with a positive, the upstream weight of each row) and the temperature gradient (`_temperature_grad_kernel`),
    in place of a handful of small torch ops each: at small shapes launches, not flops, set the time.
@@ -46,8 +44,11 @@ backward inside the forward op and keeps the gradients, as the CPU kernels do (b
 
 Tile sizes are derived from the shape (`_forward_tiles`, `_backward_tiles`; SYNTHCL_FAST_TRITON_TILES
 overrides them), not autotuned: autotuning recompiles/benchmarks per new shape and does not run in the
-interpreter. Floats are never tl.constexpr: the temperature is read from its tensor, so a learnable
-temperature never recompiles; eps is passed as two float32 halves (triton_support.split_float).
+interpreter. The interpreter runs the same plans as an H200 (triton_support.plan_multiprocessors), so the
+split-K merge is planned and run on the CPU too; what it cannot execute as the GPU does is listed in
+triton_support.INTERPRETER_DIFFERENCES. Floats are never tl.constexpr: the temperature is read from its
+tensor, so a learnable temperature never recompiles; eps is passed as two float32 halves
+(triton_support.split_float).
 """
 
 from __future__ import annotations
@@ -60,13 +61,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._ops import (REDUCTION_CODES, accumulate_dtype, register_contrastive_autograd,
-                   register_symmetric_contrastive_autograd)
-from .triton_common import INTERPRET, TL_DTYPES, cast_output, reduce_rows, round_by_hand
-from .triton_support import (empty_output, fp32_precision, multiprocessor_count, next_power_of_2, split_float,
-                             tile_overrides)
+from ._ops import Reduction, accumulate_dtype, register_contrastive_op
+from .triton_common import TL_DTYPES, cast_output, inverse_temperature, reduce_rows, round_by_hand
+from .triton_support import (empty_output, fp32_precision, next_power_of_2, plan_multiprocessors,
+                             half_dot_operand, split_float, tile_overrides)
 
-_MEAN, _SUM, _NONE = REDUCTION_CODES["mean"], REDUCTION_CODES["sum"], REDUCTION_CODES["none"]
+_MEAN, _SUM, _NONE = int(Reduction.MEAN), int(Reduction.SUM), int(Reduction.NONE)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -74,19 +74,53 @@ _MEAN, _SUM, _NONE = REDUCTION_CODES["mean"], REDUCTION_CODES["sum"], REDUCTION_
 # ----------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _row_norm_kernel(X_ptr, stride_x, NORM_ptr, n_rows, dim,
-                     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """NORM[i] = ||X_i|| (not clamped: the clamp max(., eps) happens where it is used)."""
+def _prepare_rows_kernel(X_ptr, stride_x, XS_ptr, stride_xs, INV_ptr, DX_SCALE_ptr, n_rows, dim, eps_hi, eps_lo,
+                         PREPARE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per row: n = ||x|| (float64 sum of squares), c = max(n, eps), DX_SCALE = 1 / c (0 where n <= eps: a
+    constant row), and the rows the products take, XS, with INV such that u = XS INV:
+
+        PREPARE == 0 (fp16, fp64)  XS = x (not written), INV = 1 / c
+        PREPARE == 1 (bf16)        XS = x 2^-k, exact, with 2^k the power of two at or below c (|k| <= 126),
+                                   INV = 2^k / c
+        PREPARE == 2 (fp32)        XS = u = x / c rounded to fp32 once, INV = 1 (as plain PyTorch normalizes)
+    """
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n_rows
-    sum_sq = tl.zeros([BLOCK_M], dtype=ACC)
+    sum_sq = tl.zeros([BLOCK_M], dtype=tl.float64)
     for d0 in range(0, dim, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         x = tl.load(X_ptr + offs_m[:, None] * stride_x + offs_d[None, :],
-                    mask=mask_m[:, None] & (offs_d[None, :] < dim), other=0.0).to(ACC)
+                    mask=mask_m[:, None] & (offs_d[None, :] < dim), other=0.0).to(tl.float64)
         sum_sq += tl.sum(x * x, axis=1)
-    tl.store(NORM_ptr + offs_m, tl.sqrt(sum_sq), mask=mask_m)
+    norm = tl.sqrt(sum_sq)
+    eps = tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64)
+    clamped = tl.maximum(norm, eps)
+    if PREPARE == 1:
+        # Any power of two serves (the scaling is exact either way): a floor(log2) off by one near a power of
+        # two only leaves ||x~|| in [0.5, 4).
+        k = tl.minimum(tl.maximum(tl.floor(tl.log2(clamped)), -126.0), 126.0)
+        scale = tl.exp2(-k)
+        inv = 1.0 / (clamped * scale)
+    elif PREPARE == 2:
+        scale = 1.0 / clamped
+        inv = tl.full([BLOCK_M], 1.0, tl.float64)
+    else:
+        scale = tl.full([BLOCK_M], 1.0, tl.float64)
+        inv = 1.0 / clamped
+    if PREPARE != 0:
+        for d0 in range(0, dim, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask = mask_m[:, None] & (offs_d[None, :] < dim)
+            x = tl.load(X_ptr + offs_m[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0)
+            if PREPARE == 1:  # exact in fp32 (and a float64 -> bfloat16 cast is what the interpreter mangles)
+                xs = x.to(tl.float32) * scale.to(tl.float32)[:, None]
+            else:
+                xs = x.to(tl.float64) * scale[:, None]
+            tl.store(XS_ptr + offs_m[:, None] * stride_xs + offs_d[None, :], xs.to(XS_ptr.dtype.element_ty),
+                     mask=mask)
+    tl.store(INV_ptr + offs_m, inv.to(ACC), mask=mask_m)
+    tl.store(DX_SCALE_ptr + offs_m, tl.where(norm > eps, 1.0 / clamped, 0.0).to(ACC), mask=mask_m)
 
 
 @triton.jit
@@ -101,11 +135,11 @@ def _load_rows(X_ptr, stride_x, offs_m, mask_m, d0, dim, BLOCK_D: tl.constexpr):
 def _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n, col_scale,
                  dim, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  SINGLE_D_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
-    """s = (X[offs_m] . Y[offs_n]) * row_scale[:, None] * col_scale[None, :], a (BLOCK_M, BLOCK_N) ACC tile.
+    """s = (X~[offs_m] . Y~[offs_n]) * row_scale[:, None] * col_scale[None, :], a (BLOCK_M, BLOCK_N) ACC tile.
 
-    Operands go to tl.dot in DOT (the input dtype on a GPU: tensor cores with ACC accumulation; float32 for
-    bfloat16 under the interpreter, whose bf16 dot is wrong). With SINGLE_D_CHUNK the caller loaded x_tile
-    (all of D) once, outside its loop over tiles; otherwise both operands are loaded chunk by chunk of D."""
+    Operands go to tl.dot in DOT (the input dtype on a GPU: tensor cores with ACC accumulation; see
+    triton_support.half_dot_operand for the interpreter). With SINGLE_D_CHUNK the caller loaded x_tile (all of
+    D) once, outside its loop over tiles; otherwise both operands are loaded chunk by chunk of D."""
     if SINGLE_D_CHUNK:
         y = _load_rows(Y_ptr, stride_y, offs_n, mask_n, 0, dim, BLOCK_D).to(DOT)
         dots = tl.dot(x_tile, tl.trans(y), input_precision=PRECISION, out_dtype=ACC)
@@ -119,26 +153,36 @@ def _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stri
 
 
 @triton.jit
+def _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
+                     LOSS_ptr):
+    """m, log S, |P| and L_i = log S - gap / |P| (0 without a positive). An empty denominator (R = K = 1 with
+    exclude_self) leaves m = -inf and log S = -inf, with no positive."""
+    log_sum = tl.log(tl.where(mask_m, row_sumexp, 1.0))
+    loss = tl.where(row_npos > 0, log_sum - row_gap / tl.maximum(row_npos, 1).to(row_gap.dtype), 0.0)
+    tl.store(MAX_ptr + offs_m, row_max, mask=mask_m)
+    tl.store(LOGSUM_ptr + offs_m, log_sum, mask=mask_m)
+    tl.store(NPOS_ptr + offs_m, row_npos, mask=mask_m)
+    tl.store(LOSS_ptr + offs_m, loss, mask=mask_m)
+
+
+@triton.jit
 def _contrastive_forward_kernel(
-        X_ptr, Y_ptr, stride_x, stride_y, NORM_X_ptr, NORM_Y_ptr, LABEL_X_ptr, LABEL_Y_ptr, T_ptr,
-        PART_MAX_ptr, PART_SUMEXP_ptr, PART_POSSUM_ptr, PART_NPOS_ptr,
-        LSE_ptr, NPOS_ptr, LOSS_ptr,
-        n_x, n_y, dim, eps_hi, eps_lo, n_per_split,
+        X_ptr, Y_ptr, stride_x, stride_y, INV_X_ptr, INV_Y_ptr, LABEL_X_ptr, LABEL_Y_ptr, T_ptr,
+        PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NPOS_ptr,
+        MAX_ptr, LOGSUM_ptr, NPOS_ptr, LOSS_ptr,
+        n_x, n_y, dim, n_per_split,
         EXCLUDE_SELF: tl.constexpr, FINAL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D_CHUNK: tl.constexpr,
         DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
     """Row statistics of rows [pid_m*BLOCK_M, +BLOCK_M) over columns [pid_s*n_per_split, +n_per_split).
 
-    FINAL (a single split): writes LSE, NPOS (int32) and the row loss LOSS. Otherwise writes the split's
-    running max, sum of exp(s - max), sum of positive logits and positive count to PART_*[pid_s, row]."""
+    FINAL (a single split): writes MAX (m), LOGSUM (log S), NPOS (int32) and the row loss LOSS. Otherwise writes
+    the split's max, sum of exp(s - max), positive gap sum_p (s_p - max) and positive count to PART_*[pid_s]."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n_x
-    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-    inv_t = 1.0 / tl.load(T_ptr).to(ACC)
-    norm_x = tl.load(NORM_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
-    row_scale = inv_t / tl.maximum(norm_x, eps)
+    row_scale = inverse_temperature(T_ptr, ACC) * tl.load(INV_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
     label_x = tl.load(LABEL_X_ptr + offs_m, mask=mask_m, other=-1)
     x_tile = 0.0
     if SINGLE_D_CHUNK:
@@ -146,18 +190,17 @@ def _contrastive_forward_kernel(
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
     row_sumexp = tl.zeros([BLOCK_M], dtype=ACC)
-    row_possum = tl.zeros([BLOCK_M], dtype=ACC)
+    row_gap = tl.zeros([BLOCK_M], dtype=ACC)
     row_npos = tl.zeros([BLOCK_M], dtype=tl.int32)
     n_begin = pid_s * n_per_split
     n_end = tl.minimum(n_begin + n_per_split, n_y)
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_end
-        norm_y = tl.load(NORM_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC)
+        col_scale = tl.load(INV_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC)
         label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
         s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n,
-                         1.0 / tl.maximum(norm_y, eps), dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC,
-                         PRECISION)
+                         col_scale, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
         allowed = mask_m[:, None] & mask_n[None, :]
         if EXCLUDE_SELF:
             allowed = allowed & (offs_m[:, None] != offs_n[None, :])
@@ -165,31 +208,31 @@ def _contrastive_forward_kernel(
         s_allowed = tl.where(allowed, s, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(s_allowed, axis=1))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # nothing allowed yet: keep exp() at 0, not NaN
-        row_sumexp = row_sumexp * tl.exp(row_max - shift) + tl.sum(tl.exp(s_allowed - shift[:, None]), axis=1)
-        row_max = new_max
-        row_possum += tl.sum(tl.where(positive, s, 0.0), axis=1)
+        shifted = s_allowed - shift[:, None]
+        # the earlier tiles' terms, moved from row_max to the new shift (no positive yet: nothing to move)
+        row_gap += row_npos.to(ACC) * (tl.where(row_npos > 0, row_max, shift) - shift)
+        row_sumexp = row_sumexp * tl.exp(row_max - shift) + tl.sum(tl.exp(shifted), axis=1)
+        row_gap += tl.sum(tl.where(positive, shifted, 0.0), axis=1)
         row_npos += tl.sum(positive.to(tl.int32), axis=1)
+        row_max = new_max
 
     if FINAL:
-        # -inf for an empty denominator (R = K = 1 with exclude_self); rows past the end take log(1).
-        lse = row_max + tl.log(tl.where(mask_m, row_sumexp, 1.0))
-        loss = tl.where(row_npos > 0, lse - row_possum / tl.maximum(row_npos, 1).to(ACC), 0.0)
-        tl.store(LSE_ptr + offs_m, lse, mask=mask_m)
-        tl.store(NPOS_ptr + offs_m, row_npos, mask=mask_m)
-        tl.store(LOSS_ptr + offs_m, loss, mask=mask_m)
+        _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
+                         LOSS_ptr)
     else:
         offs_part = pid_s * n_x + offs_m
         tl.store(PART_MAX_ptr + offs_part, row_max, mask=mask_m)
         tl.store(PART_SUMEXP_ptr + offs_part, row_sumexp, mask=mask_m)
-        tl.store(PART_POSSUM_ptr + offs_part, row_possum, mask=mask_m)
+        tl.store(PART_GAP_ptr + offs_part, row_gap, mask=mask_m)
         tl.store(PART_NPOS_ptr + offs_part, row_npos, mask=mask_m)
 
 
 @triton.jit
-def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_POSSUM_ptr, PART_NPOS_ptr,
-                            LSE_ptr, NPOS_ptr, LOSS_ptr, n_x, n_splits,
+def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NPOS_ptr,
+                            MAX_ptr, LOGSUM_ptr, NPOS_ptr, LOSS_ptr, n_x, n_splits,
                             ACC: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Merges the per-split row statistics in split order (deterministic): log-sum-exp merge, sums, counts."""
+    """Merges the per-split row statistics in split order (deterministic): each split's sum and positive gap
+    are moved from its own max to the row max, then added."""
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n_x
@@ -198,44 +241,45 @@ def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_POSSUM_ptr, PART
         row_max = tl.maximum(row_max, tl.load(PART_MAX_ptr + split * n_x + offs_m, mask=mask_m, other=0.0))
     shift = tl.where(row_max == float("-inf"), 0.0, row_max)
     row_sumexp = tl.zeros([BLOCK_M], dtype=ACC)
-    row_possum = tl.zeros([BLOCK_M], dtype=ACC)
+    row_gap = tl.zeros([BLOCK_M], dtype=ACC)
     row_npos = tl.zeros([BLOCK_M], dtype=tl.int32)
     for split in range(0, n_splits):
         offs_part = split * n_x + offs_m
         part_max = tl.load(PART_MAX_ptr + offs_part, mask=mask_m, other=float("-inf"))
-        part_sumexp = tl.load(PART_SUMEXP_ptr + offs_part, mask=mask_m, other=0.0)
-        row_sumexp += part_sumexp * tl.exp(part_max - shift)
-        row_possum += tl.load(PART_POSSUM_ptr + offs_part, mask=mask_m, other=0.0)
-        row_npos += tl.load(PART_NPOS_ptr + offs_part, mask=mask_m, other=0)
-    lse = row_max + tl.log(tl.where(mask_m, row_sumexp, 1.0))
-    loss = tl.where(row_npos > 0, lse - row_possum / tl.maximum(row_npos, 1).to(ACC), 0.0)
-    tl.store(LSE_ptr + offs_m, lse, mask=mask_m)
-    tl.store(NPOS_ptr + offs_m, row_npos, mask=mask_m)
-    tl.store(LOSS_ptr + offs_m, loss, mask=mask_m)
+        part_npos = tl.load(PART_NPOS_ptr + offs_part, mask=mask_m, other=0)
+        row_sumexp += tl.load(PART_SUMEXP_ptr + offs_part, mask=mask_m, other=0.0) * tl.exp(part_max - shift)
+        row_gap += tl.load(PART_GAP_ptr + offs_part, mask=mask_m, other=0.0)
+        row_gap += part_npos.to(ACC) * (tl.where(part_npos > 0, part_max, shift) - shift)
+        row_npos += part_npos
+    _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr, LOSS_ptr)
 
 
 @triton.jit
-def _softmax_term(s, lse, n_positive, weight, positive, AXIS: tl.constexpr):
-    """w (exp(s - lse) - P/|P|) for statistics along rows (AXIS 0: one value per tile row) or columns
-    (AXIS 1), and exactly 0 for a row without positives (whose lse may be -inf: no inf * 0 = NaN)."""
+def _softmax_term(s, row_max, log_sum, n_positive, weight, positive, AXIS: tl.constexpr):
+    """(w (p - P/|P|), s - m) for statistics along rows (AXIS 0: one value per tile row) or columns (AXIS 1),
+    p = exp((s - m) - log S); the term is exactly 0 for a row without positives (whose m may be -inf: no
+    inf * 0 = NaN)."""
     valid = n_positive > 0
-    lse = tl.where(valid, lse, 0.0)
+    row_max = tl.where(valid, row_max, 0.0)
+    log_sum = tl.where(valid, log_sum, 0.0)
     inv_npos = 1.0 / tl.maximum(n_positive, 1).to(s.dtype)
     if AXIS == 0:
-        term = weight[:, None] * (tl.exp(s - lse[:, None]) - tl.where(positive, inv_npos[:, None], 0.0))
-        return tl.where(valid[:, None], term, 0.0)
+        shifted = s - row_max[:, None]
+        term = weight[:, None] * (tl.exp(shifted - log_sum[:, None]) - tl.where(positive, inv_npos[:, None], 0.0))
+        return tl.where(valid[:, None], term, 0.0), shifted
     else:
-        term = weight[None, :] * (tl.exp(s - lse[None, :]) - tl.where(positive, inv_npos[None, :], 0.0))
-        return tl.where(valid[None, :], term, 0.0)
+        shifted = s - row_max[None, :]
+        term = weight[None, :] * (tl.exp(shifted - log_sum[None, :]) - tl.where(positive, inv_npos[None, :], 0.0))
+        return tl.where(valid[None, :], term, 0.0), shifted
 
 
 @triton.jit
 def _contrastive_backward_kernel(
-        X_ptr, Y_ptr, stride_x, stride_y, NORM_X_ptr, NORM_Y_ptr, LABEL_X_ptr, LABEL_Y_ptr, T_ptr,
-        LSE_X_ptr, NPOS_X_ptr, W_X_ptr, stride_wx,
-        LSE_Y_ptr, NPOS_Y_ptr, W_Y_ptr, stride_wy,
+        X_ptr, Y_ptr, stride_x, stride_y, INV_X_ptr, INV_Y_ptr, DX_SCALE_ptr, LABEL_X_ptr, LABEL_Y_ptr, T_ptr,
+        MAX_X_ptr, LOGSUM_X_ptr, NPOS_X_ptr, W_X_ptr, stride_wx,
+        MAX_Y_ptr, LOGSUM_Y_ptr, NPOS_Y_ptr, W_Y_ptr, stride_wy,
         GSCALE_ptr, DX_ptr, stride_dx, GS_ptr,
-        n_x, n_y, dim, eps_hi, eps_lo, n_per_split,
+        n_x, n_y, dim, n_per_split,
         EXCLUDE_SELF: tl.constexpr, OWN_TERM: tl.constexpr, OTHER_TERM: tl.constexpr, COMPUTE_GS: tl.constexpr,
         FINAL: tl.constexpr, USE_GSCALE: tl.constexpr, ROUND_BY_HAND: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
@@ -245,9 +289,10 @@ def _contrastive_backward_kernel(
     OTHER_TERM (the column launch swaps X and Y, so G appears transposed and both launches share this code).
 
     FINAL: writes dX = normalize-backward((1/t) dU) in X's dtype. Otherwise writes dU (fp32/fp64) to
-    DX[pid_s, row, feature] for _normalize_backward_kernel. COMPUTE_GS: GS[pid_s, row] = sum_j G_ij s_ij.
-    USE_GSCALE (float16): G is divided by max|w| before it is rounded to float16 for the product (w ~ 1/R
-    would underflow float16) and the product multiplied back."""
+    DX[pid_s, row, feature] for _normalize_backward_kernel. COMPUTE_GS: GS[pid_s, row] = sum_j G_ij (s_ij - m),
+    each term shifted by the max of the statistics it comes from. USE_GSCALE (float16): G is divided by
+    max|w| before it is rounded to float16 for the product (w ~ 1/R would underflow float16) and the product
+    multiplied back."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     pid_d = tl.program_id(2).to(tl.int64)
@@ -255,16 +300,15 @@ def _contrastive_backward_kernel(
     mask_m = offs_m < n_x
     offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
     mask_do = offs_do < dim
-    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-    inv_t = 1.0 / tl.load(T_ptr).to(ACC)
-    norm_x = tl.load(NORM_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
-    inv_norm_x = 1.0 / tl.maximum(norm_x, eps)
-    # the forward kernel's row scale, bit for bit: the recomputed s must round as the s its LSE came from
-    # (1 ulp of s = 1/t moves p = exp(s - lse) by ~eps/t, and the temperature gradient by ~eps/t^3)
-    row_scale = inv_t / tl.maximum(norm_x, eps)
+    inv_t = inverse_temperature(T_ptr, ACC)
+    inv_x = tl.load(INV_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
+    # the forward kernel's row scale, bit for bit: the recomputed s must round as the s its statistics came
+    # from (1 ulp of s = 1/t moves p = exp(s - m - log S) by ~eps/t, and the temperature gradient by ~eps/t^3)
+    row_scale = inv_t * inv_x
     label_x = tl.load(LABEL_X_ptr + offs_m, mask=mask_m, other=-1)
     if OWN_TERM:
-        lse_x = tl.load(LSE_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
+        max_x = tl.load(MAX_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
+        logsum_x = tl.load(LOGSUM_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
         npos_x = tl.load(NPOS_X_ptr + offs_m, mask=mask_m, other=0)
         w_x = tl.load(W_X_ptr + offs_m * stride_wx, mask=mask_m, other=0.0).to(ACC)
     if USE_GSCALE:
@@ -280,28 +324,34 @@ def _contrastive_backward_kernel(
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_end
-        inv_norm_y = 1.0 / tl.maximum(tl.load(NORM_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC), eps)
+        inv_y = tl.load(INV_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC)
         label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
         s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n,
-                         mask_n, inv_norm_y, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
+                         mask_n, inv_y, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
         allowed = mask_m[:, None] & mask_n[None, :]
         if EXCLUDE_SELF:
             allowed = allowed & (offs_m[:, None] != offs_n[None, :])
         positive = allowed & (label_x[:, None] == label_y[None, :]) & (label_x[:, None] >= 0)
         g = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
         if OWN_TERM:
-            g += _softmax_term(s, lse_x, npos_x, w_x, positive, 0)
+            term, shifted = _softmax_term(s, max_x, logsum_x, npos_x, w_x, positive, 0)
+            term = tl.where(allowed, term, 0.0)
+            g += term
+            if COMPUTE_GS:
+                gs += tl.sum(term * tl.where(allowed, shifted, 0.0), axis=1)
         if OTHER_TERM:
-            lse_y = tl.load(LSE_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
+            max_y = tl.load(MAX_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
+            logsum_y = tl.load(LOGSUM_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
             npos_y = tl.load(NPOS_Y_ptr + offs_n, mask=mask_n, other=0)
             w_y = tl.load(W_Y_ptr + offs_n * stride_wy, mask=mask_n, other=0.0).to(ACC)
-            g += _softmax_term(s, lse_y, npos_y, w_y, positive, 1)
-        g = tl.where(allowed, g, 0.0)
-        if COMPUTE_GS:
-            gs += tl.sum(g * s, axis=1)
-        # v_j = Y_j / ||Y_j|| is formed on the load (|v| <= 1: no float16 overflow for tiny-norm rows).
+            term, shifted = _softmax_term(s, max_y, logsum_y, npos_y, w_y, positive, 1)
+            term = tl.where(allowed, term, 0.0)
+            g += term
+            if COMPUTE_GS:
+                gs += tl.sum(term * tl.where(allowed, shifted, 0.0), axis=1)
+        # v_j = Y~_j inv_j is formed on the load (|v| <= 1: no float16 overflow for tiny-norm rows).
         v = _load_rows(Y_ptr, stride_y, offs_n, mask_n, pid_d * BLOCK_DO, dim, BLOCK_DO)
-        v = (v.to(ACC) * inv_norm_y[:, None]).to(DOT)
+        v = (v.to(ACC) * inv_y[:, None]).to(DOT)
         if USE_GSCALE:
             g = g / g_scale
         du = tl.dot(g.to(DOT), v, du, input_precision=PRECISION, out_dtype=ACC)
@@ -309,10 +359,11 @@ def _contrastive_backward_kernel(
         du = du * g_scale
 
     if FINAL:
-        x = _load_rows(X_ptr, stride_x, offs_m, mask_m, pid_d * BLOCK_DO, dim, BLOCK_DO).to(ACC)
+        u = _load_rows(X_ptr, stride_x, offs_m, mask_m, pid_d * BLOCK_DO, dim, BLOCK_DO).to(ACC) * inv_x[:, None]
         du = du * inv_t
-        radial = tl.sum(x * du, axis=1) * inv_norm_x * inv_norm_x
-        dx = tl.where((norm_x > eps)[:, None], (du - radial[:, None] * x) * inv_norm_x[:, None], 0.0)
+        radial = tl.sum(u * du, axis=1)
+        dx_scale = tl.load(DX_SCALE_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
+        dx = tl.where((dx_scale > 0)[:, None], (du - radial[:, None] * u) * dx_scale[:, None], 0.0)
         tl.store(DX_ptr + offs_m[:, None] * stride_dx + offs_do[None, :],
                  cast_output(dx, DX_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask_m[:, None] & mask_do[None, :])
     else:
@@ -325,7 +376,7 @@ def _contrastive_backward_kernel(
 @triton.jit
 def _summed_partials(PART_ptr, X_ptr, stride_x, offs_m, offs_d, mask, n_x, dim, n_splits, ACC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(sum over splits of PART[split], X) on a [BLOCK_M, BLOCK_D] panel; the splits are added in order
+    """(sum over splits of PART[split], X~) on a [BLOCK_M, BLOCK_D] panel; the splits are added in order
     (deterministic). Loaded twice by the caller rather than kept: a row may be longer than the registers."""
     du = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
     for split in range(0, n_splits):
@@ -335,45 +386,44 @@ def _summed_partials(PART_ptr, X_ptr, stride_x, offs_m, offs_d, mask, n_x, dim, 
 
 
 @triton.jit
-def _normalize_backward_kernel(PART_ptr, X_ptr, stride_x, NORM_X_ptr, T_ptr, DX_ptr, stride_dx,
-                               n_x, dim, n_splits, eps_hi, eps_lo,
+def _normalize_backward_kernel(PART_ptr, X_ptr, stride_x, INV_X_ptr, DX_SCALE_ptr, T_ptr, DX_ptr, stride_dx,
+                               n_x, dim, n_splits,
                                ACC: tl.constexpr, ROUND_BY_HAND: tl.constexpr, BLOCK_M: tl.constexpr,
                                BLOCK_D: tl.constexpr):
     """dX = normalize-backward((1/t) sum_splits PART[split]) for BLOCK_M rows; splits added in order."""
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n_x
-    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-    inv_t = 1.0 / tl.load(T_ptr).to(ACC)
-    norm_x = tl.load(NORM_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
-    inv_norm_x = 1.0 / tl.maximum(norm_x, eps)
+    inv_t = inverse_temperature(T_ptr, ACC)
+    inv_x = tl.load(INV_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
+    dx_scale = tl.load(DX_SCALE_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
     radial = tl.zeros([BLOCK_M], dtype=ACC)
     for d0 in range(0, dim, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask = mask_m[:, None] & (offs_d[None, :] < dim)
         du, x = _summed_partials(PART_ptr, X_ptr, stride_x, offs_m, offs_d, mask, n_x, dim, n_splits, ACC,
                                  BLOCK_M, BLOCK_D)
-        radial += tl.sum(x * du, axis=1)
-    radial = radial * inv_t * inv_norm_x * inv_norm_x
-    live = (norm_x > eps)[:, None]  # a row no longer than eps is a constant: no gradient
+        radial += tl.sum(x * inv_x[:, None] * du, axis=1)
+    radial = radial * inv_t
+    live = (dx_scale > 0)[:, None]  # a row no longer than eps is a constant: no gradient
     for d0 in range(0, dim, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask = mask_m[:, None] & (offs_d[None, :] < dim)
         du, x = _summed_partials(PART_ptr, X_ptr, stride_x, offs_m, offs_d, mask, n_x, dim, n_splits, ACC,
                                  BLOCK_M, BLOCK_D)
-        dx = tl.where(live, (du * inv_t - radial[:, None] * x) * inv_norm_x[:, None], 0.0)
+        dx = tl.where(live, (du * inv_t - radial[:, None] * x * inv_x[:, None]) * dx_scale[:, None], 0.0)
         tl.store(DX_ptr + offs_m[:, None] * stride_dx + offs_d[None, :],
                  cast_output(dx, DX_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
 
 
 @triton.jit
 def _temperature_grad_kernel(GS_ptr, T_ptr, OUT_ptr, n, factor, ROUND_BY_HAND: tl.constexpr, BLOCK: tl.constexpr):
-    """One program: OUT = -(factor/t) sum(GS) (GS: per split and row sum_j G_ij s_ij), summed in float64."""
+    """One program: OUT = -(factor/t) sum(GS) (GS: per split and row sum_j G_ij (s_ij - m)), summed in float64."""
     total = tl.zeros([BLOCK], dtype=tl.float64)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         total += tl.load(GS_ptr + offs, mask=offs < n, other=0.0).to(tl.float64)
-    grad = -tl.sum(total, axis=0) * tl.cast(factor, tl.float64) / tl.load(T_ptr).to(tl.float64)
+    grad = -tl.sum(total, axis=0) * tl.cast(factor, tl.float64) * inverse_temperature(T_ptr, tl.float64)
     tl.store(OUT_ptr, cast_output(grad, OUT_ptr.dtype.element_ty, ROUND_BY_HAND))
 
 
@@ -399,8 +449,7 @@ def _dot_dtypes(dtype: torch.dtype):
         return tl.float64, tl.float64, "ieee"
     if dtype == torch.float32:
         return tl.float32, tl.float32, fp32_precision()
-    # The interpreter computes bfloat16 products wrongly: it gets float32 operands (exact products).
-    return (tl.float32 if INTERPRET and dtype == torch.bfloat16 else TL_DTYPES[dtype]), tl.float32, "ieee"
+    return half_dot_operand(dtype), tl.float32, "ieee"
 
 
 def _single_chunk_limit(dtype: torch.dtype) -> int:
@@ -410,8 +459,6 @@ def _single_chunk_limit(dtype: torch.dtype) -> int:
 
 def _feature_block(dim: int, dtype: torch.dtype) -> int:
     whole = max(16, next_power_of_2(dim))
-    if INTERPRET:
-        return min(whole, 64)
     return whole if whole <= _single_chunk_limit(dtype) else (64 if dtype.itemsize <= 2 else 32)
 
 
@@ -422,9 +469,7 @@ def _fit(n: int, cap: int) -> int:
 
 def _splits(n_programs: int, n_other: int, block_n: int, device: torch.device) -> int:
     """Column splits so that a launch has ~2 programs per SM, each with at least 4 column tiles."""
-    if INTERPRET or device.type != "cuda":
-        return 1
-    target = 2 * multiprocessor_count(device.index if device.index is not None else torch.cuda.current_device())
+    target = 2 * plan_multiprocessors(device)
     if n_programs >= target:
         return 1
     return max(1, min(triton.cdiv(target, n_programs), n_other // (4 * block_n)))
@@ -446,8 +491,8 @@ def _forward_tiles(n_x: int, n_y: int, dim: int, dtype: torch.dtype, device: tor
     # The row tile (BLOCK_M x BLOCK_D) stays on chip for the whole loop: 128 rows up to D = 128, 64 above.
     # Column tiles of 32 beside 128 rows, 64 beside 64 (16-bit): no register spills per ptxas at D = 128 and
     # 256 (64 x 128 spilled 292 bytes; benchmarks/results/triton_sm90_resources.md). Untimed choices.
-    block_m = _fit(n_x, 64 if INTERPRET or not wide or block_d > 128 else 128)
-    block_n = _fit(n_y, 64 if INTERPRET or (wide and block_m < 128) else 32)
+    block_m = _fit(n_x, 64 if not wide or block_d > 128 else 128)
+    block_n = _fit(n_y, 64 if wide and block_m < 128 else 32)
     tiles = dict(block_m=block_m, block_n=block_n, block_d=block_d, block_do=16,
                  num_warps=8 if wide and (block_m >= 128 or block_m * block_d >= 128 * 128) else 4,
                  num_stages=3 if wide and next_power_of_2(dim) <= _single_chunk_limit(dtype) else 2)
@@ -456,15 +501,15 @@ def _forward_tiles(n_x: int, n_y: int, dim: int, dtype: torch.dtype, device: tor
 
 def _backward_tiles(n_x: int, n_y: int, dim: int, dtype: torch.dtype, device: torch.device) -> _Tiles:
     wide = dtype.itemsize <= 2
-    block_do = min(max(16, next_power_of_2(dim)), 64 if INTERPRET else (256 if wide else 128))
+    block_do = min(max(16, next_power_of_2(dim)), 256 if wide else 128)
     # The (BLOCK_M, BLOCK_DO) fp32 gradient accumulator stays in registers: <= 16K elements per program.
-    block_m = _fit(n_x, min(64 if INTERPRET else 128, max(16, 16384 // block_do)))
+    block_m = _fit(n_x, min(128, max(16, 16384 // block_do)))
     # 64 columns per tile, 32 for fp32/fp64 or a 256-wide gradient chunk (ptxas: 260 bytes of spills at 64
     # for bf16 D = 256, 4 at 32; benchmarks/results/triton_sm90_resources.md).
-    block_n = _fit(n_y, 64 if INTERPRET or (wide and block_do < 256) else 32)
+    block_n = _fit(n_y, 64 if wide and block_do < 256 else 32)
     tiles = dict(block_m=block_m, block_n=block_n, block_d=_feature_block(dim, dtype), block_do=block_do,
                  num_warps=8 if block_m * max(block_n, block_do) >= 128 * 64 else 4, num_stages=2)
-    n_do = triton.cdiv(dim, tiles.get("block_do", block_do))
+    n_do = triton.cdiv(dim, tile_overrides().get("block_do", block_do))
     return _finish_tiles(tiles, n_y, device, triton.cdiv(n_x, block_m) * n_do)
 
 
@@ -491,24 +536,17 @@ def _unit_stride(x: Tensor) -> Tensor:
     return x if x.stride(1) == 1 or x.shape[1] == 1 else x.contiguous()
 
 
-def _row_norms(x: Tensor) -> Tensor:
-    n_rows, dim = x.shape
-    acc = accumulate_dtype(x.dtype)
-    norms = empty_output((n_rows,), acc, x.device)
-    block_m = 64 if INTERPRET else 32
-    block_d = min(max(16, next_power_of_2(dim)), 64 if INTERPRET else 256)
-    _row_norm_kernel[(triton.cdiv(n_rows, block_m),)](x, x.stride(0), norms, n_rows, dim, ACC=TL_DTYPES[acc],
-                                                      BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
-    return norms
-
-
 class _Side:
-    """One side of the product (rows or columns): features, their norms, labels."""
+    """One side of the product (rows or columns): its prepared rows (_prepare_rows_kernel: x~, inv, dx_scale)
+    and labels. The same tensor object as the rows shares their preparation."""
 
-    def __init__(self, features: Tensor, labels: Tensor, same_as: _Side | None = None, same_labels: bool = False):
-        self.x = _unit_stride(features) if same_as is None else same_as.x
+    def __init__(self, features: Tensor, labels: Tensor, eps: float, same_as: _Side | None = None,
+                 same_labels: bool = False):
+        if same_as is not None:
+            self.x, self.inv, self.dx_scale = same_as.x, same_as.inv, same_as.dx_scale
+        else:
+            self.x, self.inv, self.dx_scale = _prepare_rows(_unit_stride(features), eps)
         self.labels = labels.contiguous()
-        self.norms = _row_norms(self.x) if same_as is None else same_as.norms
         self.same_as_rows = same_as is not None
         self.symmetric = self.same_as_rows and same_labels  # s and the positive mask are symmetric
 
@@ -517,74 +555,101 @@ class _Side:
         return self.x.shape[0]
 
 
-def _sides(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, candidate_labels: Tensor):
+_PREPARE = {torch.float16: 0, torch.float64: 0, torch.bfloat16: 1, torch.float32: 2}
+
+
+def _prepare_rows(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(x~, inv, dx_scale) of _prepare_rows_kernel; x~ is x itself for float16 and float64 (no copy)."""
+    n_rows, dim = x.shape
+    acc = accumulate_dtype(x.dtype)
+    prepare = _PREPARE[x.dtype]
+    xs = empty_output((n_rows, dim), x.dtype, x.device) if prepare else x
+    inv, dx_scale = empty_output((n_rows,), acc, x.device), empty_output((n_rows,), acc, x.device)
+    block_m, block_d = 32, min(max(16, next_power_of_2(dim)), 256)
+    _prepare_rows_kernel[(triton.cdiv(n_rows, block_m),)](
+        x, x.stride(0), xs, xs.stride(0), inv, dx_scale, n_rows, dim, *split_float(eps), PREPARE=prepare,
+        ACC=TL_DTYPES[acc], BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
+    return xs, inv, dx_scale
+
+
+def _sides(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, candidate_labels: Tensor, eps: float):
     """(rows, columns). The same tensor object for both (not merely the same memory: x and x.detach() must
-    keep separate gradients) shares norms and, in the backward, one gradient buffer."""
-    rows = _Side(anchors, anchor_labels)
+    keep separate gradients) shares the prepared rows and, in the backward, one gradient buffer."""
+    rows = _Side(anchors, anchor_labels, eps)
     same = candidates is anchors
-    return rows, _Side(candidates, candidate_labels, rows if same else None, same and candidate_labels is anchor_labels)
+    return rows, _Side(candidates, candidate_labels, eps, rows if same else None,
+                       same and candidate_labels is anchor_labels)
 
 
-def _row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool, eps: float):
-    """(lse, n_positive int32, row loss) of every row against all columns."""
+class _Stats:
+    """Statistics of one side: m, log S, |P| per row, and for the backward the upstream weight per row
+    (stride 0: one weight for all)."""
+
+    def __init__(self, row_max: Tensor, log_sum: Tensor, n_positive: Tensor, weight: Tensor | None = None):
+        self.max, self.log_sum, self.n_positive = row_max, log_sum, n_positive
+        if weight is not None:
+            self.weight = weight if weight.dim() == 1 else weight.reshape(1)
+            self.stride = 0 if weight.dim() == 0 or weight.shape[0] == 1 else weight.stride(0)
+
+    def weighted(self, weight: Tensor) -> _Stats:
+        return _Stats(self.max, self.log_sum, self.n_positive, weight)
+
+    def outputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.max, self.log_sum, self.n_positive
+
+
+def _row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool) -> tuple[_Stats, Tensor]:
+    """(statistics, row loss) of every row against all columns."""
     x, y = rows.x, cols.x
     n_x, dim = x.shape
     n_y = y.shape[0]
     acc = accumulate_dtype(x.dtype)
     dot, acc_tl, precision = _dot_dtypes(x.dtype)
     t = _forward_tiles(n_x, n_y, dim, x.dtype, x.device)
-    lse, npos, loss = (empty_output((n_x,), acc, x.device), empty_output((n_x,), torch.int32, x.device),
-                       empty_output((n_x,), acc, x.device))
+    row_max, log_sum, loss = (empty_output((n_x,), acc, x.device) for _ in range(3))
+    npos = empty_output((n_x,), torch.int32, x.device)
     final = t.splits == 1
     if final:
-        part = (lse, lse, lse, npos)  # not written
+        part = (row_max, row_max, row_max, npos)  # not written
     else:
         part = tuple(empty_output((t.splits, n_x), d, x.device) for d in (acc, acc, acc, torch.int32))
     grid = (triton.cdiv(n_x, t.block_m), t.splits)
     _launch(
         _contrastive_forward_kernel, grid,
-        x, y, x.stride(0), y.stride(0), rows.norms, cols.norms, rows.labels, cols.labels, temperature,
-        *part, lse, npos, loss, n_x, n_y, dim, *split_float(eps), t.n_per_split,
+        x, y, x.stride(0), y.stride(0), rows.inv, cols.inv, rows.labels, cols.labels, temperature,
+        *part, row_max, log_sum, npos, loss, n_x, n_y, dim, t.n_per_split,
         EXCLUDE_SELF=exclude_self, FINAL=final, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d,
         SINGLE_D_CHUNK=t.block_d >= dim, DOT=dot, ACC=acc_tl, PRECISION=precision,
         num_warps=t.num_warps, num_stages=t.num_stages)
     if not final:
         block_m = 128
-        _merge_row_stats_kernel[(triton.cdiv(n_x, block_m),)](*part, lse, npos, loss, n_x, t.splits, ACC=acc_tl,
-                                                              BLOCK_M=block_m, num_warps=4)
-    return lse, npos, loss
-
-
-class _Stats:
-    """Statistics of one side for the backward: lse, |P|, upstream weight per row (stride 0: one weight)."""
-
-    def __init__(self, lse: Tensor, n_positive: Tensor, weight: Tensor):
-        self.lse, self.n_positive = lse, n_positive
-        self.weight = weight if weight.dim() == 1 else weight.reshape(1)
-        self.stride = 0 if weight.dim() == 0 or weight.shape[0] == 1 else weight.stride(0)
+        _merge_row_stats_kernel[(triton.cdiv(n_x, block_m),)](*part, row_max, log_sum, npos, loss, n_x, t.splits,
+                                                              ACC=acc_tl, BLOCK_M=block_m, num_warps=4)
+    return _Stats(row_max, log_sum, npos), loss
 
 
 def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_stats: _Stats | None,
-                     temperature: Tensor, exclude_self: bool, eps: float, g_scale: Tensor | None, gs: Tensor | None,
+                     temperature: Tensor, exclude_self: bool, g_scale: Tensor | None, gs: Tensor | None,
                      t: _Tiles, out: Tensor, final: bool) -> None:
     """One launch of _contrastive_backward_kernel: own's gradient into out, (n, D) in own's dtype when final,
     else fp32/fp64 partial sums (t.splits, n, D) for _finish_feature_grad."""
     x, y = own.x, other.x
     n_x, dim = x.shape
     dot, acc_tl, precision = _dot_dtypes(x.dtype)
-    unused = own.norms
-    own_lse, own_npos, own_w, own_stride = ((own_stats.lse, own_stats.n_positive, own_stats.weight, own_stats.stride)
-                                            if own_stats is not None else (unused, unused, unused, 0))
-    oth_lse, oth_npos, oth_w, oth_stride = ((other_stats.lse, other_stats.n_positive, other_stats.weight,
-                                             other_stats.stride) if other_stats is not None else (unused, unused,
-                                                                                                  unused, 0))
+    unused = own.inv
+
+    def stats_args(stats: _Stats | None):
+        if stats is None:
+            return unused, unused, unused, unused, 0
+        return stats.max, stats.log_sum, stats.n_positive, stats.weight, stats.stride
+
     grid = (triton.cdiv(n_x, t.block_m), t.splits, triton.cdiv(dim, t.block_do))
     _launch(
         _contrastive_backward_kernel, grid,
-        x, y, x.stride(0), y.stride(0), own.norms, other.norms, own.labels, other.labels, temperature,
-        own_lse, own_npos, own_w, own_stride, oth_lse, oth_npos, oth_w, oth_stride,
+        x, y, x.stride(0), y.stride(0), own.inv, other.inv, own.dx_scale, own.labels, other.labels, temperature,
+        *stats_args(own_stats), *stats_args(other_stats),
         g_scale if g_scale is not None else unused, out, out.stride(0) if final else dim,
-        gs if gs is not None else unused, n_x, y.shape[0], dim, *split_float(eps), t.n_per_split,
+        gs if gs is not None else unused, n_x, y.shape[0], dim, t.n_per_split,
         EXCLUDE_SELF=exclude_self, OWN_TERM=own_stats is not None, OTHER_TERM=other_stats is not None,
         COMPUTE_GS=gs is not None, FINAL=final, USE_GSCALE=g_scale is not None, ROUND_BY_HAND=round_by_hand(x.dtype),
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d, BLOCK_DO=t.block_do,
@@ -592,29 +657,29 @@ def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_s
         num_warps=t.num_warps, num_stages=t.num_stages)
 
 
-def _finish_feature_grad(own: _Side, partial: Tensor, temperature: Tensor, eps: float) -> Tensor:
+def _finish_feature_grad(own: _Side, partial: Tensor, temperature: Tensor) -> Tensor:
     """normalize-backward((1/t) sum over the leading axis of partial) in own's dtype."""
     x = own.x
     n_x, dim = x.shape
     dx = empty_output((n_x, dim), x.dtype, x.device)
     block_m, block_d = 32, min(max(16, next_power_of_2(dim)), 128)
     _normalize_backward_kernel[(triton.cdiv(n_x, block_m),)](
-        partial, x, x.stride(0), own.norms, temperature, dx, dx.stride(0), n_x, dim, partial.shape[0],
-        *split_float(eps), ACC=TL_DTYPES[partial.dtype], ROUND_BY_HAND=round_by_hand(x.dtype), BLOCK_M=block_m,
-        BLOCK_D=block_d, num_warps=4)
+        partial, x, x.stride(0), own.inv, own.dx_scale, temperature, dx, dx.stride(0), n_x, dim, partial.shape[0],
+        ACC=TL_DTYPES[partial.dtype], ROUND_BY_HAND=round_by_hand(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+        num_warps=4)
     return dx
 
 
 def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | None, temperature: Tensor,
-               exclude_self: bool, eps: float):
+               exclude_self: bool):
     """(grad of the anchors, grad of the candidates, grad of the temperature) for the weights in the stats.
 
-    Row launch: the anchors' gradient and sum_j G_ij s_ij per row; column launch: the candidates' gradient.
-    When the candidates are the anchors (one tensor) the whole gradient is formed and rounded once and
-    returned as the anchors' gradient (the candidates' is zero), like the CPU op. With the same labels too
+    Row launch: the anchors' gradient and sum_j G_ij (s_ij - m) per row; column launch: the candidates'
+    gradient. When the candidates are the anchors (one tensor) the whole gradient is formed and rounded once
+    and returned as the anchors' gradient (the candidates' is zero), like the CPU op. With the same labels too
     (NT-Xent, SupCon, PPCL without extra negatives) s and the positive mask are symmetric, so the
     candidates' part sum_i G_ij u_i = sum_i G_ji u_i is the "other" term of the same launch: one launch
-    computes sum_j (G_ij + G_ji) u_j, 4RKD flops instead of 8RKD, and sums (G_ij + G_ji) s_ij, twice the
+    computes sum_j (G_ij + G_ji) u_j, 4RKD flops instead of 8RKD, and sums both terms against s, twice the
     temperature's sum."""
     x = rows.x
     n_rows, dim = x.shape
@@ -628,7 +693,7 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
     t_rows = _backward_tiles(n_rows, n_cols, dim, x.dtype, x.device)
     t_cols = _backward_tiles(n_cols, n_rows, dim, x.dtype, x.device)
     gs = empty_output((t_rows.splits, n_rows), acc, x.device)
-    common = (temperature, exclude_self, eps, g_scale)
+    common = (temperature, exclude_self, g_scale)
     gs_factor = 1.0
     if cols.symmetric and col_stats is None:
         if t_rows.splits == 1 and dim <= t_rows.block_do:
@@ -637,14 +702,14 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
         else:
             partial = empty_output((t_rows.splits, n_rows, dim), acc, x.device)
             _launch_backward(rows, cols, row_stats, row_stats, *common, gs, t_rows, partial, False)
-            grad_rows = _finish_feature_grad(rows, partial, temperature, eps)
+            grad_rows = _finish_feature_grad(rows, partial, temperature)
         grad_cols = torch.zeros_like(cols.x, memory_format=torch.contiguous_format)
         gs_factor = 0.5
     elif cols.same_as_rows:
         partial = empty_output((t_rows.splits + t_cols.splits, n_rows, dim), acc, x.device)
         _launch_backward(rows, cols, row_stats, col_stats, *common, gs, t_rows, partial[:t_rows.splits], False)
         _launch_backward(cols, rows, col_stats, row_stats, *common, None, t_cols, partial[t_rows.splits:], False)
-        grad_rows = _finish_feature_grad(rows, partial, temperature, eps)
+        grad_rows = _finish_feature_grad(rows, partial, temperature)
         grad_cols = torch.zeros_like(cols.x, memory_format=torch.contiguous_format)
     else:
         grads = []
@@ -656,7 +721,7 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
             else:
                 partial = empty_output((t.splits, own.n, dim), acc, x.device)
                 _launch_backward(own, other, own_stats, other_stats, *common, own_gs, t, partial, False)
-                grad = _finish_feature_grad(own, partial, temperature, eps)
+                grad = _finish_feature_grad(own, partial, temperature)
             grads.append(grad)
         grad_rows, grad_cols = grads
     grad_t = empty_output((), temperature.dtype, x.device)
@@ -693,6 +758,13 @@ def _check_inputs(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, ca
     torch._check(eps > 0, lambda: f"eps must be positive, got {eps}")
 
 
+def _check_stats(n: int, dtype: torch.dtype, *stats: Tensor) -> None:
+    for t, name in zip(stats, ("max", "log_sum", "n_positive")):
+        want = torch.int32 if name == "n_positive" else accumulate_dtype(dtype)
+        torch._check(t.shape == (n,) and t.dtype == want,
+                     lambda: f"{name} must have shape ({n},) and dtype {want}, got {t.dtype} {tuple(t.shape)}")
+
+
 def _empty_grads(anchors: Tensor, candidates: Tensor, temperature: Tensor):
     return anchors.new_empty((0,)), candidates.new_empty((0,)), temperature.new_empty((0,))
 
@@ -704,46 +776,47 @@ def _empty_grads(anchors: Tensor, candidates: Tensor, temperature: Tensor):
 @torch.library.custom_op("synthcl_fast::triton_contrastive_forward", mutates_args=())
 def contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, candidate_labels: Tensor,
                         temperature: Tensor, exclude_self: bool, reduction: int, eps: float, compute_grad: bool
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(loss, row_lse, row_n_positive, grad_anchors, grad_candidates, grad_temperature); see backends/_ops.py."""
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, row_max, row_log_sum, row_n_positive, grad_anchors, grad_candidates, grad_temperature)."""
     _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, reduction, eps)
     torch._check(not (compute_grad and reduction == _NONE), lambda: "compute_grad needs a scalar loss")
     temperature = temperature.reshape(())
     with _device_guard(anchors):
-        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels)
-        lse, npos, row_loss = _row_stats(rows, cols, temperature, exclude_self, eps)
+        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
+        stats, row_loss = _row_stats(rows, cols, temperature, exclude_self)
         if reduction == _NONE:
-            return row_loss, lse, npos, *_empty_grads(anchors, candidates, temperature)
-        loss, weight = _reduce(row_loss, npos, reduction)
+            return row_loss, *stats.outputs(), *_empty_grads(anchors, candidates, temperature)
+        loss, weight = _reduce(row_loss, stats.n_positive, reduction)
         if not compute_grad:
-            return loss, lse, npos, *_empty_grads(anchors, candidates, temperature)
-        grads = _gradients(rows, cols, _Stats(lse, npos, weight), None, temperature, exclude_self, eps)
-    return loss, lse, npos, *grads
+            return loss, *stats.outputs(), *_empty_grads(anchors, candidates, temperature)
+        grads = _gradients(rows, cols, stats.weighted(weight), None, temperature, exclude_self)
+    return loss, *stats.outputs(), *grads
 
 
 @torch.library.custom_op("synthcl_fast::triton_contrastive_backward", mutates_args=())
 def contrastive_backward(grad_rows: Tensor, anchors: Tensor, candidates: Tensor, anchor_labels: Tensor,
-                         candidate_labels: Tensor, temperature: Tensor, row_lse: Tensor, row_n_positive: Tensor,
-                         exclude_self: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+                         candidate_labels: Tensor, temperature: Tensor, row_max: Tensor, row_log_sum: Tensor,
+                         row_n_positive: Tensor, exclude_self: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_anchors, grad_candidates, grad_temperature) for upstream weights grad_rows (R,), recomputing s."""
     _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, _NONE, eps)
     n_rows = anchors.shape[0]
-    for t, name, dtype in ((grad_rows, "grad_rows", None), (row_lse, "row_lse", accumulate_dtype(anchors.dtype)),
-                           (row_n_positive, "row_n_positive", torch.int32)):
-        torch._check(t.shape == (n_rows,) and (dtype is None or t.dtype == dtype),
-                     lambda: f"{name} must have shape ({n_rows},) and dtype {dtype}, got {t.dtype} {tuple(t.shape)}")
+    torch._check(grad_rows.shape == (n_rows,), lambda: f"grad_rows must have shape ({n_rows},)")
+    _check_stats(n_rows, anchors.dtype, row_max, row_log_sum, row_n_positive)
     with _device_guard(anchors):
-        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels)
-        stats = _Stats(row_lse.contiguous(), row_n_positive.contiguous(), grad_rows.contiguous())
-        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self, eps)
+        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
+        stats = _Stats(row_max.contiguous(), row_log_sum.contiguous(), row_n_positive.contiguous(),
+                       grad_rows.contiguous())
+        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self)
 
 
 @torch.library.custom_op("synthcl_fast::triton_symmetric_contrastive_forward", mutates_args=())
 def symmetric_contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor,
                                   candidate_labels: Tensor, temperature: Tensor, exclude_self: bool, reduction: int,
                                   eps: float, compute_grad: bool
-                                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(loss, row_lse, col_lse, row_n_positive, col_n_positive, grad_anchors, grad_candidates, grad_temperature).
+                                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                             Tensor]:
+    """(loss, row_max, row_log_sum, row_n_positive, col_max, col_log_sum, col_n_positive, grad_anchors,
+    grad_candidates, grad_temperature).
 
     loss = (row loss + column loss) / 2 under the reduction (each side's mean over its rows/columns with a
     positive; "none" needs R == K and averages row i with column i): CLIP's symmetric loss in one call."""
@@ -753,34 +826,39 @@ def symmetric_contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_la
                  lambda: "reduction 'none' of the symmetric loss needs as many anchors as candidates")
     temperature = temperature.reshape(())
     with _device_guard(anchors):
-        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels)
-        lse, npos, row_loss = _row_stats(rows, cols, temperature, exclude_self, eps)
-        col_lse, col_npos, col_loss = _row_stats(cols, rows, temperature, exclude_self, eps)
+        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
+        row_stats, row_loss = _row_stats(rows, cols, temperature, exclude_self)
+        col_stats, col_loss = _row_stats(cols, rows, temperature, exclude_self)
+        stats = (*row_stats.outputs(), *col_stats.outputs())
         if reduction == _NONE:
-            return (row_loss + col_loss) / 2, lse, col_lse, npos, col_npos, *_empty_grads(anchors, candidates,
-                                                                                          temperature)
-        loss, row_weight = _reduce(row_loss, npos, reduction, 0.5)
-        loss, col_weight = _reduce(col_loss, col_npos, reduction, 0.5, into=loss)
+            return (row_loss + col_loss) / 2, *stats, *_empty_grads(anchors, candidates, temperature)
+        loss, row_weight = _reduce(row_loss, row_stats.n_positive, reduction, 0.5)
+        loss, col_weight = _reduce(col_loss, col_stats.n_positive, reduction, 0.5, into=loss)
         if not compute_grad:
-            return loss, lse, col_lse, npos, col_npos, *_empty_grads(anchors, candidates, temperature)
-        grads = _gradients(rows, cols, _Stats(lse, npos, row_weight), _Stats(col_lse, col_npos, col_weight),
-                           temperature, exclude_self, eps)
-    return loss, lse, col_lse, npos, col_npos, *grads
+            return loss, *stats, *_empty_grads(anchors, candidates, temperature)
+        grads = _gradients(rows, cols, row_stats.weighted(row_weight), col_stats.weighted(col_weight), temperature,
+                           exclude_self)
+    return loss, *stats, *grads
 
 
 @torch.library.custom_op("synthcl_fast::triton_symmetric_contrastive_backward", mutates_args=())
 def symmetric_contrastive_backward(grad_rows: Tensor, grad_cols: Tensor, anchors: Tensor, candidates: Tensor,
                                    anchor_labels: Tensor, candidate_labels: Tensor, temperature: Tensor,
-                                   row_lse: Tensor, col_lse: Tensor, row_n_positive: Tensor, col_n_positive: Tensor,
-                                   exclude_self: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+                                   row_max: Tensor, row_log_sum: Tensor, row_n_positive: Tensor, col_max: Tensor,
+                                   col_log_sum: Tensor, col_n_positive: Tensor, exclude_self: bool, eps: float
+                                   ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients for upstream weights of each row's (grad_rows) and each column's (grad_cols) loss."""
     _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, _NONE, eps)
+    _check_stats(anchors.shape[0], anchors.dtype, row_max, row_log_sum, row_n_positive)
+    _check_stats(candidates.shape[0], anchors.dtype, col_max, col_log_sum, col_n_positive)
     with _device_guard(anchors):
-        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels)
-        row_stats = _Stats(row_lse.contiguous(), row_n_positive.contiguous(), grad_rows.contiguous())
-        col_stats = _Stats(col_lse.contiguous(), col_n_positive.contiguous(), grad_cols.contiguous())
-        return _gradients(rows, cols, row_stats, col_stats, temperature.reshape(()), exclude_self, eps)
+        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
+        row_stats = _Stats(row_max.contiguous(), row_log_sum.contiguous(), row_n_positive.contiguous(),
+                           grad_rows.contiguous())
+        col_stats = _Stats(col_max.contiguous(), col_log_sum.contiguous(), col_n_positive.contiguous(),
+                           grad_cols.contiguous())
+        return _gradients(rows, cols, row_stats, col_stats, temperature.reshape(()), exclude_self)
 
 
-register_contrastive_autograd(contrastive_forward, contrastive_backward)
-register_symmetric_contrastive_autograd(symmetric_contrastive_forward, symmetric_contrastive_backward)
+register_contrastive_op(contrastive_forward, contrastive_backward, sides=1)
+register_contrastive_op(symmetric_contrastive_forward, symmetric_contrastive_backward, sides=2)

@@ -3,18 +3,8 @@
 Nothing here imports triton, so `synthcl_fast` imports (and `backend="auto"` resolves on CPU tensors)
 without it. The kernel modules (triton_contrastive.py, triton_positive_pair.py) are imported on first use.
 
-Environment:
-    TRITON_INTERPRET=1              Triton's interpreter: the same kernels on CPU tensors (tests, CI). Must be
-                                    set before the kernel modules are imported (triton.jit reads it then).
-    SYNTHCL_FAST_POISON_OUTPUTS=1   outputs and scratch are filled with NaN (integers: int32 min) before the
-                                    kernels write them, so an element a kernel forgets shows in the tests.
-    SYNTHCL_FAST_TRITON_TILES       overrides the shape-derived tile sizes, e.g.
-                                    "block_m=16,block_n=16,block_d=16,block_do=16,splits=3" (any subset); the
-                                    tests use it to walk every code path on small shapes, and it is the knob
-                                    for tuning on a GPU.
-    SYNTHCL_FAST_TRITON_FP32_PRECISION
-                                    tl.dot input precision for float32 inputs: "tf32" (default: tensor cores,
-                                    ~3e-4 relative error), "tf32x3" or "ieee" (exact fp32 products, slower).
+Environment variables (TRITON_INTERPRET, SYNTHCL_FAST_TRITON_TILES, SYNTHCL_FAST_TRITON_FP32_PRECISION,
+SYNTHCL_FAST_TRITON_PLAN_SMS, SYNTHCL_FAST_POISON_OUTPUTS): docs/environment.md.
 """
 
 from __future__ import annotations
@@ -22,12 +12,14 @@ from __future__ import annotations
 import functools
 import math
 import os
+import struct
 import sys
 
 import torch
 
-KERNEL_MODULES = ("synthcl_fast.backends.triton_common", "synthcl_fast.backends.triton_contrastive",
-                  "synthcl_fast.backends.triton_positive_pair")
+# Loaded together (the kernel modules import triton_common first), so triton_common's INTERPRET is what
+# triton.jit saw for all of them.
+KERNEL_MODULE = "synthcl_fast.backends.triton_common"
 TILE_KEYS = ("block_m", "block_n", "block_d", "block_do", "splits", "num_warps", "num_stages")
 FP32_PRECISIONS = ("tf32", "tf32x3", "ieee")
 
@@ -59,12 +51,12 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
         return error
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return f"it takes float16, bfloat16, float32 or float64 inputs, got {dtype}"
-    compiled_for_interpreter = {name: getattr(sys.modules[name], "INTERPRET") for name in KERNEL_MODULES
-                                if name in sys.modules}
+    loaded = sys.modules.get(KERNEL_MODULE)
+    compiled_for_interpreter = None if loaded is None else loaded.INTERPRET
     if device.type == "cuda":
         if not torch.cuda.is_available():
             return "CUDA is not available"
-        if any(compiled_for_interpreter.values()):
+        if compiled_for_interpreter:
             return "the kernels were loaded under TRITON_INTERPRET=1 (the CPU interpreter); unset it for the GPU"
         if dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
             return "bfloat16 tensor-core products need compute capability 8.0 or newer"
@@ -72,7 +64,7 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if device.type == "cpu":
         if not interpreting():
             return "it runs on CUDA tensors (CPU tensors only under Triton's interpreter, TRITON_INTERPRET=1)"
-        if not all(compiled_for_interpreter.values()):
+        if compiled_for_interpreter is False:
             return ("the kernels were loaded without TRITON_INTERPRET=1; set it before synthcl_fast's Triton "
                     "kernels are first used")
         return None
@@ -93,9 +85,10 @@ def empty_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tenso
 
 def split_float(value: float) -> tuple[float, float]:
     """value as two float32 numbers whose sum is value to ~48 bits: Triton passes Python floats as float32,
-    and a float64 kernel must use the float64 eps (or 1/R) the reference uses. Kernels add hi + lo in ACC."""
-    hi = float(torch.tensor(value, dtype=torch.float32))
-    lo = float(torch.tensor(value - hi, dtype=torch.float32))
+    and a float64 kernel must use the float64 eps (or 1/R) the reference uses. Kernels add hi + lo in ACC.
+    (Rounded with struct on the host: no tensor, so nothing a dispatch mode or a CUDA graph could see.)"""
+    hi = struct.unpack("f", struct.pack("f", value))[0]
+    lo = struct.unpack("f", struct.pack("f", value - hi))[0]
     return hi, lo
 
 
@@ -130,6 +123,45 @@ def fp32_precision() -> str:
 @functools.cache
 def multiprocessor_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+PLAN_SMS_UNDER_INTERPRETER = 132  # an H100 / H200
+
+
+def plan_multiprocessors(device: torch.device) -> int:
+    """The multiprocessor count tile plans are made for: the GPU's, or under the interpreter (CPU tensors)
+    that of an H200, so that the interpreter runs the plans (column splits included) a GPU would."""
+    if device.type == "cuda":
+        return multiprocessor_count(device.index if device.index is not None else torch.cuda.current_device())
+    return int(os.environ.get("SYNTHCL_FAST_TRITON_PLAN_SMS", PLAN_SMS_UNDER_INTERPRETER))
+
+
+# What Triton's interpreter (TRITON_INTERPRET=1, CPU tensors) does not execute as the GPU does, and the GPU
+# test that covers each (tests/test_conformance.py run on CUDA, marker gpu). Everything else, every tile plan
+# and the split-K merge included, runs the same code under the interpreter in CI.
+INTERPRETER_DIFFERENCES = {
+    "16-bit tl.dot": "the interpreter computes bfloat16 products wrongly and float16 ones with float16 "
+                     "accumulation, so 16-bit operands are upcast to fp32 for tl.dot under the interpreter "
+                     "(half_dot_operand); on the GPU 16-bit products are exact and accumulate in fp32, which gives "
+                     "the same values. GPU: the float16 and bfloat16 cases of test_conformance.py",
+    "bf16 cast": "the interpreter truncates float32 -> bfloat16 where the GPU rounds to nearest even, so "
+                 "cast_output rounds by hand under the interpreter (triton_common.round_by_hand). GPU: the "
+                 "bfloat16 gradient checks of test_conformance.py",
+    "fp32 tl.dot": "the interpreter multiplies fp32 exactly; the GPU uses tf32 tensor cores unless "
+                   "SYNTHCL_FAST_TRITON_FP32_PRECISION=ieee, hence the GPU's fp32 tolerance in "
+                   "TritonBackend.tolerances. GPU: the float32 cases of test_conformance.py",
+    "resources": "num_warps, num_stages, shared memory and registers mean nothing to the interpreter (the "
+                 "OutOfResources retry of triton_contrastive._launch never runs there). GPU: every GPU case; "
+                 "benchmarks/results/triton_sm90_resources.md compiles every specialization for sm_90",
+}
+
+
+def half_dot_operand(dtype: torch.dtype):
+    """The tl.dot operand dtype for 16-bit rows: the dtype itself on a GPU, float32 under the interpreter (see
+    INTERPRETER_DIFFERENCES)."""
+    import triton.language as tl
+
+    return tl.float32 if interpreting() else {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
 
 
 def next_power_of_2(n: int) -> int:

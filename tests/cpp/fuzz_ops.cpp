@@ -1,8 +1,8 @@
 // Fuzz test of the compiled ops' entry points, called through the dispatcher as any C++ or Python caller
 // could (no Python-side checks in between): random shapes (0 included), strides (transposed, sliced,
 // expanded with stride 0), dtypes, label lengths and dtypes, temperatures (0, negative, NaN, Inf),
-// reduction codes and eps. Every call must either raise a c10::Error or return well-formed, finite
-// outputs. Built by CMakeLists.txt with AddressSanitizer + UBSan in CI: an out-of-bounds read or write,
+// reduction codes and eps. Every call must either raise a c10::Error or return well-formed outputs: finite
+// for a valid temperature, NaN (where any row has a positive) for a temperature value out of range. Built by CMakeLists.txt with AddressSanitizer + UBSan in CI: an out-of-bounds read or write,
 // or undefined behaviour, aborts the run.
 //
 //   fuzz_ops [iterations] [seed]
@@ -20,7 +20,7 @@
 
 namespace {
 
-using Tensors6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensors7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Tensors5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
@@ -91,12 +91,12 @@ int main(int argc, char** argv) {
   Fuzzer fuzz(argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 20261123);
   auto& dispatcher = c10::Dispatcher::singleton();
   auto forward = dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_forward", "")
-                     .typed<Tensors6(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                     .typed<Tensors7(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                      const at::Tensor&, bool, int64_t, double, bool)>();
   auto backward = dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_backward", "")
                       .typed<Tensors3(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                      bool, double)>();
+                                      const at::Tensor&, bool, double)>();
   auto positive_pair = dispatcher.findSchemaOrThrow("synthcl_fast::positive_pair_forward", "")
                            .typed<Tensors5(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                            int64_t, double, bool, bool)>();
@@ -116,25 +116,32 @@ int main(int argc, char** argv) {
     const double eps = fuzz.chance(0.97) ? 1e-12 : fuzz.pick<double>({0.0, -1.0});
 
     try {
-      auto [loss, lse, n_positive, grad_a, grad_c, grad_t] = forward.call(
+      auto [loss, row_max, log_sum, n_positive, grad_a, grad_c, grad_t] = forward.call(
           anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps,
           compute_grad);
       ++accepted;
       const int64_t n_rows = anchors.size(0);
+      // An out-of-range temperature value gives NaN results (checked where it lives, as on every backend).
+      const double t = temperature.item<double>();
+      const bool valid_t = std::isfinite(t) && t >= 1e-6;
+      const bool any_positive = (n_positive > 0).any().item<bool>();
       require(loss.numel() == (reduction == 0 ? n_rows : 1), "loss has the wrong size", it);
-      require(lse.numel() == n_rows && n_positive.numel() == n_rows, "row statistics have the wrong size", it);
-      require(all_finite(loss), "non-finite loss from finite inputs", it);
+      require(row_max.numel() == n_rows && log_sum.numel() == n_rows && n_positive.numel() == n_rows,
+              "row statistics have the wrong size", it);
+      require(valid_t ? all_finite(loss) : !any_positive || !all_finite(loss),
+              valid_t ? "non-finite loss from finite inputs" : "finite loss from an invalid temperature", it);
       require((n_positive >= 0).all().item<bool>(), "negative positive count", it);
       if (compute_grad) {
         require(grad_a.sizes() == anchors.sizes() && grad_c.sizes() == candidates.sizes(), "gradient shapes", it);
-        require(all_finite(grad_a) && all_finite(grad_c) && all_finite(grad_t), "non-finite gradients", it);
+        require(!valid_t || (all_finite(grad_a) && all_finite(grad_c) && all_finite(grad_t)), "non-finite gradients",
+                it);
       }
       // The recompute backward on the same inputs, with a random (and sometimes mis-shaped) upstream.
       at::Tensor grad_rows = at::randn({fuzz.chance(0.9) ? n_rows : n_rows + 1}, at::kFloat);
       auto [bwd_a, bwd_c, bwd_t] = backward.call(grad_rows, anchors, candidates, anchor_labels, candidate_labels,
-                                                 temperature, lse, n_positive, exclude_self, eps);
+                                                 temperature, row_max, log_sum, n_positive, exclude_self, eps);
       require(bwd_a.sizes() == anchors.sizes() && bwd_c.sizes() == candidates.sizes(), "backward shapes", it);
-      require(all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t), "non-finite backward", it);
+      require(!valid_t || (all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t)), "non-finite backward", it);
     } catch (const c10::Error&) {
       ++rejected;
     }
