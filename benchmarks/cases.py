@@ -31,6 +31,7 @@ import importlib.util
 import math
 import os
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,8 +202,10 @@ def memory_budget_bytes(device: torch.device | str) -> int:
     return int(MEMORY_FRACTION * total_memory_bytes(device))
 
 
-def unavailable_reason(case: Case, implementation: str, device: torch.device) -> str | None:
-    """None when the implementation can run the case on `device`, else why not (recorded with the results)."""
+def unavailable_reason(case: Case, implementation: str, device: torch.device,
+                       budget_bytes: int | None = None) -> str | None:
+    """None when the implementation can run the case on `device`, else why not (recorded with the results).
+    budget_bytes: the memory budget (default: memory_budget_bytes(device))."""
     if implementation in FUSED:
         from synthcl_fast.backends import BACKENDS
 
@@ -216,7 +219,8 @@ def unavailable_reason(case: Case, implementation: str, device: torch.device) ->
             return f"{module} is not installed"
         if implementation == "inf_cl" and inf_cl_head_dim(case.dim) is None:
             return f"Inf-CL needs D divisible by a head size of 16..256, got {case.dim}"
-    needed, budget = memory_estimate_bytes(case, implementation), memory_budget_bytes(device)
+    needed = memory_estimate_bytes(case, implementation)
+    budget = memory_budget_bytes(device) if budget_bytes is None else budget_bytes
     if needed > budget:
         return f"out of memory (estimated): needs ~{needed / 2**30:.1f} GiB > budget {budget / 2**30:.1f} GiB"
     return None
@@ -408,7 +412,8 @@ def _compiled(fn):
     return _COMPILED[fn]
 
 
-def _inf_cl_loss(case: Case):
+def inf_cl_one_direction(case: Case):
+    """fn(q, k, scale) -> Inf-CL's loss of q_i classifying k_i among all k (fp32 inside, as Inf-CL computes)."""
     import torch.nn.functional as F
     from inf_cl import cal_flash_loss
 
@@ -419,6 +424,11 @@ def _inf_cl_loss(case: Case):
         return cal_flash_loss(F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1), labels=labels,
                               scale=scale, head_dim=head_dim).mean()
 
+    return one_direction
+
+
+def _inf_cl_loss(case: Case):
+    one_direction = inf_cl_one_direction(case)
     if case.family == "info_nce":
         return lambda x: one_direction(x["query"], torch.cat([x["key"], x["queue"]]), 1 / TEMPERATURE["info_nce"])
     return lambda x: (one_direction(x["image"], x["text"], x["logit_scale"])
@@ -469,6 +479,17 @@ def make_step(case: Case, implementation: str, device: torch.device | str, n_inp
         return loss.detach()
 
     return synchronized(step, device)
+
+
+def time_calls(fn, rounds: int) -> list[float]:
+    """Seconds of each of `rounds` calls of fn (synchronized, see `synchronized`) on time.perf_counter, the
+    clock pytest-benchmark's timer reads: the GPU sweep times with the same clock and protocol as the suites."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def rounds_for(seconds_per_call: float, target_s: float, min_rounds: int = 3, max_rounds: int = 50) -> int:

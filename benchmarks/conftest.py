@@ -13,8 +13,6 @@ memory budget that decides which materializing implementations are skipped, defa
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -88,9 +86,7 @@ def measure_loss_step(benchmark, bench_run):
             with C.cpu_memory_guard(device, C.memory_budget_bytes(device)):
                 step = C.make_step(case, implementation, device, n_inputs=3 if device.type == "cuda" else 1)
                 loss = float(step())  # warm-up: compiles (torch.compile, Triton), allocator and caches warm
-                start = time.perf_counter()
-                step()
-                rounds = C.rounds_for(time.perf_counter() - start, bench_run.target_s)
+                rounds = C.rounds_for(C.time_calls(step, 1)[0], bench_run.target_s)
                 benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
                 peak = peak_memory_bytes(step, device)
         except Exception as error:

@@ -38,8 +38,14 @@ def by_case(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def fastest(rows: list[dict], fused: bool) -> dict | None:
-    """The fastest measured row among the fused backends (fused=True) or among the peers."""
-    measured = [r for r in rows if r["status"] == "ok" and (r["implementation"] in C.FUSED) == fused]
+    """The fastest measured row among the fused backends (fused=True) or among the peers (the other
+    implementations of the same loss; the sweep's one-direction CLIP variants are neither)."""
+    def kind(row):
+        if row["implementation"] in C.FUSED:
+            return True
+        return False if row["implementation"] in C.FAMILY_IMPLEMENTATIONS[row["family"]] else None
+
+    measured = [r for r in rows if r["status"] == "ok" and kind(r) is fused]
     return min(measured, key=lambda r: float(r["median_ms"]), default=None)
 
 
