@@ -69,12 +69,12 @@ FAMILY_IMPLEMENTATIONS = {
 # with synthcl_fast.benchmarking.peak_memory_bytes at R = 1024 on the CPU and rounded up (every run's measured
 # peak is kept in the results CSV: peak_mb against R K 4 bytes checks them). They decide which runs are
 # skipped for memory; 0: memory O((R + K) D).
-LOGIT_COPIES = {"reference": 5, "compiled": 4, "lightly": 5, "pml": 12, "solo": 8, "open_clip": 6, "inf_cl": 0,
+LOGIT_COPIES = {"reference": 6, "compiled": 4, "lightly": 5, "pml": 12, "solo": 8, "open_clip": 7, "inf_cl": 0,
                 "cpu": 0, "triton": 0, "cuda": 0}
 # pytorch-metric-learning's NTXentLoss weighs every (positive pair, negative pair) couple: a P x (negative
-# pairs) fp32 matrix, P = R positive pairs, so memory and time grow as R^3 (measured: 4.25 such buffers,
+# pairs) fp32 matrix, P = R positive pairs, so memory and time grow as R^3 (measured: 4.25-4.5 such buffers,
 # 272 MiB at R = 256 and 17 GiB at R = 1024, where one call takes over a minute on 2 cores).
-PML_NTXENT_COPIES = 4.5
+PML_NTXENT_COPIES = 5
 MEMORY_FRACTION = 0.7  # of the device's memory (CPU: RAM) that the estimated buffers may take
 
 
