@@ -162,3 +162,23 @@ def test_suite_smoke_run_report_and_plot(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert plot.returncode == 0, plot.stderr
     assert png.stat().st_size > 10_000
+
+
+def test_trainer_step_profile_attributes_every_stage(tmp_path):
+    """benchmarks/profile_trainer_step.py on a small synthcl step: each stage gets its forward and its backward
+    (the augmentation's backward carries the loss into G, so it is not zero), and the shares add up."""
+    import re
+
+    import profile_trainer_step
+
+    out = tmp_path / "profile.md"
+    text = profile_trainer_step.main(["--steps", "1", "--profiled-steps", "1", "--batch-size", "32", "--out", str(out)])
+    assert out.read_text() == text
+    rows = {m.group(1): [float(v) for v in m.groups()[1:5]] + [float(m.group(6))]
+            for m in re.finditer(r"^\| (\w+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+)% \|$", text, re.M)}
+    assert set(rows) == {"encoder", "generator", "discriminator", "augmentation", "loss", "other"}
+    for stage in ("encoder", "generator", "discriminator", "augmentation"):
+        forward, backward, _, total, _ = rows[stage]
+        assert forward > 0 and backward > 0 and total > 0, (stage, rows[stage])
+    assert rows["encoder"][2] > 0 and rows["generator"][2] > 0  # Adam steps
+    assert 97 <= sum(r[4] for r in rows.values()) <= 103
