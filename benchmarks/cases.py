@@ -508,8 +508,8 @@ def percentiles_ms(seconds: list[float]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- results
 
-CSV_FIELDS = ("run_id", "date_utc", "suite", "device", "cpu", "cpu_count", "torch_threads", "gpu", "commit", "torch",
-              "triton", "cuda", "python", "case", "family", "implementation", "rows", "cols", "dim", "dtype",
+CSV_FIELDS = ("run_id", "date_utc", "suite", "device", "cpu", "cpu_count", "torch_threads", "load_1m", "gpu", "commit",
+              "torch", "triton", "cuda", "python", "case", "family", "implementation", "rows", "cols", "dim", "dtype",
               "pass", "status", "rounds", "median_ms", "p20_ms", "p80_ms", "peak_mb", "loss", "tflops", "gb_per_s")
 
 
@@ -517,8 +517,8 @@ def result_row(env: dict, run_id: str, suite: str, device: torch.device | str, c
                status: str = "ok", timing: dict | None = None, peak_bytes: int | None = None, rounds: int | None = None,
                loss: float | None = None, step_pass: str = "fwd+bwd") -> dict:
     """One row of the long results CSV."""
-    row = {key: env.get(key) for key in ("date_utc", "cpu", "cpu_count", "torch_threads", "gpu", "commit", "torch",
-                                          "triton", "cuda", "python")}
+    row = {key: env.get(key) for key in ("date_utc", "cpu", "cpu_count", "torch_threads", "load_1m", "gpu", "commit",
+                                          "torch", "triton", "cuda", "python")}
     row.update(run_id=run_id, suite=suite, device=torch.device(device).type, case=case.name, family=case.family,
                implementation=implementation, rows=case.rows, cols=case.cols, dim=case.dim, dtype=case.dtype,
                status=status, rounds=rounds, loss=loss, peak_mb=None if peak_bytes is None else peak_bytes / 2**20,

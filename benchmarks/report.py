@@ -60,7 +60,8 @@ def _mib(row) -> str:
 
 def header(rows: list[dict]) -> str:
     r = rows[0]
-    where = f"{r['cpu']} ({r['cpu_count']} logical cores, {r['torch_threads']} torch threads)"
+    where = f"{r['cpu']} ({r['cpu_count']} logical cores, {r['torch_threads']} torch threads, load {r['load_1m']} " \
+            "at the start)"
     if r.get("gpu"):
         where = f"{r['gpu']} (CUDA {r['cuda']}), host {where}"
     return (f"Run `{r['run_id']}`, {r['date_utc']} UTC, {r['suite']} suite: {where}; torch {r['torch']}, "
