@@ -129,39 +129,30 @@ def test_percentiles():
     assert timing["p20_ms"] == pytest.approx(2.8) and timing["p80_ms"] == pytest.approx(8.2)
 
 
-def test_suite_smoke_run_report_and_plot(tmp_path):
-    """pytest benchmarks/ on the smoke sweep (torch.compile left out: minutes to build), then the report and
-    the plot of its rows."""
-    results = tmp_path / "benchmarks.csv"
+def test_run_all_smoke_suite_report_plot_profile(tmp_path):
+    """benchmarks/run_all.py --smoke: pytest benchmarks/ on tiny shapes (torch.compile left out: minutes to
+    build) into the long CSV, then the report, the plot and the trainer profile of that run."""
     env = {k: v for k, v in os.environ.items() if k != "SYNTHCL_FAST_POISON_OUTPUTS"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "--benchmark-only", "--smoke-sweep",
-                           "-k", "not compiled", "--bench-target-s", "0.05", "--results-csv", str(results),
-                           "--run-id", "smoke", "-q", "-p", "no:cacheprovider"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "benchmarks/run_all.py", "--smoke", "--results-dir", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
-    with open(results, newline="") as f:
+    with open(tmp_path / "benchmarks.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     expected = [(c.name, name) for c in C.cases("cpu", "smoke") for name in C.implementations(c, "cpu")
                 if name != "compiled"]
     assert sorted((r["case"], r["implementation"]) for r in rows) == sorted(expected)
+    assert len({r["run_id"] for r in rows}) == 1
     for row in rows:
-        assert row["run_id"] == "smoke" and row["commit"] and row["torch"] and row["cpu"]
+        assert row["commit"] and row["torch"] and row["cpu"] and row["load_1m"]
         if row["status"] == "ok":
             assert 0 < float(row["p20_ms"]) <= float(row["median_ms"]) <= float(row["p80_ms"])
             assert float(row["peak_mb"]) > 0
         else:
             assert row["status"].startswith("skipped: ")  # a peer library that is not installed
     assert sum(r["status"] == "ok" for r in rows) >= len(C.cases("cpu", "smoke")) * 2  # cpu and reference
-    markdown = tmp_path / "report.md"
-    report = subprocess.run([sys.executable, "benchmarks/report.py", str(results), "--out", str(markdown)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert report.returncode == 0, report.stderr
-    assert "| nt_xent R=K=64 D=32 float32 | cpu |" in markdown.read_text()
-    png = tmp_path / "plot.png"
-    plot = subprocess.run([sys.executable, "benchmarks/plot.py", str(results), "--out", str(png)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert plot.returncode == 0, plot.stderr
-    assert png.stat().st_size > 10_000
+    assert "| nt_xent R=K=64 D=32 float32 | cpu |" in (tmp_path / "benchmarks_cpu.md").read_text()
+    assert (tmp_path / "benchmarks_cpu.png").stat().st_size > 10_000
+    assert "| discriminator |" in (tmp_path / "trainer_step_profile.md").read_text()
 
 
 def test_trainer_step_profile_attributes_every_stage(tmp_path):
