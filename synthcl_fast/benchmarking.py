@@ -42,14 +42,14 @@ def peak_memory_bytes(fn, device: torch.device | str = "cpu") -> int:
 
 def environment() -> dict:
     """What a stored benchmark result must say about where it was measured: machine (CPU model, logical
-    cores, torch threads, memory, the 1-minute load average when asked: above ~0.5 per core, other work
-    shares the cores; GPU name, capability, SMs, memory), commit, and the versions."""
+    cores, torch threads, memory, the 1-minute load average now: above ~0.5 per core, other work shares the
+    cores; GPU name, capability, SMs, memory), commit, and the versions."""
     info = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": _commit(), "torch": torch.__version__, "triton": _version("triton"),
             "python": platform.python_version(), "machine": platform.machine(),
             "cpu": _cpu_model() or platform.processor() or "unknown", "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "memory_gib": round(total_memory_bytes("cpu") / 2**30, 1),
-            "load_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}  # busy machine?
+            "load_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         info.update(gpu=props.name, gpu_capability=f"{props.major}.{props.minor}", gpu_sms=props.multi_processor_count,
@@ -74,13 +74,15 @@ def _version(package: str) -> str | None:
 
 
 def _commit() -> str | None:
-    """The source checkout's commit (with "+dirty" for uncommitted changes), or None outside a checkout."""
+    """The source checkout's commit, with "+dirty" for uncommitted changes to anything but the stored results
+    (which every run appends to), or None outside a checkout."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=root, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+dirty" if dirty else "")) or None
