@@ -540,16 +540,30 @@ def new_run_id(env: dict) -> str:
 
 
 def append_rows(rows: list[dict], path: Path | str = RESULTS_CSV) -> Path:
-    """Appends rows to the long CSV (the header once, when the file is new)."""
+    """Appends rows to the long CSV (the header once, when the file is new). A file written with other columns
+    (an older CSV_FIELDS) is first rewritten with the union of both, so old runs keep their values."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
+    fields = list(CSV_FIELDS)
+    if path.exists() and path.stat().st_size > 0:
+        old_rows = read_rows(path)
+        with open(path, newline="") as f:
+            old_fields = next(csv.reader(f))
+        if old_fields != fields:
+            fields = old_fields + [name for name in CSV_FIELDS if name not in old_fields]
+            _write_rows(path, fields, old_rows)
+    else:
+        _write_rows(path, fields, [])
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+        csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerows(rows)
     return path
+
+
+def _write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_rows(path: Path | str = RESULTS_CSV) -> list[dict]:

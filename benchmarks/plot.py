@@ -10,7 +10,6 @@ or estimated against the budget).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cases as C  # noqa: E402
-from report import select_run  # noqa: E402
+from report import parse_run_args  # noqa: E402
 
 ORDER = ["cpu", "triton", "cuda", "reference", "compiled", "lightly", "pml", "solo", "open_clip", "inf_cl"]
 STYLE = {name: (f"C{i}", "o-" if name in C.FUSED else "s--") for i, name in enumerate(ORDER)}
@@ -77,13 +76,7 @@ def plot(rows: list[dict], out: Path) -> Path:
 
 
 def main(argv=None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("csv", nargs="?", default=str(C.RESULTS_CSV))
-    parser.add_argument("--run", default=None, help="run id (default: the newest)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: the newest run's device)")
-    parser.add_argument("--out", default=None, help="PNG path (default: benchmarks/results/benchmarks_<device>.png)")
-    args = parser.parse_args(argv)
-    rows = select_run(C.read_rows(args.csv), args.run, args.device)
+    args, rows = parse_run_args(argv, __doc__, "PNG path (default: benchmarks/results/benchmarks_<device>.png)")
     out = Path(args.out) if args.out else C.RESULTS_CSV.with_name(f"benchmarks_{rows[0]['device']}.png")
     print(f"wrote {plot(rows, out)}")
     return out

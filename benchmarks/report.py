@@ -60,7 +60,7 @@ def _mib(row) -> str:
 
 def header(rows: list[dict]) -> str:
     r = rows[0]
-    where = f"{r['cpu']} ({r['cpu_count']} logical cores, {r['torch_threads']} torch threads, load {r['load_1m']} " \
+    where = f"{r['cpu']} ({r['cpu_count']} logical cores, {r['torch_threads']} torch threads, load {r.get('load_1m') or '-'} " \
             "at the start)"
     if r.get("gpu"):
         where = f"{r['gpu']} (CUDA {r['cuda']}), host {where}"
@@ -114,14 +114,20 @@ def render(rows: list[dict]) -> str:
     return "\n\n".join([header(rows), summary_table(rows), "All entries:", detail_table(rows)]) + "\n"
 
 
-def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_run_args(argv, description: str, out_help: str) -> tuple[argparse.Namespace, list[dict]]:
+    """The arguments report.py and plot.py share (which CSV, which run, which device, where to) and the rows."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("csv", nargs="?", default=str(C.RESULTS_CSV))
     parser.add_argument("--run", default=None, help="run id (default: the newest)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the newest run's rows, any device)")
-    parser.add_argument("--out", default=None, help="also write the markdown here")
+    parser.add_argument("--out", default=None, help=out_help)
     args = parser.parse_args(argv)
-    text = render(select_run(C.read_rows(args.csv), args.run, args.device))
+    return args, select_run(C.read_rows(args.csv), args.run, args.device)
+
+
+def main(argv=None) -> str:
+    args, rows = parse_run_args(argv, __doc__, "also write the markdown here")
+    text = render(rows)
     if args.out:
         Path(args.out).write_text(text)
     print(text)

@@ -123,6 +123,22 @@ def test_sweeps_hold_the_issue_cases():
     assert {c.family for c in default} == set(C.FAMILY_IMPLEMENTATIONS) and len(default) < len(C.cases("cpu", "full"))
 
 
+def test_results_csv_appends_across_column_changes(tmp_path):
+    """One long CSV for every run: a file from an older column list is widened, its rows keep their values."""
+    path = tmp_path / "results.csv"
+    old_fields = [f for f in C.CSV_FIELDS if f != "load_1m"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_fields)
+        writer.writeheader()
+        writer.writerow({"run_id": "old", "case": "nt_xent R=K=8 D=4 float32", "median_ms": "1.5"})
+    C.append_rows([{"run_id": "new", "median_ms": 2.5, "load_1m": 0.25}], path)
+    C.append_rows([{"run_id": "newer", "median_ms": 3.5}], path)
+    rows = C.read_rows(path)
+    assert [(r["run_id"], r["median_ms"], r["load_1m"]) for r in rows] == [
+        ("old", "1.5", ""), ("new", "2.5", "0.25"), ("newer", "3.5", "")]
+    assert rows[0]["case"] == "nt_xent R=K=8 D=4 float32"
+
+
 def test_percentiles():
     timing = C.percentiles_ms([i / 1000 for i in range(1, 11)])  # 1 .. 10 ms
     assert timing["median_ms"] == pytest.approx(5.5)
