@@ -228,7 +228,7 @@ def unavailable_reason(case: Case, implementation: str, device: torch.device,
 
 def is_out_of_memory(error: BaseException) -> bool:
     """torch's out-of-memory errors on either device (the CPU allocator raises a plain RuntimeError)."""
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+    return isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or (  # torch.OutOfMemoryError: 2.5+
         isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error)))
 
 
