@@ -279,29 +279,22 @@ def csv_rows(rows: list[Row], env: dict, run_id: str, device) -> list[dict]:
 def measure_ceilings(device) -> dict:
     """The card's bf16 matrix-product rate and copy bandwidth, on the suites' timer (10 operations per timed
     call, so that the synchronization at its end costs under 1%)."""
-    n, per_call = 8192, 10
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-
-    def matmuls():
-        for _ in range(per_call):
-            torch.mm(a, b)
-
-    mm_ms = timed_ms(matmuls, device, 5, 0.5, 100)[0]["median_ms"] / per_call
-    del a, b
-    n_bytes = 1 << 30
-    src = torch.empty(n_bytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-
-    def copies():
-        for _ in range(per_call):
-            dst.copy_(src)
-
-    copy_ms = timed_ms(copies, device, 5, 0.5, 100)[0]["median_ms"] / per_call
-    del src, dst
+    n, n_bytes = 8192, 1 << 30
+    mm_ms = _ms_per_operation(lambda a, b: torch.mm(a, b), [torch.randn(n, n, device=device, dtype=torch.bfloat16)
+                                                            for _ in range(2)], device)
+    copy_ms = _ms_per_operation(lambda dst, src: dst.copy_(src),
+                                [torch.empty(n_bytes, dtype=torch.uint8, device=device) for _ in range(2)], device)
     torch.cuda.empty_cache()
     return {"bf16_matmul_tflops": 2 * n**3 / (mm_ms * 1e-3) / 1e12, "bf16_matmul_shape": [n, n, n],
             "copy_gb_per_s": 2 * n_bytes / (copy_ms * 1e-3) / 1e9, "copy_bytes": n_bytes}
+
+
+def _ms_per_operation(operation, tensors, device, per_call: int = 10) -> float:
+    def calls():
+        for _ in range(per_call):
+            operation(*tensors)
+
+    return timed_ms(calls, device, 5, 0.5, 100)[0]["median_ms"] / per_call
 
 
 def _relative(actual, expected) -> float:
