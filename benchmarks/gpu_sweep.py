@@ -1,36 +1,38 @@
-"""GPU sweep: the Triton and CUDA kernels against the materializing reference, torch.compile(reference) and
-Inf-CL, with the card's own ceilings, in one run (one `device` call: under 10 minutes on an H100).
+"""GPU sweep: the Triton and CUDA kernels against the materializing reference, torch.compile(reference), the
+peer libraries and Inf-CL, with the card's own ceilings and correctness checks, in one run (one `device` call).
 
     python benchmarks/gpu_sweep.py                 # checks + ceilings + every case; writes benchmarks/results/
     python benchmarks/gpu_sweep.py --dry-run       # the plan (cases, variants, flops, skips); no GPU needed
-    python benchmarks/plot_gpu_sweep.py benchmarks/results/gpu_sweep.json
+    python benchmarks/plot.py --device cuda        # time and memory against batch size, from the long CSV
 
 What it does, in order (later parts are skipped, and say so, once --budget-s is spent):
-1. Environment: GPU name, SMs, memory, torch, triton, CUDA versions, commit.
+1. Environment (synthcl_fast.benchmarking.environment): GPU name, SMs, memory, torch, triton, CUDA, commit.
 2. Ceilings measured on this card: bf16 matrix-product rate (torch.mm, 8192^3) and device copy bandwidth.
 3. Checks: the Triton and CUDA backends (each where it can run) against a float64 reference on the GPU
    (fp32, bf16, fp16; NT-Xent, SupCon labels, MoCo queue, symmetric CLIP; temperature 0.01 in bf16; the
    positive-pair loss), values and gradients; bitwise determinism. Targets: fp32 3e-4, bf16 1e-2, fp16 2e-3
    relative to the largest entry.
 4. Timings, per case and variant: forward (no grad), forward + backward (one training step of the loss:
-   forward with grad, then torch.autograd.grad) and backward = their difference; CUDA events around
-   every call, median of many calls after warm-up, inputs rotated over 3 sets (no L2 reuse between calls);
-   effective TFLOP/s on the ideal flop count (2RKD forward, 8RKD forward + backward; the symmetric CLIP
-   loss also counts 8RKD: both directions from one set of products); peak extra memory
-   (torch.cuda.max_memory_allocated during one step minus what was allocated before it: the inputs).
-   Variants: triton; cuda (csrc/*_cuda.cu; its speed_vs_triton is the issue's "within 1.25x" ratio);
-   reference (synthcl_fast.reference's textbook losses, R x K logits); compiled
-   (torch.compile(reference, dynamic=True): one compilation per loss for every shape); inf_cl
-   (`inf_cl.cal_flash_loss`, one direction per call, fp32 inside, where `pip install inf-cl` was done).
-   The reference and its compiled form are skipped where their logits would not fit in memory.
+   forward with grad, then torch.autograd.grad) and backward = their difference. The cases, inputs and
+   implementations are benchmarks/cases.py's (the pytest suites' too), and so is the timer: time.perf_counter
+   around each call, the device synchronized at its end (pytest-benchmark's clock), median of many calls
+   after warm-up, inputs rotated over 3 sets (no L2 reuse between calls); effective TFLOP/s on the ideal flop
+   count (8RKD forward + backward, 2RKD forward; the symmetric CLIP loss also counts 8RKD: both directions
+   from one set of products); peak extra memory (synthcl_fast.benchmarking.peak_memory_bytes).
+   Variants: every implementation of cases.py for the case on a GPU (triton; cuda, whose speed_vs_triton is
+   the "within 1.25x" ratio; reference; compiled; lightly, pytorch-metric-learning, solo-learn, open_clip
+   where installed; inf_cl where `pip install inf-cl` was done), and for CLIP one direction alone
+   (triton_one_direction, inf_cl_one_direction). Implementations whose R x K buffers would not fit in 70% of
+   the card's memory (cases.memory_estimate_bytes) are skipped with that reason.
 
-Cases (bf16 unless said): SimCLR NT-Xent R = K in {4096, 16384, 65536}, D in {128, 256} (plus fp32 at
-16384/128); MoCo R = 256 queries, K = 65536 keys + queue, D = 128; CLIP B in {16384, 65536}, D in {512, 768}
-(symmetric, and one direction against Inf-CL); scale: NT-Xent R = K = 262144, D = 128 (fused backends only);
-positive_pair: R = 2^20 rows, D = 256, bf16 and fp32 (memory-bound: GB/s on the bytes it must move, reading
-a and b and writing the gradient of a, and the fraction of the measured copy bandwidth).
+Cases (bf16 unless said): the sweep's own shapes first (NT-Xent R = K in {4096, 16384, 65536}, D in {128,
+256}, plus fp32 at 16384/128; InfoNCE R = 256 queries against 256 keys + a 65536-row queue; CLIP B in {16384,
+65536}, D in {512, 768}; NT-Xent R = K = 262144 (fused backends only: the others' logits do not fit);
+positive_pair R = 2^20, D = 256, bf16 and fp32: GB/s on the bytes it must move and the fraction of the measured
+copy bandwidth), then the suites' GPU list (cases.cases("cuda")): every loss at three sizes.
 
-Output: benchmarks/results/gpu_sweep.json (everything), gpu_sweep.csv (one row per case x variant),
+Output: every timing appended to the long CSV (benchmarks/results/benchmarks.csv, suite "gpu_sweep", passes
+"fwd" and "fwd+bwd"), and benchmarks/results/gpu_sweep.json (everything, checks and ceilings included) and
 gpu_sweep.md (the table). Nothing here has been run on a GPU by its author: the numbers are still to be
 measured.
 """
@@ -38,13 +40,9 @@ measured.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import json
 import math
 import os
-import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,90 +50,56 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for path in (str(ROOT), str(HERE)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import cases as C  # noqa: E402
+from cases import Case  # noqa: E402
+from synthcl_fast.benchmarking import environment as base_environment  # noqa: E402
+from synthcl_fast.benchmarking import peak_memory_bytes, total_memory_bytes  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_sweep"
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-TEMPERATURE = {"simclr": 0.1, "scale": 0.1, "moco": 0.07}
-CLIP_LOGIT_SCALE = 1 / 0.07
-REFERENCE_LOGIT_COPIES = 6  # R x K fp32 buffers a reference forward + backward holds at once (estimate)
 N_ROTATE = 3
 TARGETS = {"float32": 3e-4, "bfloat16": 1e-2, "float16": 2e-3}
+QUEUE = C.INFO_NCE_QUEUE
 
-
-@dataclass(frozen=True)
-class Case:
-    family: str   # simclr | moco | clip | scale
-    rows: int     # R: anchors (SimCLR: both views; MoCo: queries; CLIP: images)
-    cols: int     # K: candidates (SimCLR: the same rows; MoCo: keys + queue; CLIP: texts)
-    dim: int
-    dtype: str = "bfloat16"
-
-    @property
-    def name(self) -> str:
-        shape = f"R=K={self.rows}" if self.rows == self.cols else f"R={self.rows} K={self.cols}"
-        if self.family == "clip":
-            shape = f"B={self.rows}"
-        if self.family == "positive_pair":
-            shape = f"R={self.rows}"
-        return f"{self.family} {shape} D={self.dim} {self.dtype}"
-
-    @property
-    def flops_forward(self) -> float:
-        return 0.0 if self.family == "positive_pair" else 2.0 * self.rows * self.cols * self.dim
-
-    @property
-    def flops_step(self) -> float:
-        return 0.0 if self.family == "positive_pair" else 8.0 * self.rows * self.cols * self.dim
-
-    @property
-    def bytes_step(self) -> int:
-        """Bytes a fused forward + backward must move (positive_pair: read a and b, write the gradient of a)."""
-        element = torch.empty((), dtype=DTYPES[self.dtype]).element_size()
-        return 3 * self.rows * self.dim * element if self.family == "positive_pair" else 0
-
-    def reference_bytes(self) -> int:
-        return REFERENCE_LOGIT_COPIES * self.rows * self.cols * 4
-
-    def input_bytes(self) -> int:
-        n_vectors = self.rows + self.cols if self.family != "simclr" and self.family != "scale" else self.rows
-        return n_vectors * self.dim * torch.empty((), dtype=DTYPES[self.dtype]).element_size()
-
-
-CASES = [
-    # The issue's headline target first (60% of the bf16 matrix rate), then the rest.
-    Case("simclr", 16384, 16384, 256),
-    Case("moco", 256, 65536, 128),
-    Case("clip", 16384, 16384, 512),
-    Case("simclr", 4096, 4096, 128),
-    Case("simclr", 4096, 4096, 256),
-    Case("simclr", 16384, 16384, 128),
-    Case("simclr", 16384, 16384, 128, "float32"),
-    Case("simclr", 65536, 65536, 128),
-    Case("simclr", 65536, 65536, 256),
-    Case("clip", 16384, 16384, 768),
-    Case("clip", 65536, 65536, 512),
-    Case("clip", 65536, 65536, 768),
-    Case("scale", 262144, 262144, 128),
-    Case("positive_pair", 1 << 20, 1, 256),
-    Case("positive_pair", 1 << 20, 1, 256, "float32"),
+SWEEP_CASES = [
+    # The headline target first (60% of the bf16 matrix rate), then the rest.
+    Case("nt_xent", 16384, 256, "bfloat16"),
+    Case("info_nce", 256, 128, "bfloat16", QUEUE),
+    Case("clip", 16384, 512, "bfloat16"),
+    Case("nt_xent", 4096, 128, "bfloat16"),
+    Case("nt_xent", 4096, 256, "bfloat16"),
+    Case("nt_xent", 16384, 128, "bfloat16"),
+    Case("nt_xent", 16384, 128, "float32"),
+    Case("nt_xent", 65536, 128, "bfloat16"),
+    Case("nt_xent", 65536, 256, "bfloat16"),
+    Case("clip", 16384, 768, "bfloat16"),
+    Case("clip", 65536, 512, "bfloat16"),
+    Case("clip", 65536, 768, "bfloat16"),
+    Case("nt_xent", 262144, 128, "bfloat16"),
+    Case("positive_pair", 1 << 20, 256, "bfloat16"),
+    Case("positive_pair", 1 << 20, 256, "float32"),
 ]
+CASES = SWEEP_CASES + [case for case in C.cases("cuda") if case not in SWEEP_CASES]
 
-# --smoke: the same code paths on the CPU (Triton's interpreter, perf_counter timing, tiny shapes), so that
-# the script can be checked on a machine without a GPU. Its numbers mean nothing.
-SMOKE_CASES = [Case("simclr", 64, 64, 32, "float32"), Case("moco", 16, 160, 32, "float32"),
-               Case("clip", 48, 48, 32, "bfloat16"), Case("positive_pair", 64, 1, 32, "float32")]
+# --smoke: the same code paths on the CPU (Triton's interpreter, tiny shapes), so that the script can be checked
+# on a machine without a GPU. Its numbers mean nothing.
+SMOKE_CASES = [Case("nt_xent", 64, 32), Case("info_nce", 16, 32, queue=144), Case("clip", 48, 32, "bfloat16"),
+               Case("positive_pair", 64, 32), Case("ppcl", 48, 32)]
+GPU_BACKENDS = ("triton", "cuda")  # the fused backends the checks cover
+ONE_DIRECTION = {"triton_one_direction": "triton", "inf_cl_one_direction": "inf_cl"}  # CLIP, sweep only
 
-VARIANTS = {
-    "simclr": ["triton", "cuda", "reference", "compiled"],
-    "scale": ["triton", "cuda"],
-    "moco": ["triton", "cuda", "reference", "compiled", "inf_cl"],
-    "clip": ["triton", "cuda", "reference", "compiled", "triton_one_direction", "inf_cl_one_direction", "inf_cl"],
-    "positive_pair": ["triton", "cuda", "reference", "compiled"],
-}
-FUSED = ("triton", "cuda")  # variants that are synthcl_fast backends
+
+def variants(case: Case) -> list[str]:
+    """cases.py's GPU implementations of the case, and for CLIP one direction alone (against Inf-CL's)."""
+    names = C.implementations(case, "cuda")
+    if case.family == "clip":
+        names += list(ONE_DIRECTION)
+    return names
 
 
 @dataclass
@@ -163,6 +127,7 @@ class Row:
     peak_extra_mb: float | None = None
     loss: float | None = None
     reps: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)  # median/p20/p80 ms of each pass, for the long CSV
     speedup_vs_reference: float | None = None
     speedup_vs_compiled: float | None = None
     speedup_vs_inf_cl: float | None = None
@@ -173,195 +138,48 @@ class Row:
     fraction_of_bf16_matmul: float | None = None
 
 
-def inf_cl_available() -> str | None:
-    """None when Inf-CL imports, else why not."""
-    try:
-        import inf_cl  # noqa: F401
-    except Exception as error:  # not installed, or its import of triton/CUDA fails
-        return f"inf_cl not importable ({type(error).__name__}: {error})"
-    return None
-
-
-def inf_cl_head_dim(dim: int) -> int | None:
-    """Inf-CL splits D into heads of 16..256 features and needs D divisible by the head size."""
-    for head in (256, 128, 64, 32, 16):
-        if dim % head == 0:
-            return head
-    return None
-
-
-def backend_unavailable(name: str, case: Case, device: torch.device) -> str | None:
-    """Why a fused backend cannot run a case's inputs on `device` (None: it can)."""
-    from synthcl_fast.backends import BACKENDS
-
-    reason = BACKENDS[name].unavailable_reason(device, DTYPES[case.dtype])
-    return None if reason is None else f"backend {name!r} unavailable: {reason}"
-
-
-def make_plan(cases, memory_bytes: float | None, inf_cl_reason: str | None, compile_reference: bool,
-              only: set[str] | None, device: torch.device = torch.device("cuda")) -> list[Planned]:
+def make_plan(case_list, budget_bytes: int, compile_reference: bool, only: set[str] | None,
+              device: torch.device = torch.device("cuda")) -> list[Planned]:
+    """Every (case, variant) with the reason it will not run, if any. The triton variants are always planned:
+    they report their own errors (under --smoke they run in Triton's interpreter)."""
     plan = []
-    for case in cases:
+    for case in case_list:
         if only and case.family not in only:
             continue
-        for variant in VARIANTS[case.family]:
+        for variant in variants(case):
+            implementation = ONE_DIRECTION.get(variant, variant)
             skip = None
-            if variant in ("reference", "compiled") and memory_bytes is not None \
-                    and case.reference_bytes() > 0.85 * memory_bytes:
-                skip = (f"reference logits need ~{case.reference_bytes() / 2**30:.0f} GiB "
-                        f"(> 85% of {memory_bytes / 2**30:.0f} GiB)")
-            elif variant == "compiled" and not compile_reference:
+            if variant == "compiled" and not compile_reference:
                 skip = "--no-compile"
-            elif variant == "cuda":  # the triton variant reports its own errors (its interpreter runs --smoke)
-                skip = backend_unavailable("cuda", case, device)
-            elif variant.startswith("inf_cl"):
-                if inf_cl_reason is not None:
-                    skip = inf_cl_reason
-                elif inf_cl_head_dim(case.dim) is None:
-                    skip = f"Inf-CL needs D divisible by 16..256, got {case.dim}"
+            elif implementation != "triton":
+                skip = C.unavailable_reason(case, implementation, device, budget_bytes)
             plan.append(Planned(case, variant, skip))
     return plan
 
 
-# ------------------------------------------------------------------------------------------ the steps
+def make_loss(case: Case, variant: str, device):
+    """fn(inputs) -> scalar loss: cases.make_loss, or CLIP in one direction (image -> text) alone."""
+    if variant == "triton_one_direction":
+        import synthcl_fast.losses as L
 
-def make_inputs(case: Case, device, seed: int):
-    """One set of inputs (leaves that require grad, plus the extras) for a case."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    dtype = DTYPES[case.dtype]
-
-    def randn(n, grad=True):
-        x = torch.randn(n, case.dim, generator=generator, device=device, dtype=torch.float32).to(dtype)
-        return x.requires_grad_(grad)
-
-    if case.family in ("simclr", "scale"):
-        return {"z1": randn(case.rows // 2), "z2": randn(case.rows // 2)}
-    if case.family == "moco":
-        return {"query": randn(case.rows), "key": randn(case.rows), "queue": randn(case.cols - case.rows, grad=False)}
-    if case.family == "positive_pair":
-        return {"a": randn(case.rows), "b": randn(case.rows, grad=False)}
-    return {"image": randn(case.rows), "text": randn(case.cols),
-            "logit_scale": torch.tensor(CLIP_LOGIT_SCALE, device=device, requires_grad=True)}
-
-
-def make_loss(case: Case, variant: str):
-    """fn(inputs) -> scalar loss, for a case and variant."""
-    import synthcl_fast.losses as L
-    from synthcl_fast import reference as ref
-
-    family = case.family
-    if variant == "compiled":
-        base = {"simclr": ref.nt_xent, "moco": ref.info_nce, "clip": ref.clip_loss,
-                "positive_pair": ref.positive_pair_loss}[family]
-        compiled = _compiled(base)
-        return _loss_for(case, "reference", {"nt_xent": compiled, "info_nce": compiled, "clip_loss": compiled,
-                                             "positive_pair_loss": compiled})
-    if variant in ("reference", "triton_one_direction") + FUSED:
-        return _loss_for(case, variant, None)
-    if variant.startswith("inf_cl"):
-        import torch.nn.functional as F
-        from inf_cl import cal_flash_loss
-
-        head_dim = inf_cl_head_dim(case.dim)
-
-        def one_direction(q, k, scale):
-            labels = torch.arange(q.shape[0], device=q.device)
-            return cal_flash_loss(F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1), labels=labels,
-                                  scale=scale, head_dim=head_dim).mean()
-
-        if family == "moco":
-            return lambda x: one_direction(x["query"], torch.cat([x["key"], x["queue"]]), 1 / TEMPERATURE["moco"])
-        if variant == "inf_cl_one_direction":
-            return lambda x: one_direction(x["image"], x["text"], x["logit_scale"])
-        return lambda x: (one_direction(x["image"], x["text"], x["logit_scale"])
-                          + one_direction(x["text"], x["image"], x["logit_scale"])) / 2
-    raise ValueError(f"unknown variant {variant!r}")
-
-
-_COMPILED = {}
-
-
-def _compiled(fn):
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    return _COMPILED[fn]
-
-
-def _loss_for(case: Case, variant: str, compiled: dict | None):
-    import synthcl_fast.losses as L
-    from synthcl_fast import reference as ref
-
-    if variant == "reference":
-        fns = compiled or {"nt_xent": ref.nt_xent, "info_nce": ref.info_nce, "clip_loss": ref.clip_loss,
-                           "positive_pair_loss": ref.positive_pair_loss}
-        kw = {}
-    else:
-        fns = {"nt_xent": L.nt_xent, "info_nce": L.info_nce, "clip_loss": L.clip_loss,
-               "positive_pair_loss": L.positive_pair_loss}
-        kw = {"backend": "cuda" if variant == "cuda" else "triton"}
-    if case.family in ("simclr", "scale"):
-        return lambda x: fns["nt_xent"](x["z1"], x["z2"], temperature=TEMPERATURE["simclr"], **kw)
-    if case.family == "moco":
-        return lambda x: fns["info_nce"](x["query"], x["key"], negatives=x["queue"], temperature=TEMPERATURE["moco"],
-                                         **kw)
-    if case.family == "positive_pair":
-        return lambda x: fns["positive_pair_loss"](x["a"], x["b"], 0.5, **kw)
-    symmetric = variant != "triton_one_direction"
-    return lambda x: fns["clip_loss"](x["image"], x["text"], logit_scale=x["logit_scale"], symmetric=symmetric, **kw)
-
-
-def leaves(inputs: dict):
-    return [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+        return lambda x: L.clip_loss(x["image"], x["text"], logit_scale=x["logit_scale"], symmetric=False,
+                                     backend="triton")
+    if variant == "inf_cl_one_direction":
+        one_direction = C.inf_cl_one_direction(case)
+        return lambda x: one_direction(x["image"], x["text"], x["logit_scale"])
+    return C.make_loss(case, variant, device)
 
 
 # --------------------------------------------------------------------------------------------- timing
 
-def cpu_time_ms(fn, n_calls: int, warmup: int, target_s: float, max_reps: int) -> tuple[float, int]:
-    """--smoke: the same protocol with perf_counter on the CPU."""
-    for i in range(warmup):
-        fn(i % N_ROTATE)
-    times = []
-    for i in range(n_calls):
-        start = time.perf_counter()
-        fn(i % N_ROTATE)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), n_calls
-
-
-def cuda_time_ms(fn, n_calls: int, warmup: int, target_s: float, max_reps: int) -> tuple[float, int]:
-    """Median ms of fn(i) over CUDA events, i cycling over the rotated inputs; reps fitted to target_s."""
-    if not torch.cuda.is_available():
-        return cpu_time_ms(fn, n_calls, 1, target_s, max_reps)
-    for i in range(warmup):
-        fn(i % N_ROTATE)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn(0)
-    end.record()
-    torch.cuda.synchronize()
-    single_ms = max(start.elapsed_time(end), 1e-3)
-    reps = int(min(max_reps, max(n_calls, target_s * 1e3 / single_ms)))
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for i, (s, e) in enumerate(events):
-        s.record()
-        fn(i % N_ROTATE)
-        e.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events), reps
-
-
-def peak_extra_mb(fn) -> float:
-    if not torch.cuda.is_available():
-        from synthcl_fast.benchmarking import peak_memory_bytes
-
-        return peak_memory_bytes(fn) / 2**20
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
+def timed_ms(fn, device, min_reps: int, target_s: float, max_reps: int) -> tuple[dict, int]:
+    """median/p20/p80 ms of fn() (synchronized) after 3 warm-up calls; reps fitted to target_s."""
+    fn = C.synchronized(fn, device)
+    for _ in range(3):
+        fn()
+    single = C.time_calls(fn, 1)[0]
+    reps = C.rounds_for(single, target_s, min_reps, max_reps)
+    return C.percentiles_ms(C.time_calls(fn, reps)), reps
 
 
 def measure(planned: Planned, device, args) -> Row:
@@ -370,39 +188,45 @@ def measure(planned: Planned, device, args) -> Row:
     if planned.skip:
         row.status = f"skipped: {planned.skip}"
         return row
+    inputs = loss_fn = None
     try:
-        inputs = [make_inputs(case, device, seed) for seed in range(N_ROTATE)]
-        loss_fn = make_loss(case, variant)
+        inputs = [C.make_inputs(case, device, seed) for seed in range(N_ROTATE)]
+        loss_fn = make_loss(case, variant, device)
+        position = [0]
 
-        def forward(i):
+        def next_inputs():
+            position[0] += 1
+            return inputs[position[0] % N_ROTATE]
+
+        def forward():
             with torch.no_grad():
-                return loss_fn(inputs[i])
+                return loss_fn(next_inputs())
 
-        def step(i):
-            x = inputs[i]
-            loss = loss_fn(x)
-            torch.autograd.grad(loss, leaves(x))
-            return loss
+        def step():
+            x = next_inputs()
+            torch.autograd.grad(loss_fn(x), C.leaves(x))
 
-        warmup = 3 if variant != "compiled" else 2
-        row.forward_ms, reps_f = cuda_time_ms(forward, args.min_reps, warmup, args.target_s, args.max_reps)
-        row.step_ms, reps_s = cuda_time_ms(step, args.min_reps, warmup, args.target_s, args.max_reps)
+        forward_timing, reps_f = timed_ms(forward, device, args.min_reps, args.target_s, args.max_reps)
+        step_timing, reps_s = timed_ms(step, device, args.min_reps, args.target_s, args.max_reps)
+        row.timing = {"fwd": forward_timing, "fwd+bwd": step_timing}
+        row.forward_ms, row.step_ms = forward_timing["median_ms"], step_timing["median_ms"]
         row.backward_ms = row.step_ms - row.forward_ms
         row.reps = {"forward": reps_f, "step": reps_s}
-        row.forward_tflops = case.flops_forward / (row.forward_ms * 1e-3) / 1e12
+        row.forward_tflops = case.flops_step / 4 / (row.forward_ms * 1e-3) / 1e12
         row.step_tflops = case.flops_step / (row.step_ms * 1e-3) / 1e12
         if case.bytes_step:
             row.step_gb_per_s = case.bytes_step / (row.step_ms * 1e-3) / 1e9
-        row.peak_extra_mb = peak_extra_mb(lambda: step(0))
+        row.peak_extra_mb = peak_memory_bytes(step, device) / 2**20
         with torch.no_grad():
             row.loss = float(loss_fn(inputs[0]))
-    except torch.cuda.OutOfMemoryError as error:
-        row.status = f"out of memory: {str(error).splitlines()[0][:160]}"
     except Exception as error:  # record and go on: one broken variant must not lose the rest of the sweep
-        row.status = f"error: {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+        first_line = str(error).splitlines()[0][:300] if str(error) else ""
+        row.status = (f"out of memory: {first_line[:160]}" if C.is_out_of_memory(error)
+                      else f"error: {type(error).__name__}: {first_line}")
     finally:
         inputs = loss_fn = None
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return row
 
 
@@ -410,45 +234,67 @@ def add_ratios(rows: list[Row], ceilings: dict) -> None:
     by_case = {}
     for row in rows:
         by_case.setdefault(row.case, {})[row.variant] = row
-    for variants in by_case.values():
-        for row in variants.values():
+    for variants_of_case in by_case.values():
+        for row in variants_of_case.values():
             if row.status != "ok":
                 continue
             for other, attribute in (("reference", "speedup_vs_reference"), ("compiled", "speedup_vs_compiled")):
-                base = variants.get(other)
+                base = variants_of_case.get(other)
                 if base is not None and base.status == "ok":
                     setattr(row, attribute, base.step_ms / row.step_ms)
-            inf = variants.get("inf_cl_one_direction" if row.variant == "triton_one_direction" else "inf_cl")
+            inf = variants_of_case.get("inf_cl_one_direction" if row.variant == "triton_one_direction" else "inf_cl")
             if inf is not None and inf.status == "ok":
                 row.speedup_vs_inf_cl = inf.step_ms / row.step_ms
-            triton = variants.get("triton")
+            triton = variants_of_case.get("triton")
             if row.variant == "cuda" and triton is not None and triton.status == "ok":
                 row.speed_vs_triton = triton.step_ms / row.step_ms
             if row.step_gb_per_s and ceilings.get("copy_gb_per_s"):
                 row.fraction_of_copy = row.step_gb_per_s / ceilings["copy_gb_per_s"]
-            base = variants.get("reference")
+            base = variants_of_case.get("reference")
             if base is not None and base.status == "ok" and base.peak_extra_mb:
                 row.memory_vs_reference = row.peak_extra_mb / base.peak_extra_mb
             if ceilings.get("bf16_matmul_tflops") and row.step_tflops:
                 row.fraction_of_bf16_matmul = row.step_tflops / ceilings["bf16_matmul_tflops"]
 
 
+def csv_rows(rows: list[Row], env: dict, run_id: str, device) -> list[dict]:
+    """The sweep's timings as rows of the long CSV: one per case, variant and pass (fwd, fwd+bwd)."""
+    by_name = {case.name: case for case in CASES + SMOKE_CASES}
+    out = []
+    for row in rows:
+        case = by_name[row.case]
+        if row.status != "ok":
+            out.append(C.result_row(env, run_id, "gpu_sweep", device, case, row.variant, row.status))
+            continue
+        for step_pass, timing in row.timing.items():
+            out.append(C.result_row(env, run_id, "gpu_sweep", device, case, row.variant, timing=timing,
+                                    peak_bytes=row.peak_extra_mb * 2**20 if step_pass == "fwd+bwd" else None,
+                                    rounds=row.reps["forward" if step_pass == "fwd" else "step"], loss=row.loss,
+                                    step_pass=step_pass))
+    return out
+
+
 # ------------------------------------------------------------------------------------ ceilings, checks
 
 def measure_ceilings(device) -> dict:
-    n = 8192
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    mm_ms, _ = cuda_time_ms(lambda i: torch.mm(a, b), 10, 5, 0.5, 200)
-    del a, b
-    n_bytes = 1 << 30
-    src = torch.empty(n_bytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    copy_ms, _ = cuda_time_ms(lambda i: dst.copy_(src), 10, 5, 0.5, 200)
-    del src, dst
+    """The card's bf16 matrix-product rate and copy bandwidth, on the suites' timer (10 operations per timed
+    call, so that the synchronization at its end costs under 1%)."""
+    n, n_bytes = 8192, 1 << 30
+    mm_ms = _ms_per_operation(lambda a, b: torch.mm(a, b), [torch.randn(n, n, device=device, dtype=torch.bfloat16)
+                                                            for _ in range(2)], device)
+    copy_ms = _ms_per_operation(lambda dst, src: dst.copy_(src),
+                                [torch.empty(n_bytes, dtype=torch.uint8, device=device) for _ in range(2)], device)
     torch.cuda.empty_cache()
     return {"bf16_matmul_tflops": 2 * n**3 / (mm_ms * 1e-3) / 1e12, "bf16_matmul_shape": [n, n, n],
             "copy_gb_per_s": 2 * n_bytes / (copy_ms * 1e-3) / 1e9, "copy_bytes": n_bytes}
+
+
+def _ms_per_operation(operation, tensors, device, per_call: int = 10) -> float:
+    def calls():
+        for _ in range(per_call):
+            operation(*tensors)
+
+    return timed_ms(calls, device, 5, 0.5, 100)[0]["median_ms"] / per_call
 
 
 def _relative(actual, expected) -> float:
@@ -491,7 +337,7 @@ def run_checks(device, small: bool = False) -> list[dict]:
     # (rows of each view, D), (SupCon rows, D, labels), (MoCo queries, queue, D), (CLIP B, D), (pairs, D)
     nt, sup, moco, clip, pair = (((1023, 100), (1999, 64, 300), (256, 8192, 128), (3000, 512), (100003, 256))
                                  if not small else ((20, 9), (37, 5, 6), (8, 40, 16), (19, 24), (33, 16)))
-    backends = [b for b in FUSED if BACKENDS[b].unavailable_reason(device, torch.float32) is None]
+    backends = [b for b in GPU_BACKENDS if BACKENDS[b].unavailable_reason(device, torch.float32) is None]
     for backend in backends:
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             check(f"{backend} nt_xent R=K={2 * nt[0]} D={nt[1]} t=0.1", dtype,
@@ -524,25 +370,11 @@ def run_checks(device, small: bool = False) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ main
 
-def environment(device) -> dict:
-    info = {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "python": sys.version.split()[0]}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        info["commit"] = None
-    if device is not None:
-        props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
-                    memory_gib=round(props.total_memory / 2**30, 1))
-    info["inf_cl"] = inf_cl_available() or "available"
+def environment() -> dict:
+    """synthcl_fast.benchmarking.environment() and what only the sweep needs to say."""
+    info = base_environment()
+    info["inf_cl"] = C.unavailable_reason(Case("clip", 16, 128), "inf_cl", torch.device("cuda"), 1 << 62) \
+        or "available"
     info["fp32_precision"] = os.environ.get("SYNTHCL_FAST_TRITON_FP32_PRECISION", "tf32")
     return info
 
@@ -585,8 +417,9 @@ def parse_args(argv):
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit (no GPU needed)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes on the CPU (needs TRITON_INTERPRET=1): checks the script, not the kernels")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without extension")
-    parser.add_argument("--only", default="", help="comma-separated families: simclr,moco,clip,scale,positive_pair")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON and markdown path, without extension")
+    parser.add_argument("--csv", default=str(C.RESULTS_CSV), help="long CSV the timings are appended to ('': none)")
+    parser.add_argument("--only", default="", help=f"comma-separated families: {','.join(C.FAMILY_IMPLEMENTATIONS)}")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     parser.add_argument("--no-checks", action="store_true", help="skip the correctness checks")
     parser.add_argument("--budget-s", type=float, default=420.0,
@@ -602,32 +435,34 @@ def parse_args(argv):
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
     only = {f.strip() for f in args.only.split(",") if f.strip()} or None
-    if only and not only <= set(VARIANTS):
-        raise SystemExit(f"--only takes families from {sorted(VARIANTS)}, got {sorted(only)}")
+    if only and not only <= set(C.FAMILY_IMPLEMENTATIONS):
+        raise SystemExit(f"--only takes families from {sorted(C.FAMILY_IMPLEMENTATIONS)}, got {sorted(only)}")
     have_gpu = torch.cuda.is_available() and not args.smoke
+    device = torch.device("cuda", torch.cuda.current_device()) if have_gpu else torch.device("cpu")
     memory = (args.memory_gib * 2**30 if args.memory_gib is not None
-              else torch.cuda.get_device_properties(0).total_memory if have_gpu else 80 * 2**30)
+              else total_memory_bytes(device) if have_gpu else 80 * 2**30)
+    budget = int(C.MEMORY_FRACTION * memory)
     if args.smoke:
         args.no_compile, args.min_reps, args.max_reps = True, 2, 2
-    plan = make_plan(SMOKE_CASES if args.smoke else CASES, memory, inf_cl_available(), not args.no_compile, only,
-                     torch.device("cpu") if args.smoke else torch.device("cuda"))
+    plan = make_plan(SMOKE_CASES if args.smoke else CASES, budget, not args.no_compile, only,
+                     device if args.smoke or have_gpu else torch.device("cuda"))
     if args.dry_run:
         print(f"plan for {memory / 2**30:.0f} GiB of GPU memory ({len(plan)} measurements):")
         for p in plan:
             c = p.case
             work = (f"fwd+bwd moves {c.bytes_step / 1e9:6.2f} GB" if c.bytes_step else
-                    f"fwd {c.flops_forward / 1e12:8.2f} TFLOP  fwd+bwd {c.flops_step / 1e12:8.2f} TFLOP  "
-                    f"ref logits ~{c.reference_bytes() / 2**30:7.1f} GiB")
-            print(f"  {c.name:<38} {p.variant:<22} {work}" + (f"  SKIP: {p.skip}" if p.skip else ""))
+                    f"fwd {c.flops_step / 4e12:8.2f} TFLOP  fwd+bwd {c.flops_step / 1e12:8.2f} TFLOP  "
+                    f"buffers ~{C.memory_estimate_bytes(c, ONE_DIRECTION.get(p.variant, p.variant)) / 2**30:7.1f} GiB")
+            print(f"  {c.name:<42} {p.variant:<22} {work}" + (f"  SKIP: {p.skip}" if p.skip else ""))
         return {"plan": [{"case": p.case.name, "variant": p.variant, "skip": p.skip} for p in plan]}
     if not have_gpu and not args.smoke:
         raise SystemExit("no CUDA device: run with --dry-run to see the plan, or on a GPU machine")
 
     started = time.perf_counter()
-    device = torch.device("cuda", torch.cuda.current_device()) if have_gpu else torch.device("cpu")
-    result = {"environment": environment(device if have_gpu else None),
-              "settings": {k: str(v) for k, v in vars(args).items()}}
-    print(json.dumps(result["environment"], indent=1), flush=True)
+    env = environment()
+    run_id = C.new_run_id(env)
+    result = {"environment": env, "run_id": run_id, "settings": {k: str(v) for k, v in vars(args).items()}}
+    print(json.dumps(env, indent=1), flush=True)
     result["ceilings"] = measure_ceilings(device) if have_gpu else {}
     print(f"ceilings: {result['ceilings']}", flush=True)
     if not args.no_checks:
@@ -641,7 +476,7 @@ def main(argv=None) -> dict | None:
             planned.skip = f"time budget ({args.budget_s:.0f} s) spent"
         row = measure(planned, device, args)
         rows.append(row)
-        print(f"{row.case:<34} {row.variant:<22} "
+        print(f"{row.case:<42} {row.variant:<22} "
               + (f"fwd {row.forward_ms:9.3f} ms  fwd+bwd {row.step_ms:9.3f} ms  "
                  + (f"{row.step_gb_per_s:7.0f} GB/s  " if row.step_gb_per_s else f"{row.step_tflops:7.1f} TFLOP/s  ")
                  + f"peak {row.peak_extra_mb:9.1f} MiB" if row.status == "ok" else row.status), flush=True)
@@ -650,16 +485,12 @@ def main(argv=None) -> dict | None:
     result["elapsed_s"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    with open(args.out.with_suffix(".csv"), "w", newline="") as f:
-        fields = [k for k in asdict(rows[0]) if k != "reps"] + ["gpu", "torch", "triton"] if rows else []
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for r in result["rows"]:
-            writer.writerow({**r, "gpu": result["environment"].get("gpu"), "torch": result["environment"]["torch"],
-                             "triton": result["environment"]["triton"]})
+    if args.csv:
+        C.append_rows(csv_rows(rows, env, run_id, device), args.csv)
     args.out.with_suffix(".md").write_text(markdown(result) + "\n")
     print(markdown(result))
-    print(f"wrote {args.out}.{{json,csv,md}} in {result['elapsed_s']:.0f} s")
+    print(f"wrote {args.out}.{{json,md}}" + (f" and appended run {run_id} to {args.csv}" if args.csv else "")
+          + f" in {result['elapsed_s']:.0f} s")
     return result
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import os
 import platform
+import subprocess
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -37,23 +41,54 @@ def peak_memory_bytes(fn, device: torch.device | str = "cpu") -> int:
 
 
 def environment() -> dict:
-    """What a stored benchmark result must say about where it was measured."""
-    info = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu": platform.processor() or _cpu_model(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+    """What a stored benchmark result must say about where it was measured: machine (CPU model, logical
+    cores, torch threads, memory, the 1-minute load average now: above ~0.5 per core, other work shares the
+    cores; GPU name, capability, SMs, memory), commit, and the versions."""
+    info = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": _commit(), "torch": torch.__version__, "triton": _version("triton"),
+            "python": platform.python_version(), "machine": platform.machine(),
+            "cpu": _cpu_model() or platform.processor() or "unknown", "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "memory_gib": round(total_memory_bytes("cpu") / 2**30, 1),
+            "load_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        pass
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info.update(gpu=props.name, gpu_capability=f"{props.major}.{props.minor}", gpu_sms=props.multi_processor_count,
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
     return info
 
 
-def _cpu_model() -> str:
+def total_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """The memory of `device`: the GPU's, or the machine's RAM for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version, without importing it (importing triton costs ~75 MB)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _commit() -> str | None:
+    """The source checkout's commit, with "+dirty" for uncommitted changes to anything but the stored results
+    (which every run appends to), or None outside a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=root, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
+def _cpu_model() -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -61,4 +96,4 @@ def _cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown"
+    return None

@@ -1,6 +1,6 @@
 """benchmarks/gpu_sweep.py without a GPU: the plan covers the issue's shapes, and --smoke walks every code
-path of the script (inputs, losses, timing, ratios, tables, CSV/JSON, plot) on tiny CPU shapes under
-Triton's interpreter. The GPU numbers themselves are measured by running the script on a GPU."""
+path of the script (inputs, losses, timing, ratios, tables, JSON, the long CSV, the plot) on tiny CPU shapes
+under Triton's interpreter. The GPU numbers themselves are measured by running the script on a GPU."""
 
 import importlib.util
 import json
@@ -33,29 +33,37 @@ def test_dry_run_plan_covers_the_issue_shapes():
     entries = {(p["case"], p["variant"]): p["skip"] for p in plan}
     for n in (4096, 16384, 65536):
         for dim in (128, 256):
-            assert (f"simclr R=K={n} D={dim} bfloat16", "triton") in entries
-    assert ("moco R=256 K=65536 D=128 bfloat16", "triton") in entries
+            assert (f"nt_xent R=K={n} D={dim} bfloat16", "triton") in entries
+    assert ("info_nce R=256 K=65792 D=128 bfloat16", "triton") in entries  # 256 keys + a 65536-row queue
     for b in (16384, 65536):
         for dim in (512, 768):
             assert entries[(f"clip B={b} D={dim} bfloat16", "triton")] is None
             assert (f"clip B={b} D={dim} bfloat16", "inf_cl") in entries
-    assert entries[("scale R=K=262144 D=128 bfloat16", "triton")] is None
+    assert entries[("nt_xent R=K=262144 D=128 bfloat16", "triton")] is None
     # The CUDA backend on the same shapes (skipped, with the reason, where it is not built), and the
     # memory-bound positive-pair loss on 2^20 rows of D = 256.
     for n in (4096, 16384, 65536):
-        assert (f"simclr R=K={n} D=128 bfloat16", "cuda") in entries
-    assert ("moco R=256 K=65536 D=128 bfloat16", "cuda") in entries
+        assert (f"nt_xent R=K={n} D=128 bfloat16", "cuda") in entries
+    assert ("info_nce R=256 K=65792 D=128 bfloat16", "cuda") in entries
     assert ("clip B=65536 D=768 bfloat16", "cuda") in entries
     for variant in ("triton", "cuda", "reference"):
         assert ("positive_pair R=1048576 D=256 bfloat16", variant) in entries
     # The reference runs where its logits fit in 80 GiB and is skipped, with the reason, where not.
-    assert entries[("simclr R=K=16384 D=256 bfloat16", "reference")] is None
-    assert "GiB" in entries[("simclr R=K=65536 D=128 bfloat16", "reference")]
+    assert entries[("nt_xent R=K=16384 D=256 bfloat16", "reference")] is None
+    assert "GiB" in entries[("nt_xent R=K=65536 D=128 bfloat16", "reference")]
+    # The suites' cases (benchmarks/cases.py) with the peer libraries, where a user would pick them.
+    for case, variant in (("nt_xent R=K=4096 D=128 bfloat16", "lightly"), ("nt_xent R=K=4096 D=128 bfloat16", "solo"),
+                          ("nt_xent_negatives R=2048 K=2304 D=128 bfloat16", "pml"),
+                          ("supcon R=K=2048 D=128 bfloat16", "pml"), ("ppcl R=K=3072 D=128 bfloat16", "pml"),
+                          ("clip B=4096 D=512 bfloat16", "open_clip")):
+        assert (case, variant) in entries, (case, variant)
+    # pytorch-metric-learning's NTXentLoss needs R^3 memory: skipped as out of memory from R = 4096.
+    assert "out of memory" in entries[("nt_xent R=K=4096 D=128 bfloat16", "pml")]
 
 
 def test_inf_cl_head_dim():
     sweep = _load()
-    assert [sweep.inf_cl_head_dim(d) for d in (128, 256, 512, 768, 100)] == [128, 256, 256, 256, None]
+    assert [sweep.C.inf_cl_head_dim(d) for d in (128, 256, 512, 768, 100)] == [128, 256, 256, 256, None]
 
 
 @pytest.mark.skipif(triton_support.triton_import_error() is not None, reason="needs triton (interpreter)")
@@ -63,21 +71,25 @@ def test_smoke_run_and_plot(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("SYNTHCL_FAST_TRITON_TILES", None)
-    out = tmp_path / "sweep"
-    done = subprocess.run([sys.executable, str(SWEEP), "--smoke", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    out, results_csv = tmp_path / "sweep", tmp_path / "benchmarks.csv"
+    done = subprocess.run([sys.executable, str(SWEEP), "--smoke", "--out", str(out), "--csv", str(results_csv)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-10000:] + done.stderr[-5000:]
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["checks"] and all(c["passed"] for c in result["checks"]), result["checks"]
     measured = {(r["family"], r["variant"]) for r in result["rows"] if r["status"] == "ok"}
-    assert {("simclr", "triton"), ("simclr", "reference"), ("moco", "triton"), ("clip", "triton"),
+    assert {("nt_xent", "triton"), ("nt_xent", "reference"), ("info_nce", "triton"), ("clip", "triton"),
             ("clip", "triton_one_direction")} <= measured
     clip = next(r for r in result["rows"] if r["family"] == "clip" and r["variant"] == "triton")
     assert clip["speedup_vs_reference"] is not None and clip["memory_vs_reference"] is not None
-    assert out.with_suffix(".csv").read_text().count("\n") == len(result["rows"]) + 1
+    # the long CSV: one row per pass (fwd, fwd+bwd) of each measured entry, one per skipped entry
+    lines = results_csv.read_text().splitlines()
+    n_ok = sum(r["status"] == "ok" for r in result["rows"])
+    assert len(lines) == 1 + 2 * n_ok + (len(result["rows"]) - n_ok)
+    assert all(result["run_id"] in line for line in lines[1:])
     assert "| case | variant |" in out.with_suffix(".md").read_text()
-    plotted = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_gpu_sweep.py"),
-                              str(out.with_suffix(".json"))], cwd=ROOT, env=env, capture_output=True, text=True,
+    plotted = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot.py"), str(results_csv), "--out",
+                              str(out.with_suffix(".png"))], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=300)
     assert plotted.returncode == 0, plotted.stderr
     assert out.with_suffix(".png").stat().st_size > 10_000
@@ -86,9 +98,9 @@ def test_smoke_run_and_plot(tmp_path):
 def test_memory_bound_case_and_ratios():
     """positive_pair is timed on the bytes it must move; cuda rows get their speed relative to triton."""
     sweep = _load()
-    pair = sweep.Case("positive_pair", 1 << 20, 1, 256)
+    pair = sweep.Case("positive_pair", 1 << 20, 256, "bfloat16")
     assert pair.bytes_step == 3 * (1 << 20) * 256 * 2 and pair.flops_step == 0
-    assert sweep.Case("simclr", 8, 8, 4).bytes_step == 0
+    assert sweep.Case("nt_xent", 8, 4).bytes_step == 0
     rows = [sweep.Row(pair.name, pair.family, variant, pair.rows, pair.cols, pair.dim, pair.dtype, step_ms=ms,
                       step_tflops=0.0, step_gb_per_s=pair.bytes_step / (ms * 1e-3) / 1e9)
             for variant, ms in (("triton", 1.0), ("cuda", 0.8))]

@@ -74,10 +74,21 @@ _UNLOADED = object()
 _load_result: object = _UNLOADED
 
 
+def _assume_constant_result(fn):
+    """torch.compiler.assume_constant_result without its `import torch._dynamo`: that import pulls in sympy
+    and triton (~150 MB of resident memory) on the first CPU call. The decorator only sets this attribute
+    (torch 2.4 .. 2.14), which dynamo reads when it meets the function; tests/test_compile.py's fullgraph
+    tests fail if a torch release changes that."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 # Under torch.compile, dynamo calls this in plain Python and treats the result as a constant, instead of
 # tracing into the loading and the torch.library registrations (which it cannot trace: a graph break).
 # (It would also trace straight through a functools.cache wrapper, so the result is cached by hand.)
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def load_error() -> str | None:
     """Loads the extension once; returns None on success, else why it is unavailable."""
     global _load_result
