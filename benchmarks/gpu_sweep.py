@@ -1,18 +1,17 @@
 """GPU sweep: the Triton and CUDA kernels against the materializing reference, torch.compile(reference), the
-peer libraries and Inf-CL, with the card's own ceilings and correctness checks, in one run (one `device` call).
+peer libraries and Inf-CL, with the card's own ceilings, in one run (one `device` call). Correctness is the
+conformance suite's GPU lane (`python -m pytest -m gpu tests/test_conformance.py`: every backend against the
+float64 reference at odd and GPU-scale shapes, each to the tolerances it declares), run before the sweep by
+benchmarks/gpu_check.sh; the sweep only times.
 
-    python benchmarks/gpu_sweep.py                 # checks + ceilings + every case; writes benchmarks/results/
+    python benchmarks/gpu_sweep.py                 # ceilings + every case; writes benchmarks/results/
     python benchmarks/gpu_sweep.py --dry-run       # the plan (cases, variants, flops, skips); no GPU needed
     python benchmarks/plot.py --device cuda        # time and memory against batch size, from the long CSV
 
 What it does, in order (later parts are skipped, and say so, once --budget-s is spent):
 1. Environment (synthcl_fast.benchmarking.environment): GPU name, SMs, memory, torch, triton, CUDA, commit.
 2. Ceilings measured on this card: bf16 matrix-product rate (torch.mm, 8192^3) and device copy bandwidth.
-3. Checks: the Triton and CUDA backends (each where it can run) against a float64 reference on the GPU
-   (fp32, bf16, fp16; NT-Xent, SupCon labels, MoCo queue, symmetric CLIP; temperature 0.01 in bf16; the
-   positive-pair loss), values and gradients; bitwise determinism. Targets: fp32 3e-4, bf16 1e-2, fp16 2e-3
-   relative to the largest entry.
-4. Timings, per case and variant: forward (no grad), forward + backward (one training step of the loss:
+3. Timings, per case and variant: forward (no grad), forward + backward (one training step of the loss:
    forward with grad, then torch.autograd.grad) and backward = their difference. The cases, inputs and
    implementations are benchmarks/cases.py's (the pytest suites' too), and so is the timer: time.perf_counter
    around each call, the device synchronized at its end (pytest-benchmark's clock), median of many calls
@@ -32,7 +31,7 @@ positive_pair R = 2^20, D = 256, bf16 and fp32: GB/s on the bytes it must move a
 copy bandwidth), then the suites' GPU list (cases.cases("cuda")): every loss at three sizes.
 
 Output: every timing appended to the long CSV (benchmarks/results/benchmarks.csv, suite "gpu_sweep", passes
-"fwd" and "fwd+bwd"), and benchmarks/results/gpu_sweep.json (everything, checks and ceilings included) and
+"fwd" and "fwd+bwd"), and benchmarks/results/gpu_sweep.json (everything, ceilings included) and
 gpu_sweep.md (the table). Nothing here has been run on a GPU by its author: the numbers are still to be
 measured.
 """
@@ -41,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -63,7 +61,6 @@ from synthcl_fast.benchmarking import peak_memory_bytes, total_memory_bytes  # n
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_sweep"
 N_ROTATE = 3
-TARGETS = {"float32": 3e-4, "bfloat16": 1e-2, "float16": 2e-3}
 QUEUE = C.INFO_NCE_QUEUE
 
 SWEEP_CASES = [
@@ -90,7 +87,6 @@ CASES = SWEEP_CASES + [case for case in C.cases("cuda") if case not in SWEEP_CAS
 # on a machine without a GPU. Its numbers mean nothing.
 SMOKE_CASES = [Case("nt_xent", 64, 32), Case("info_nce", 16, 32, queue=144), Case("clip", 48, 32, "bfloat16"),
                Case("positive_pair", 64, 32), Case("ppcl", 48, 32)]
-GPU_BACKENDS = ("triton", "cuda")  # the fused backends the checks cover
 ONE_DIRECTION = {"triton_one_direction": "triton", "inf_cl_one_direction": "inf_cl"}  # CLIP, sweep only
 
 
@@ -274,7 +270,7 @@ def csv_rows(rows: list[Row], env: dict, run_id: str, device) -> list[dict]:
     return out
 
 
-# ------------------------------------------------------------------------------------ ceilings, checks
+# ------------------------------------------------------------------------------------------- ceilings
 
 def measure_ceilings(device) -> dict:
     """The card's bf16 matrix-product rate and copy bandwidth, on the suites' timer (10 operations per timed
@@ -297,77 +293,6 @@ def _ms_per_operation(operation, tensors, device, per_call: int = 10) -> float:
     return timed_ms(calls, device, 5, 0.5, 100)[0]["median_ms"] / per_call
 
 
-def _relative(actual, expected) -> float:
-    actual, expected = actual.detach().double(), expected.detach().double()
-    if not torch.isfinite(actual).all():
-        return math.inf
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
-
-
-def run_checks(device, small: bool = False) -> list[dict]:
-    """Each fused backend that can run on `device` against a float64 reference computed there; determinism.
-    small: --smoke sizes."""
-    import synthcl_fast.losses as L
-    from synthcl_fast import reference as ref
-    from synthcl_fast.backends import BACKENDS
-
-    generator = torch.Generator(device=device).manual_seed(0)
-    results = []
-
-    def check(name, dtype, fn_fused, fn_reference, make):
-        tensors = make(dtype)
-        tensors64 = [t.detach().double().requires_grad_(t.requires_grad) for t in tensors]
-        got, exp = fn_fused(*tensors), fn_reference(*tensors64)
-        wanted = [i for i, t in enumerate(tensors) if t.requires_grad]
-        grads = torch.autograd.grad(got, [tensors[i] for i in wanted])
-        grads64 = torch.autograd.grad(exp, [tensors64[i] for i in wanted])
-        errors = {"value": _relative(got, exp)}
-        errors.update({f"grad{i}": _relative(g, e) for i, g, e in zip(wanted, grads, grads64)})
-        again = fn_fused(*tensors)
-        grads_again = torch.autograd.grad(again, [tensors[i] for i in wanted])
-        deterministic = torch.equal(got, again) and all(torch.equal(g, h) for g, h in zip(grads, grads_again))
-        target = TARGETS[str(dtype).removeprefix("torch.")]
-        results.append({"check": name, "dtype": str(dtype).removeprefix("torch."), "errors": errors,
-                        "max_error": max(errors.values()), "target": target, "deterministic": deterministic,
-                        "passed": max(errors.values()) <= target and deterministic})
-
-    def randn(*shape, dtype, scale=1.0):
-        return (scale * torch.randn(*shape, generator=generator, device=device)).to(dtype).requires_grad_()
-
-    # (rows of each view, D), (SupCon rows, D, labels), (MoCo queries, queue, D), (CLIP B, D), (pairs, D)
-    nt, sup, moco, clip, pair = (((1023, 100), (1999, 64, 300), (256, 8192, 128), (3000, 512), (100003, 256))
-                                 if not small else ((20, 9), (37, 5, 6), (8, 40, 16), (19, 24), (33, 16)))
-    backends = [b for b in GPU_BACKENDS if BACKENDS[b].unavailable_reason(device, torch.float32) is None]
-    for backend in backends:
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            check(f"{backend} nt_xent R=K={2 * nt[0]} D={nt[1]} t=0.1", dtype,
-                  lambda a, b: L.nt_xent(a, b, temperature=0.1, backend=backend),
-                  lambda a, b: ref.nt_xent(a, b, temperature=0.1),
-                  lambda d: (randn(*nt, dtype=d), randn(*nt, dtype=d)))
-        check(f"{backend} nt_xent R=K={2 * nt[0]} D={nt[1]} t=0.01", torch.bfloat16,
-              lambda a, b: L.nt_xent(a, b, temperature=0.01, backend=backend),
-              lambda a, b: ref.nt_xent(a, b, temperature=0.01), lambda d: (randn(*nt, dtype=d), randn(*nt, dtype=d)))
-        labels = torch.randint(0, sup[2], (sup[0],), generator=generator, device=device)
-        for dtype in (torch.float32, torch.bfloat16):
-            check(f"{backend} supcon R={sup[0]} D={sup[1]} labels 0..{sup[2]}", dtype,
-                  lambda x: L.supcon(x, labels, temperature=0.1, backend=backend),
-                  lambda x: ref.supcon(x, labels, temperature=0.1), lambda d: (randn(sup[0], sup[1], dtype=d),))
-            check(f"{backend} info_nce R={moco[0]} queue={moco[1]} D={moco[2]}", dtype,
-                  lambda q, k, n: L.info_nce(q, k, negatives=n, temperature=0.07, backend=backend),
-                  lambda q, k, n: ref.info_nce(q, k, negatives=n, temperature=0.07),
-                  lambda d: (randn(moco[0], moco[2], dtype=d), randn(moco[0], moco[2], dtype=d),
-                             randn(moco[1], moco[2], dtype=d)))
-            check(f"{backend} clip symmetric B={clip[0]} D={clip[1]} learnable scale", dtype,
-                  lambda i, t, s: L.clip_loss(i, t, logit_scale=s, backend=backend),
-                  lambda i, t, s: ref.clip_loss(i, t, logit_scale=s),
-                  lambda d: (randn(*clip, dtype=d), randn(*clip, dtype=d),
-                             torch.tensor(14.3, device=device, requires_grad=True)))
-            check(f"{backend} positive_pair R={pair[0]} D={pair[1]}", dtype,
-                  lambda a, b: L.positive_pair_loss(a, b, 0.3, backend=backend),
-                  lambda a, b: ref.positive_pair_loss(a, b, 0.3), lambda d: (randn(*pair, dtype=d), randn(*pair, dtype=d)))
-    return results
-
-
 # ------------------------------------------------------------------------------------------------ main
 
 def environment() -> dict:
@@ -386,12 +311,6 @@ def markdown(result: dict) -> str:
     if ceilings:
         lines.append(f"Ceilings measured here: bf16 matrix product {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s, "
                      f"device copy {ceilings['copy_gb_per_s']:.0f} GB/s.")
-    if result.get("checks"):
-        lines += ["", "| check | dtype | max rel. error | target | deterministic | passed |",
-                  "|---|---|---|---|---|---|"]
-        for c in result["checks"]:
-            lines.append(f"| {c['check']} | {c['dtype']} | {c['max_error']:.2e} | {c['target']:.0e} | "
-                         f"{c['deterministic']} | {c['passed']} |")
     lines += ["", "| case | variant | fwd ms | fwd+bwd ms | bwd ms | TFLOP/s (8RKD) | of bf16 mm | GB/s | of copy "
                   "| peak extra MiB | vs reference | vs compiled | vs Inf-CL | speed vs triton | memory vs ref. | status |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -421,7 +340,6 @@ def parse_args(argv):
     parser.add_argument("--csv", default=str(C.RESULTS_CSV), help="long CSV the timings are appended to ('': none)")
     parser.add_argument("--only", default="", help=f"comma-separated families: {','.join(C.FAMILY_IMPLEMENTATIONS)}")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
-    parser.add_argument("--no-checks", action="store_true", help="skip the correctness checks")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="start no new measurement after this many seconds (a device call has 600)")
     parser.add_argument("--target-s", type=float, default=0.25, help="time to spend on one timing (sets reps)")
@@ -465,11 +383,6 @@ def main(argv=None) -> dict | None:
     print(json.dumps(env, indent=1), flush=True)
     result["ceilings"] = measure_ceilings(device) if have_gpu else {}
     print(f"ceilings: {result['ceilings']}", flush=True)
-    if not args.no_checks:
-        result["checks"] = run_checks(device, small=args.smoke)
-        for c in result["checks"]:
-            print(f"check {c['check']} {c['dtype']}: max error {c['max_error']:.2e} (target {c['target']:.0e}) "
-                  f"deterministic {c['deterministic']} -> {'PASS' if c['passed'] else 'FAIL'}", flush=True)
     rows = []
     for planned in plan:
         if time.perf_counter() - started > args.budget_s and not planned.skip:

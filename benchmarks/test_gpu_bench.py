@@ -1,7 +1,7 @@
 """Every loss on a GPU (bfloat16): the reference, torch.compile of it, the fused triton and cuda backends and
 the peer libraries (Inf-CL where installed), forward + backward, time (each call synchronized) and peak
-memory, side by side in one run; skipped without a CUDA device. benchmarks/gpu_sweep.py adds correctness
-checks, the card's ceilings and forward-only timings over the same cases.
+memory, side by side in one run; skipped without a CUDA device. benchmarks/gpu_sweep.py adds the card's
+ceilings and forward-only timings over the same cases (correctness: tests/test_conformance.py, marker gpu).
 
     pytest benchmarks/test_gpu_bench.py --benchmark-only
 """
