@@ -217,8 +217,9 @@ class _MetricLoss:
 
     def _labels_loss(self, embeddings, labels, ref_emb, ref_labels, exclude_self):
         """The loss over every pair given by labels, on synthcl_fast's op (fused where the backend fuses it)."""
-        labels = check.check_labels(labels, "labels", embeddings.shape[0], embeddings.device)
-        ref_labels = check.check_labels(ref_labels, "ref_labels", ref_emb.shape[0], embeddings.device)
+        for name, x in (("labels", labels), ("ref_labels", ref_labels)):
+            if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+                raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
         # Any integer is a class here; the op reserves -1 (never a positive), so labels are shifted to >= 0.
         lowest = torch.minimum(labels.min(), ref_labels.min())
         labels, ref_labels = labels - lowest, ref_labels - lowest
