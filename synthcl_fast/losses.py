@@ -14,9 +14,13 @@ Every loss here is the general contrastive op of DESIGN.md section 2 with partic
 | supcon / ppcl               | views    | same, exclude self| class or (pseudo-)label                  |
 | info_nce (MoCo)             | q        | [k; queue]        | arange(R); arange(R) then -1             |
 | clip_loss (one direction)   | image    | text              | arange(R) both                           |
+| dcl (DCL, DCLW)             | [z1; z2] | same, exclude self| instance id, twice; denominator negatives|
+
+Variants (contrastive_loss's denominator, beta, tau_plus, positive_weight; synthcl_fast.variants) change which
+candidates form the log-sum-exp and how the negatives are weighted; the fused backends do not compute them yet.
 
 Every function takes `reduction` ("mean" | "sum" | "none"), `backend` ("auto" | "reference" | "cpu" |
-...) and `eps`; nt_xent, supcon, ppcl, info_nce and clip_loss also take `gather_distributed` (candidates
+...) and `eps`; nt_xent, dcl, supcon, ppcl, info_nce and clip_loss also take `gather_distributed` (candidates
 from every torch.distributed rank; see synthcl_fast.distributed for the exact semantics). `temperature`
 (and `logit_scale`) may be a float or a one-element tensor that requires grad. Rows without any positive
 contribute 0 and are left out of the mean; if no row has a positive, the mean is 0. NaN or Inf in the
