@@ -223,20 +223,13 @@ def dcl(z1, z2, *, temperature=0.1, sigma=None, positive_weight=None, negatives=
             raise ValueError("dcl takes sigma (DCLW's weights) or positive_weight, not both")
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be a finite float > 0, got {sigma!r}")
-        positive_weight = _von_mises_fisher_weights(z1, z2, sigma, eps)
+        positive_weight = reference.von_mises_fisher_weights(z1, z2, sigma, eps)
     if isinstance(positive_weight, torch.Tensor) and positive_weight.shape == (n,):
         positive_weight = positive_weight.repeat(2)
     labels = torch.arange(n, device=z1.device).repeat(2)
     variant = _variant(z1, 2 * n, "negatives", positive_weight=positive_weight)
     return _self_contrastive(torch.cat([z1, z2]), labels, negatives, temperature, reduction, backend, eps,
                              gather_distributed, instance_labels=True, variant=variant)
-
-
-def _von_mises_fisher_weights(z1, z2, sigma, eps):
-    """DCLW's weights: 2 - N softmax_n(cos(z1_n, z2_n) / sigma), detached (N,)."""
-    with torch.no_grad():
-        cosine = (reference.l2_normalize(z1, eps) * reference.l2_normalize(z2, eps)).sum(dim=1)
-        return 2 - z1.shape[0] * torch.softmax(cosine / sigma, dim=0)
 
 
 def supcon(features, labels, *, temperature=0.1, negatives=None, reduction="mean", backend="auto",
