@@ -110,3 +110,44 @@ def check_eps(eps) -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite float > 0, got {eps!r}")
     return float(eps)
+
+
+# ------------------------------------------------------------------- variants of the op (synthcl_fast.variants)
+DENOMINATORS = ("all", "negatives", "per_positive")
+
+
+def check_denominator(denominator) -> str:
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
+    return denominator
+
+
+def check_beta(beta) -> float:
+    """HCL's hardness: any finite real (0: negatives unweighted)."""
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta):
+        raise ValueError(f"beta must be a finite float, got {beta!r}")
+    return float(beta)
+
+
+def check_tau_plus(tau_plus) -> float:
+    """The debiasing prior of Chuang et al.: the probability that a negative shares the anchor's class, in [0, 1)."""
+    if isinstance(tau_plus, bool) or not isinstance(tau_plus, numbers.Real) or not 0 <= tau_plus < 1:
+        raise ValueError(f"tau_plus must be a float in [0, 1), got {tau_plus!r}")
+    return float(tau_plus)
+
+
+def check_positive_weight(weight, n_rows: int, like: torch.Tensor) -> torch.Tensor | None:
+    """None, a float, or a floating tensor of shape () or (n_rows,) (may require grad) -> None or (n_rows,)."""
+    if weight is None:
+        return None
+    acc = torch.float64 if like.dtype == torch.float64 else torch.float32
+    if isinstance(weight, torch.Tensor):
+        if weight.shape not in ((), (1,), (n_rows,)) or not weight.dtype.is_floating_point:
+            raise ValueError(f"positive_weight must be a float or a floating tensor of shape () or ({n_rows},), "
+                             f"got shape {tuple(weight.shape)} and dtype {weight.dtype}")
+        if weight.device != like.device:
+            raise ValueError(f"positive_weight is on {weight.device} but the features are on {like.device}")
+        return weight.to(acc).reshape(-1).expand(n_rows)
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+        raise ValueError(f"positive_weight must be a finite float or a tensor, got {weight!r}")
+    return torch.full((n_rows,), float(weight), dtype=acc, device=like.device)

@@ -10,9 +10,13 @@ synthcl_fast.reference) with particular inputs:
 | supcon / ppcl               | views    | same, exclude self| class or (pseudo-)label                  |
 | info_nce (MoCo)             | q        | [k; queue]        | arange(R); arange(R) then -1             |
 | clip_loss (one direction)   | image    | text              | arange(R) both                           |
+| dcl (DCL, DCLW)             | [z1; z2] | same, exclude self| instance id, twice; denominator negatives|
+
+Variants (contrastive_loss's denominator, beta, tau_plus, positive_weight; synthcl_fast.variants) change which
+candidates form the log-sum-exp and how the negatives are weighted; the fused backends do not compute them yet.
 
 Every function takes `reduction` ("mean" | "sum" | "none"), `backend` ("auto" | "reference" | "cpu" |
-...) and `eps`; nt_xent, supcon, ppcl, info_nce and clip_loss also take `gather_distributed` (candidates
+...) and `eps`; nt_xent, dcl, supcon, ppcl, info_nce and clip_loss also take `gather_distributed` (candidates
 from every torch.distributed rank; see synthcl_fast.distributed for the exact semantics). `temperature`
 (and `logit_scale`) may be a float or a one-element tensor that requires grad. Rows without any positive
 contribute 0 and are left out of the mean; if no row has a positive, the mean is 0. Values of tensors are
@@ -33,49 +37,71 @@ import torch
 from torch import nn
 
 from . import _validation as check
-from . import distributed
+from . import distributed, reference
 from .backends import resolve_backend
 from .reference import DEFAULT_EPS, ppcl_labels
+from .variants import PLAIN, ContrastiveVariant, backend_for_variant
 
 __all__ = [
-    "contrastive_loss", "nt_xent", "supcon", "ppcl", "ppcl_labels", "info_nce", "clip_loss", "positive_pair_loss",
-    "ContrastiveLoss", "NTXentLoss", "SupConLoss", "PPCLLoss", "InfoNCELoss", "ClipLoss", "PositivePairLoss",
-    "SimilaritySchedule",
+    "contrastive_loss", "nt_xent", "supcon", "ppcl", "ppcl_labels", "info_nce", "clip_loss", "dcl",
+    "positive_pair_loss", "ContrastiveLoss", "NTXentLoss", "SupConLoss", "PPCLLoss", "InfoNCELoss", "ClipLoss",
+    "DCLLoss", "PositivePairLoss", "SimilaritySchedule",
 ]
 
 
 def _contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction,
-                 backend, eps, n_global_rows=None):
+                 backend, eps, n_global_rows=None, variant=PLAIN):
     """Validated inputs -> the chosen backend's contrastive op.
 
     n_global_rows: with candidates gathered over ranks, the rows with a positive over all ranks; the
     "mean" and "sum" losses are then this rank's share (synthcl_fast.distributed.share_of_global).
+    variant: the op's variant options (synthcl_fast.variants), already validated.
     """
     temperature = check.check_temperature(temperature, anchors)
     reduction, eps = check.check_reduction(reduction), check.check_eps(eps)
-    chosen = resolve_backend(backend, anchors.device, anchors.dtype)
+    if variant.options():
+        op = _variant_op(backend, anchors, variant)
+    else:
+        op = resolve_backend(backend, anchors.device, anchors.dtype).contrastive
     if n_global_rows is None or reduction == "none":
-        return chosen.contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
-                                  reduction, eps)
-    row_loss_sum = chosen.contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature,
-                                      exclude_self, "sum", eps)
+        return op(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps)
+    row_loss_sum = op(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, "sum", eps)
     return distributed.share_of_global(row_loss_sum, n_global_rows, reduction)
 
 
+def _variant_op(backend, anchors, variant: ContrastiveVariant):
+    """The contrastive op (Backend.contrastive's signature) of a variant. Only the reference computes variants
+    until a fused backend lists them in synthcl_fast.variants.FUSED_OPTIONS (issue 15, phase 2)."""
+    chosen = backend_for_variant(backend, anchors.device, anchors.dtype, variant)
+    assert chosen.name == "reference", f"backend {chosen.name!r} lists fused options but has no variant op"
+
+    def op(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps):
+        return reference.contrastive_loss_variant(
+            anchors, candidates, anchor_labels, candidate_labels, temperature=temperature, exclude_self=exclude_self,
+            denominator=variant.denominator, beta=variant.beta, tau_plus=variant.tau_plus,
+            positive_weight=variant.positive_weight, reduction=reduction, eps=eps)
+    return op
+
+
+def _variant(like, n_rows, denominator="all", beta=0.0, tau_plus=0.0, positive_weight=None) -> ContrastiveVariant:
+    return ContrastiveVariant(check.check_denominator(denominator), check.check_beta(beta),
+                              check.check_tau_plus(tau_plus), check.check_positive_weight(positive_weight, n_rows, like))
+
+
 def _self_contrastive(features, labels, negatives, temperature, reduction, backend, eps, gather_distributed,
-                      instance_labels):
+                      instance_labels, variant=PLAIN):
     """Every row against every other row (itself excluded) and the negatives; with gather_distributed, against
     the rows of every rank. instance_labels: labels are per-rank instance ids, made unique across ranks."""
     if not (gather_distributed and distributed.is_distributed()):
         candidates, candidate_labels = _with_negatives(features, labels, negatives)
         return _contrastive(features, candidates, labels, candidate_labels, temperature, True, reduction, backend,
-                            eps)
+                            eps, variant=variant)
     if instance_labels:
         labels = distributed.unique_per_rank(labels)
     candidates, candidate_labels, n_global_rows = distributed.self_candidates(features, labels)
     candidates, candidate_labels = _with_negatives(candidates, candidate_labels, negatives)
     return _contrastive(features, candidates, labels, candidate_labels, temperature, True, reduction, backend, eps,
-                        n_global_rows)
+                        n_global_rows, variant)
 
 
 def _with_negatives(features, labels, negatives):
@@ -90,8 +116,21 @@ def _with_negatives(features, labels, negatives):
 
 
 def contrastive_loss(anchors, candidates=None, anchor_labels=None, candidate_labels=None, *, temperature=0.1,
-                     exclude_self=None, reduction="mean", backend="auto", eps=DEFAULT_EPS):
+                     exclude_self=None, reduction="mean", backend="auto", eps=DEFAULT_EPS, denominator="all",
+                     beta=0.0, tau_plus=0.0, positive_weight=None):
     """The general contrastive op.
+
+    Variants (formulas in synthcl_fast/reference.py, contrastive_loss_variant; Neg(i): the candidates in the
+    denominator that are not positives; the fused backends compute none of them yet, "auto" then materializes
+    the logits):
+
+        denominator="all"           L_i = log(sum_P e^s + Ng_i) - w_i mean_P s     (Ng_i = sum_Neg e^s: the plain op)
+        denominator="negatives"     L_i = log Ng_i - w_i mean_P s                  (DCL: positives out of the sum)
+        denominator="per_positive"  L_i = mean_P log(e^{s_ip} + Ng_i) - w_i mean_P s  (each positive on its own
+                                    against the negatives: pytorch-metric-learning's NTXentLoss)
+        beta, tau_plus              Ng_i = max((n_i e^{lse (1+beta) s - lse beta s} - tau_plus n_i mean_P e^s)
+                                    / (1 - tau_plus), n_i e^{-1/t}) over the n_i negatives (HCL / debiased)
+        positive_weight             w_i, per anchor (DCLW); 1 when None
 
     Args:
         anchors: (R, D) features.
@@ -101,6 +140,10 @@ def contrastive_loss(anchors, candidates=None, anchor_labels=None, candidate_lab
             anchor labels when candidates is None, else arange(K) (candidate j is the positive of anchor j).
         temperature: t > 0, float or one-element tensor (may require grad).
         exclude_self: remove the pair (i, i) from positives and denominator (candidate i is anchor i).
+        denominator: "all" | "negatives" | "per_positive".
+        beta: hardness of the negatives' weights e^{beta s} (HCL); any finite float, 0: unweighted.
+        tau_plus: class prior of the debiased estimate, in [0, 1); 0: not debiased.
+        positive_weight: None, a float, or a (R,) tensor (may require grad).
     Returns:
         The loss: a scalar, or (R,) per-row losses for reduction "none" (0 for rows without positive).
     """
@@ -119,18 +162,22 @@ def contrastive_loss(anchors, candidates=None, anchor_labels=None, candidate_lab
         candidate_labels = anchor_labels if self_candidates else torch.arange(n_cols, device=anchors.device)
     candidate_labels = check.check_labels(candidate_labels, "candidate_labels", n_cols, anchors.device)
     exclude_self = self_candidates if exclude_self is None else bool(exclude_self)
+    variant = _variant(anchors, n_rows, denominator, beta, tau_plus, positive_weight)
     return _contrastive(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
-                        reduction, backend, eps)
+                        reduction, backend, eps, variant=variant)
 
 
 def nt_xent(z1, z2, *, temperature=0.5, negatives=None, reduction="mean", backend="auto", eps=DEFAULT_EPS,
-            gather_distributed=False):
+            gather_distributed=False, beta=0.0, tau_plus=0.0):
     """SimCLR's NT-Xent: row n of z1 and row n of z2 are two views of one image.
 
     Args:
         z1, z2: (N, D) embeddings of the two views.
         negatives: optional (M, D) extra negatives (e.g. generator samples), never positives; not gathered.
         gather_distributed: every torch.distributed rank's views are candidates (see synthcl_fast.distributed).
+        beta, tau_plus: hard negatives (HCL, Robinson et al. 2021) and debiasing (Chuang et al. 2020): the
+            negatives' sum is replaced by Ng = max((n e^{lse (1+beta) s - lse beta s} - tau_plus n e^{s_pos})
+            / (1 - tau_plus), n e^{-1/t}) over the n negatives (see contrastive_loss).
     Returns:
         Scalar loss, or (2N,) per-view losses (z1 rows first) for reduction "none".
     """
@@ -140,8 +187,46 @@ def nt_xent(z1, z2, *, temperature=0.5, negatives=None, reduction="mean", backen
     if z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     labels = torch.arange(z1.shape[0], device=z1.device).repeat(2)
+    variant = _variant(z1, 2 * z1.shape[0], beta=beta, tau_plus=tau_plus)
     return _self_contrastive(torch.cat([z1, z2]), labels, negatives, temperature, reduction, backend, eps,
-                             gather_distributed, instance_labels=True)
+                             gather_distributed, instance_labels=True, variant=variant)
+
+
+def dcl(z1, z2, *, temperature=0.1, sigma=None, positive_weight=None, negatives=None, reduction="mean",
+        backend="auto", eps=DEFAULT_EPS, gather_distributed=False):
+    """Decoupled contrastive learning (DCL, Yeh et al. 2022): NT-Xent with the positive out of the denominator,
+
+        L_i = -w_i s(i, other view of i) + log sum_{j not i, not its other view} e^{s_ij}
+
+    over the 2N rows of [z1; z2] (mean over the rows). DCLW: with sigma, w_i = 2 - N softmax_n(cos(z1_n, z2_n)
+    / sigma) for both views of image n, computed from the detached, normalized views of this rank (as lightly's
+    DCLWLoss does); else w_i = 1.
+
+    Args:
+        z1, z2: (N, D) embeddings of the two views.
+        sigma: None (DCL) or the von Mises-Fisher weighting's scale, > 0 (DCLW).
+        positive_weight: instead of sigma, your own weights: a float, (N,) (both views of image n) or (2N,).
+        negatives: optional (M, D) extra negatives; not gathered.
+        gather_distributed: every torch.distributed rank's views are candidates (see synthcl_fast.distributed).
+    """
+    check.check_features(z1, "z1")
+    check.check_features(z2, "z2")
+    check.check_like(z2, "z2", z1, "z1")
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    n = z1.shape[0]
+    if sigma is not None:
+        if positive_weight is not None:
+            raise ValueError("dcl takes sigma (DCLW's weights) or positive_weight, not both")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a finite float > 0, got {sigma!r}")
+        positive_weight = reference.von_mises_fisher_weights(z1, z2, sigma, eps)
+    if isinstance(positive_weight, torch.Tensor) and positive_weight.shape == (n,):
+        positive_weight = positive_weight.repeat(2)
+    labels = torch.arange(n, device=z1.device).repeat(2)
+    variant = _variant(z1, 2 * n, "negatives", positive_weight=positive_weight)
+    return _self_contrastive(torch.cat([z1, z2]), labels, negatives, temperature, reduction, backend, eps,
+                             gather_distributed, instance_labels=True, variant=variant)
 
 
 def supcon(features, labels, *, temperature=0.1, negatives=None, reduction="mean", backend="auto",
@@ -193,12 +278,13 @@ def ppcl(real_views, synthetic_views, *, temperature=0.5, negatives=None, reduct
 
 
 def info_nce(query, key, *, negatives=None, temperature=0.07, reduction="mean", backend="auto", eps=DEFAULT_EPS,
-             gather_distributed=False):
+             gather_distributed=False, beta=0.0, tau_plus=0.0):
     """InfoNCE / MoCo: query i's positive is key i; the other keys and the queue are negatives.
 
     Args:
         query: (R, D). key: (R, D), row-aligned with query. negatives: optional (M, D) queue; not gathered.
         gather_distributed: every torch.distributed rank's keys are candidates (see synthcl_fast.distributed).
+        beta, tau_plus: hard negatives and debiasing (HCL), as in nt_xent.
     """
     check.check_features(query, "query")
     check.check_features(key, "key")
@@ -211,8 +297,9 @@ def info_nce(query, key, *, negatives=None, temperature=0.07, reduction="mean", 
         labels = torch.arange(query.shape[0], device=query.device)
         candidates, candidate_labels, n_global_rows = key, labels, None
     candidates, candidate_labels = _with_negatives(candidates, candidate_labels, negatives)
+    variant = _variant(query, query.shape[0], beta=beta, tau_plus=tau_plus)
     return _contrastive(query, candidates, labels, candidate_labels, temperature, False, reduction, backend, eps,
-                        n_global_rows)
+                        n_global_rows, variant)
 
 
 def clip_loss(image_features, text_features, *, logit_scale, symmetric=True, reduction="mean", backend="auto",
@@ -335,27 +422,48 @@ class _LossModule(nn.Module):
 
 
 class ContrastiveLoss(_LossModule):
-    """Module form of contrastive_loss; forward(anchors, candidates=None, anchor_labels=None, candidate_labels=None)."""
+    """Module form of contrastive_loss; forward(anchors, candidates=None, anchor_labels=None, candidate_labels=None,
+    positive_weight=None)."""
 
-    def __init__(self, temperature=0.1, exclude_self=None, reduction="mean", backend="auto"):
+    def __init__(self, temperature=0.1, exclude_self=None, reduction="mean", backend="auto", denominator="all",
+                 beta=0.0, tau_plus=0.0):
         super().__init__(reduction, backend)
         self.temperature, self.exclude_self = temperature, exclude_self
+        self.denominator = check.check_denominator(denominator)
+        self.beta, self.tau_plus = check.check_beta(beta), check.check_tau_plus(tau_plus)
 
-    def forward(self, anchors, candidates=None, anchor_labels=None, candidate_labels=None):
+    def forward(self, anchors, candidates=None, anchor_labels=None, candidate_labels=None, positive_weight=None):
         return contrastive_loss(anchors, candidates, anchor_labels, candidate_labels, temperature=self.temperature,
-                                exclude_self=self.exclude_self, reduction=self.reduction, backend=self.backend)
+                                exclude_self=self.exclude_self, reduction=self.reduction, backend=self.backend,
+                                denominator=self.denominator, beta=self.beta, tau_plus=self.tau_plus,
+                                positive_weight=positive_weight)
 
 
 class NTXentLoss(_LossModule):
     """Module form of nt_xent; forward(z1, z2, negatives=None)."""
 
-    def __init__(self, temperature=0.5, reduction="mean", backend="auto", gather_distributed=False):
+    def __init__(self, temperature=0.5, reduction="mean", backend="auto", gather_distributed=False, beta=0.0,
+                 tau_plus=0.0):
         super().__init__(reduction, backend)
         self.temperature, self.gather_distributed = temperature, gather_distributed
+        self.beta, self.tau_plus = check.check_beta(beta), check.check_tau_plus(tau_plus)
 
     def forward(self, z1, z2, negatives=None):
         return nt_xent(z1, z2, temperature=self.temperature, negatives=negatives, reduction=self.reduction,
-                       backend=self.backend, gather_distributed=self.gather_distributed)
+                       backend=self.backend, gather_distributed=self.gather_distributed, beta=self.beta,
+                       tau_plus=self.tau_plus)
+
+
+class DCLLoss(_LossModule):
+    """Module form of dcl (DCL; DCLW with sigma); forward(z1, z2, negatives=None)."""
+
+    def __init__(self, temperature=0.1, sigma=None, reduction="mean", backend="auto", gather_distributed=False):
+        super().__init__(reduction, backend)
+        self.temperature, self.sigma, self.gather_distributed = temperature, sigma, gather_distributed
+
+    def forward(self, z1, z2, negatives=None):
+        return dcl(z1, z2, temperature=self.temperature, sigma=self.sigma, negatives=negatives,
+                   reduction=self.reduction, backend=self.backend, gather_distributed=self.gather_distributed)
 
 
 class SupConLoss(_LossModule):
@@ -385,13 +493,16 @@ class PPCLLoss(_LossModule):
 class InfoNCELoss(_LossModule):
     """Module form of info_nce; forward(query, key, negatives=None)."""
 
-    def __init__(self, temperature=0.07, reduction="mean", backend="auto", gather_distributed=False):
+    def __init__(self, temperature=0.07, reduction="mean", backend="auto", gather_distributed=False, beta=0.0,
+                 tau_plus=0.0):
         super().__init__(reduction, backend)
         self.temperature, self.gather_distributed = temperature, gather_distributed
+        self.beta, self.tau_plus = check.check_beta(beta), check.check_tau_plus(tau_plus)
 
     def forward(self, query, key, negatives=None):
         return info_nce(query, key, negatives=negatives, temperature=self.temperature, reduction=self.reduction,
-                        backend=self.backend, gather_distributed=self.gather_distributed)
+                        backend=self.backend, gather_distributed=self.gather_distributed, beta=self.beta,
+                        tau_plus=self.tau_plus)
 
 
 class ClipLoss(_LossModule):

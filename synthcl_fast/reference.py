@@ -63,6 +63,8 @@ Conventions (every backend follows them; the README's conventions section states
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 DEFAULT_EPS = 1e-12  # same as torch.nn.functional.normalize, so drop-in replacements agree
@@ -246,3 +248,195 @@ def positive_pair_loss(a, b, target, *, mode="two_sided", reduction="mean", eps=
     if reduction == "mean":
         return row_loss.mean()
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Variants of the general op (issue 15): the positives out of the denominator, hard-negative reweighting with
+# debiasing, a per-anchor weight on the positive term. Same s, P(i), N(i) as contrastive_loss; in addition
+#
+#     Neg(i) = N(i) \ P(i)                    the negatives of row i,  n_i = |Neg(i)|
+#     w_i    = positive_weight[i]             (1 when None)
+#
+# The negatives' mass E_i = sum_{Neg(i)} e^{s_ij} (log E_i = lse_{Neg(i)} s_ij), or, with beta != 0 or
+# tau_plus != 0, its hard / debiased estimate (Robinson et al. 2021, "HCL"; Chuang et al. 2020; their public
+# code computes exactly this for one positive):
+#
+#     H_i  = n_i * exp(lse_{Neg(i)} (1 + beta) s_ij  -  lse_{Neg(i)} beta s_ij)   # negatives weighted by e^{beta s}
+#     M_i  = mean_{p in P(i)} e^{s_ip}                                           # Chuang et al.'s positive estimate
+#     Ng_i = max((H_i - tau_plus n_i M_i) / (1 - tau_plus),  n_i e^{-1/t})        # clamped at its smallest value
+#
+# and the row loss, for each denominator:
+#
+#     "all"           L_i = log(sum_{p in P(i)} e^{s_ip} + Ng_i)        - w_i mean_{P(i)} s_ip   (= the plain op)
+#     "negatives"     L_i = log Ng_i                                    - w_i mean_{P(i)} s_ip   (DCL, DCLW)
+#     "per_positive"  L_i = mean_{p in P(i)} log(e^{s_ip} + Ng_i)       - w_i mean_{P(i)} s_ip
+#                         = mean_{p in P(i)} softplus(log Ng_i - s_ip)   for w_i = 1  (PML's NTXentLoss)
+#
+# Rows without a positive contribute 0 and are left out of the mean, as in contrastive_loss. A row with
+# positives but no negative has Ng_i = 0: its "negatives" loss is -inf (as in lightly's DCLLoss).
+# Everything is computed in log space: e^{s} is never formed, so fp32 at t = 0.01 is safe.
+# ---------------------------------------------------------------------------------------------------------------
+
+def _masked_logsumexp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise log sum_{mask} e^x: -inf for a row with an empty mask, with zero (not NaN) gradients there."""
+    empty = ~mask.any(dim=1)
+    safe = torch.where(mask & ~empty[:, None], x, torch.where(empty[:, None], torch.zeros_like(x),
+                                                               torch.full_like(x, float("-inf"))))
+    return torch.where(empty, torch.full_like(empty, float("-inf"), dtype=x.dtype), torch.logsumexp(safe, dim=1))
+
+
+def log_negative_mass(logits, positive, negative, temperature, beta=0.0, tau_plus=0.0):
+    """(R,) log Ng_i of the formulas above (log E_i when beta == tau_plus == 0); -inf for rows without negatives.
+
+    logits (R, K) = s; positive, negative: (R, K) masks of P(i) and Neg(i); temperature: t (float or 0-d tensor).
+    """
+    if beta == 0.0 and tau_plus == 0.0:
+        return _masked_logsumexp(logits, negative)
+    n_negative = negative.sum(dim=1).to(logits.dtype)
+    has_negative = n_negative > 0
+    log_n = torch.log(n_negative.clamp_min(1))
+    log_h = log_n + _masked_logsumexp((1 + beta) * logits, negative) - _masked_logsumexp(beta * logits, negative)
+    log_h = torch.where(has_negative, log_h, torch.zeros_like(log_h))
+    log_estimate = log_h
+    if tau_plus > 0:
+        n_positive = positive.sum(dim=1).to(logits.dtype)
+        log_m = _masked_logsumexp(logits, positive) - torch.log(n_positive.clamp_min(1))
+        # log(H - tau_plus n M) = log H + log(1 - e^{d}),  d = log(tau_plus n M) - log H  (H <= tau_plus n M: -inf)
+        d = math.log(tau_plus) + log_n + log_m - log_h
+        below = d < 0
+        log_difference = log_h + torch.log1p(-torch.exp(torch.where(below, d, torch.full_like(d, -1.0))))
+        log_estimate = torch.where(below, log_difference, torch.full_like(d, float("-inf"))) - math.log1p(-tau_plus)
+    log_floor = log_n - 1 / torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+    log_ng = torch.maximum(log_estimate, log_floor)
+    return torch.where(has_negative, log_ng, torch.full_like(log_ng, float("-inf")))
+
+
+def contrastive_loss_variant(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor | None = None,
+    anchor_labels: torch.Tensor | None = None,
+    candidate_labels: torch.Tensor | None = None,
+    *,
+    temperature: float | torch.Tensor = 0.1,
+    exclude_self: bool | None = None,
+    denominator: str = "all",
+    beta: float = 0.0,
+    tau_plus: float = 0.0,
+    positive_weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    eps: float = DEFAULT_EPS,
+) -> torch.Tensor:
+    """The general op with the variant options above, materializing the logits. Shapes and defaults as in
+    contrastive_loss; positive_weight: (R,) or None. With the defaults this is contrastive_loss."""
+    self_candidates = candidates is None
+    if self_candidates:
+        candidates = anchors
+    if exclude_self is None:
+        exclude_self = self_candidates
+    n_rows, n_cols = anchors.shape[0], candidates.shape[0]
+    device = anchors.device
+    if anchor_labels is None:
+        anchor_labels = torch.arange(n_rows, device=device)
+    if candidate_labels is None:
+        candidate_labels = anchor_labels if self_candidates else torch.arange(n_cols, device=device)
+
+    u, v = l2_normalize(anchors, eps), l2_normalize(candidates, eps)
+    logits = (u @ v.T) / temperature
+    positive = (anchor_labels[:, None] == candidate_labels[None, :]) & (candidate_labels[None, :] >= 0)
+    in_denominator = torch.ones_like(positive)
+    if exclude_self:
+        is_self = torch.eye(n_rows, n_cols, dtype=torch.bool, device=device)
+        positive, in_denominator = positive & ~is_self, ~is_self
+    negative = in_denominator & ~positive
+    n_positive = positive.sum(dim=1)
+    has_positive = n_positive > 0
+    count = n_positive.clamp_min(1).to(logits.dtype)
+
+    log_ng = log_negative_mass(logits, positive, negative, temperature, beta, tau_plus)
+    if denominator == "all":
+        # (rows without a positive get 0 in place of -inf: logaddexp(-inf, -inf) has a NaN derivative)
+        log_positive_mass = torch.where(has_positive, _masked_logsumexp(logits, positive), torch.zeros_like(log_ng))
+        log_denominator = torch.logaddexp(log_positive_mass, log_ng)
+    elif denominator == "negatives":
+        log_denominator = log_ng
+    elif denominator == "per_positive":
+        per_pair = torch.logaddexp(logits, log_ng[:, None])
+        log_denominator = torch.where(positive, per_pair, torch.zeros_like(per_pair)).sum(dim=1) / count
+    else:
+        raise ValueError(f"denominator must be 'all', 'negatives' or 'per_positive', got {denominator!r}")
+    positive_mean = torch.where(positive, logits, torch.zeros_like(logits)).sum(dim=1) / count
+    if positive_weight is not None:
+        positive_mean = positive_weight * positive_mean
+    row_loss = torch.where(has_positive, log_denominator - positive_mean, torch.zeros_like(positive_mean))
+    return reduce_rows(row_loss, has_positive, reduction)
+
+
+# Textbook forms of the variants, written independently of contrastive_loss_variant (as the named losses above
+# are of contrastive_loss), in the authors' own terms.
+
+def dcl(z1, z2, *, temperature=0.1, positive_weight=None, reduction="mean", eps=DEFAULT_EPS):
+    """Decoupled contrastive loss (Yeh et al. 2022, eq. 6) over two views z1, z2 (N, D): row i of [z1; z2] gets
+    -w_i s(i, other view) + log sum over every row but itself and its other view of e^{s}. positive_weight: (2N,)
+    per row (DCLW: von_mises_fisher_weights twice), or None."""
+    n = z1.shape[0]
+    z = l2_normalize(torch.cat([z1, z2]), eps)
+    logits = (z @ z.T) / temperature
+    other = torch.arange(2 * n, device=z.device).roll(n)
+    positive_logit = logits.gather(1, other[:, None]).squeeze(1)
+    leave_out = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    leave_out[torch.arange(2 * n), other] = True
+    negative_term = torch.logsumexp(logits.masked_fill(leave_out, float("-inf")), dim=1)
+    weight = 1.0 if positive_weight is None else positive_weight
+    row_loss = negative_term - weight * positive_logit
+    return reduce_rows(row_loss, torch.ones_like(row_loss, dtype=torch.bool), reduction)
+
+
+def von_mises_fisher_weights(z1, z2, sigma, eps=DEFAULT_EPS):
+    """DCLW's weights (Yeh et al. 2022): w_i = 2 - N softmax_i(cos(z1_i, z2_i) / sigma), detached."""
+    cosine = (l2_normalize(z1.detach(), eps) * l2_normalize(z2.detach(), eps)).sum(dim=1)
+    return 2 - z1.shape[0] * torch.softmax(cosine / sigma, dim=0)
+
+
+def hard_negative_loss(positive_logit, negative_logits, temperature, beta, tau_plus, reduction="mean"):
+    """HCL's estimator (Robinson et al. 2021) in their exponential form: one positive logit (R,) and n negative
+    logits (R, n) per row, s = cos / t.
+
+        imp = e^{beta s_neg};  reweight = sum(imp e^{s_neg}) / mean(imp)
+        Ng  = max((reweight - tau_plus n e^{s_pos}) / (1 - tau_plus), n e^{-1/t})
+        L   = -log(e^{s_pos} / (e^{s_pos} + Ng))
+    Overflows for small t outside float64; used by the tests in float64."""
+    pos, neg = torch.exp(positive_logit), torch.exp(negative_logits)
+    n = negative_logits.shape[1]
+    imp = torch.exp(beta * negative_logits)
+    reweight = (imp * neg).sum(dim=1) / imp.mean(dim=1)
+    estimate = (reweight - tau_plus * n * pos) / (1 - tau_plus)
+    estimate = torch.maximum(estimate, n * torch.exp(-1 / torch.as_tensor(temperature, dtype=pos.dtype)))
+    row_loss = -torch.log(pos / (pos + estimate))
+    return reduce_rows(row_loss, torch.ones_like(row_loss, dtype=torch.bool), reduction)
+
+
+def hard_negative_nt_xent(z1, z2, *, temperature=0.5, beta=0.0, tau_plus=0.0, reduction="mean", eps=DEFAULT_EPS):
+    """NT-Xent with HCL's estimator, as Robinson et al.'s code computes it: row i of [z1; z2], its other view
+    the positive, the 2N - 2 other rows its negatives."""
+    n = z1.shape[0]
+    z = l2_normalize(torch.cat([z1, z2]), eps)
+    logits = (z @ z.T) / temperature
+    other = torch.arange(2 * n, device=z.device).roll(n)
+    keep = ~torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    keep[torch.arange(2 * n), other] = False
+    negative_logits = logits[keep].view(2 * n, 2 * n - 2)
+    return hard_negative_loss(logits.gather(1, other[:, None]).squeeze(1), negative_logits, temperature, beta,
+                              tau_plus, reduction)
+
+
+def hard_negative_info_nce(query, key, *, negatives=None, temperature=0.07, beta=0.0, tau_plus=0.0,
+                           reduction="mean", eps=DEFAULT_EPS):
+    """InfoNCE / MoCo with HCL's estimator: query i's positive is key i; the other keys and the queue are its
+    negatives."""
+    q, k = l2_normalize(query, eps), l2_normalize(key, eps)
+    logits = (q @ k.T) / temperature
+    n = q.shape[0]
+    negative_logits = logits[~torch.eye(n, dtype=torch.bool, device=q.device)].view(n, n - 1)
+    if negatives is not None:
+        negative_logits = torch.cat([negative_logits, (q @ l2_normalize(negatives, eps).T) / temperature], dim=1)
+    return hard_negative_loss(logits.diagonal(), negative_logits, temperature, beta, tau_plus, reduction)

@@ -28,6 +28,11 @@ LOSS_CALLS = {
     "info_nce": lambda z, t: losses.info_nce(z[:4], z[4:], temperature=t),
     "clip_loss": lambda z, t: losses.clip_loss(z[:4], z[4:], logit_scale=1 / t),
     "positive_pair_loss": lambda z, t: losses.positive_pair_loss(z[:4], z[4:].detach(), 0.5),
+    # the variants (issue 15; computed by the reference until a fused backend takes them)
+    "dcl": lambda z, t: losses.dcl(z[:4], z[4:], temperature=t, sigma=0.5),
+    "nt_xent_hard_negatives": lambda z, t: losses.nt_xent(z[:4], z[4:], temperature=t, beta=0.5, tau_plus=0.1),
+    "contrastive_per_positive": lambda z, t: losses.contrastive_loss(
+        z, None, torch.tensor([0, 1, 0, 1, 2, 2, 0, 3]), temperature=t, denominator="per_positive"),
 }
 
 

@@ -9,8 +9,9 @@ What is compared (the DDP convention of synthcl_fast.distributed):
     gradients  a rank's gradient of its own rows / world_size (DDP averages over ranks)  ==  the
                single-process gradient of those rows; for inputs every rank shares (temperature, a queue of
                negatives) the mean over ranks  ==  the single-process gradient.
-The drop-ins of lightly and open_clip are also run beside the real libraries on every rank (equal batches:
-the libraries need them), where each rank's loss and gradients must equal the library's.
+The drop-ins of lightly, pytorch-metric-learning (inside its DistributedLossWrapper) and open_clip are also run
+beside the real libraries on every rank (equal batches: the libraries need them), where each rank's loss and
+gradients must equal the library's.
 """
 
 from __future__ import annotations
@@ -121,6 +122,24 @@ def case_clip(world_size):
         [(sizes, 0), (sizes, 0), None])
 
 
+def case_nt_xent_hard_negatives(world_size):
+    """HCL's estimate over the negatives of every rank (n = all other rows of all ranks)."""
+    sizes = rows_per_rank(world_size)
+    n = sum(sizes)
+    return against_single_process(
+        lambda z1, z2, t, **kw: losses.nt_xent(z1, z2, temperature=t, beta=0.5, tau_plus=0.1, **kw),
+        [random(n, 8, seed=16), random(n, 8, seed=17), torch.tensor(0.4, requires_grad=True)],
+        [(sizes, 0), (sizes, 0), None])
+
+
+def case_dcl(world_size):
+    sizes = rows_per_rank(world_size)
+    n = sum(sizes)
+    return against_single_process(
+        lambda z1, z2, **kw: losses.dcl(z1, z2, temperature=0.2, **kw),
+        [random(n, 8, seed=18), random(n, 8, seed=19)], [(sizes, 0), (sizes, 0)])
+
+
 def case_control_detached_gather(world_size):
     """Negative control: the classic bug (no gradient through the gather) must show up as a large error."""
     def buggy_nt_xent(z1, z2, gather_distributed):
@@ -182,6 +201,47 @@ def case_lightly_bank_gather(world_size):
         inputs = [random(3, 8, seed=40 + 10 * step + rank), random(3, 8, seed=50 + 10 * step + rank)]
         errors.update({f"step {step} {k}": v for k, v in against_library(ours, theirs, inputs).items()})
         errors[f"step {step} bank"] = relative_error(ours.bank, theirs.memory_bank.bank)
+    return errors
+
+
+def case_lightly_dcl_gather(world_size):
+    """DCLLoss / DCLWLoss with gather_distributed beside lightly's (DCLW's weights come from each rank's batch)."""
+    lightly_loss = import_or_none("lightly.loss")
+    if lightly_loss is None:
+        return SKIPPED
+    from synthcl_fast.compat import lightly
+    rank, errors = dist.get_rank(), {}
+    inputs = [random(4, 8, seed=80 + rank), random(4, 8, seed=90 + rank)]
+    for name in ("DCLLoss", "DCLWLoss"):
+        errors.update({f"{name} {k}": v for k, v in against_library(
+            getattr(lightly, name)(temperature=0.2, gather_distributed=True),
+            getattr(lightly_loss, name)(temperature=0.2, gather_distributed=True), inputs).items()})
+    return errors
+
+
+def case_pml_distributed_loss_wrapper(world_size):
+    """pytorch-metric-learning's DistributedLossWrapper around the drop-ins and around the library's losses (both
+    modes), and around CrossBatchMemory (two steps: the memory holds every rank's rows)."""
+    pml = import_or_none("pytorch_metric_learning.losses")
+    if pml is None:
+        return SKIPPED
+    from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+
+    from synthcl_fast.compat import pytorch_metric_learning as ours
+    rank, errors = dist.get_rank(), {}
+    labels = torch.randint(0, 3, (6,), generator=torch.Generator().manual_seed(100 + rank))
+    for name in ("NTXentLoss", "SupConLoss"):
+        for efficient in (False, True):
+            errors.update({f"{name} efficient={efficient} {k}": v for k, v in against_library(
+                lambda x: DistributedLossWrapper(getattr(ours, name)(0.2), efficient=efficient)(x, labels),
+                lambda x: DistributedLossWrapper(getattr(pml, name)(0.2), efficient=efficient)(x, labels),
+                [random(6, 8, seed=110 + rank)]).items()})
+    mine = DistributedLossWrapper(ours.CrossBatchMemory(ours.NTXentLoss(0.2), 8, memory_size=40))
+    theirs = DistributedLossWrapper(pml.CrossBatchMemory(pml.NTXentLoss(0.2), 8, memory_size=40))
+    for step in range(2):
+        errors.update({f"CrossBatchMemory step {step} {k}": v for k, v in against_library(
+            lambda x: mine(x, labels), lambda x: theirs(x, labels), [random(6, 8, seed=120 + 10 * step + rank)]
+        ).items()})
     return errors
 
 

@@ -60,6 +60,9 @@ class ClipLoss(nn.Module):
             loss = clip_loss(image_features, text_features, logit_scale=logit_scale)
         if logit_bias is not None:
             loss = self._with_bias(loss, logit_bias)
+        # open_clip's logits, logit_scale * image_features @ text_features.T, set the dtype of its loss.
+        loss = loss.to(torch.result_type(logit_scale, image_features) if isinstance(logit_scale, torch.Tensor)
+                       else image_features.dtype)
         return {"contrastive_loss": loss} if output_dict else loss
 
     @staticmethod

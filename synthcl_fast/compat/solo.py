@@ -19,7 +19,7 @@ from ..losses import nt_xent
 
 def simclr_loss_func(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,
                      extra_pos_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """SimCLR's loss of solo-learn: z1, z2 (N, D) are two views; returns the scalar NT-Xent loss.
+    """SimCLR's loss of solo-learn: z1, z2 (N, D) are two views; returns the scalar NT-Xent loss in z1's dtype.
 
     extra_pos_mask (an arbitrary (2N, 2N) mask of extra positives) raises NotImplementedError: the fused op
     takes positives as labels. For supervised SimCLR (positives = same class) use
@@ -30,4 +30,4 @@ def simclr_loss_func(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.
             "simclr_loss_func: extra_pos_mask is not supported by synthcl_fast's drop-in (positives must be given "
             "as labels); for supervised SimCLR use synthcl_fast.losses.supcon(torch.cat([z1, z2]), "
             "labels.repeat(2), temperature=t)")
-    return nt_xent(z1, z2, temperature=temperature)
+    return nt_xent(z1, z2, temperature=temperature).to(z1.dtype)

@@ -1,0 +1,73 @@
+"""Variants of the general contrastive op (issue 15) and the backend that computes them.
+
+The options (formulas: synthcl_fast/reference.py, above contrastive_loss_variant):
+
+    denominator="all"            the plain op: lse over every candidate but self
+    denominator="negatives"      the positives left out of the denominator (DCL, Yeh et al. 2022)
+    denominator="per_positive"   each positive against the negatives alone, averaged over the positives
+                                 (pytorch-metric-learning's NTXentLoss with several positives per anchor)
+    beta, tau_plus               hard negatives weighted by e^{beta s} and the debiasing prior tau_plus
+                                 (HCL, Robinson et al. 2021; Chuang et al. 2020)
+    positive_weight              a weight w_i on row i's positive term (DCLW, lightly's DCLLoss weight_fn)
+
+No fused backend computes a variant yet: `auto` takes the reference for them, and an explicit fused backend
+raises BackendUnavailableError naming the option (backend_for_variant). A backend that fuses some of them
+lists their names in FUSED_OPTIONS.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .backends import BACKEND_ENV, BACKENDS, Backend, BackendUnavailableError, resolve_backend
+
+# Option names (as ContrastiveVariant.options() spells them) that each fused backend computes.
+FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": frozenset(), "triton": frozenset(), "cuda": frozenset()}
+
+
+@dataclass(frozen=True)
+class ContrastiveVariant:
+    """Validated variant options of one call (see synthcl_fast._validation); the defaults are the plain op."""
+
+    denominator: str = "all"
+    beta: float = 0.0
+    tau_plus: float = 0.0
+    positive_weight: torch.Tensor | None = None  # (R,)
+
+    def options(self) -> tuple[str, ...]:
+        """The options that differ from the plain op, e.g. ("denominator='negatives'", "beta")."""
+        names = []
+        if self.denominator != "all":
+            names.append(f"denominator={self.denominator!r}")
+        if self.beta != 0.0:
+            names.append("beta")
+        if self.tau_plus != 0.0:
+            names.append("tau_plus")
+        if self.positive_weight is not None:
+            names.append("positive_weight")
+        return tuple(names)
+
+
+PLAIN = ContrastiveVariant()
+
+
+def backend_for_variant(backend: str, device: torch.device, dtype: torch.dtype,
+                        variant: ContrastiveVariant) -> Backend:
+    """The backend that computes `variant` for backend=`backend`: the one resolve_backend picks when it fuses
+    every option in use; else the reference under "auto", and BackendUnavailableError for a backend asked for by
+    name (argument or SYNTHCL_FAST_BACKEND)."""
+    chosen = resolve_backend(backend, device, dtype)
+    if chosen.name == "reference":
+        return chosen
+    missing = [option for option in variant.options() if option not in FUSED_OPTIONS.get(chosen.name, ())]
+    if not missing:
+        return chosen
+    requested = os.environ.get(BACKEND_ENV, "auto") if backend == "auto" else backend
+    if requested == "auto":
+        return BACKENDS["reference"]
+    raise BackendUnavailableError(
+        f"backend {chosen.name!r} does not fuse {', '.join(missing)} yet; use backend='auto' or 'reference' "
+        "(which materialize the logits for these options)")

@@ -1,0 +1,125 @@
+"""The variant options of the op through the public API (synthcl_fast.variants): which backend computes them, the
+errors that name a bad option, and the named losses and modules built on them. Their math: test_reference.py;
+against the peer libraries: test_compat.py."""
+
+import pytest
+import torch
+
+import synthcl_fast.losses as L
+from conftest import assert_close, fused_cpu_backends
+from synthcl_fast import reference as ref
+from synthcl_fast.backends import BACKEND_ENV, BackendUnavailableError
+
+VARIANT_OPTIONS = {
+    "denominator='negatives'": {"denominator": "negatives"},
+    "denominator='per_positive'": {"denominator": "per_positive"},
+    "beta": {"beta": 0.5},
+    "tau_plus": {"tau_plus": 0.1},
+    "positive_weight": {"positive_weight": 0.5},
+}
+
+
+def inputs(generator, dtype=torch.float32):
+    x = torch.randn(10, 6, generator=generator, dtype=dtype)
+    return x, torch.tensor([0, 1, 2, 0, 1, 2, 3, 3, 4, 0])
+
+
+@pytest.mark.parametrize("option", VARIANT_OPTIONS)
+def test_fused_backends_refuse_variants_by_name(generator, option):
+    x, labels = inputs(generator)
+    for backend in fused_cpu_backends():
+        with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' does not fuse {option} yet"):
+            L.contrastive_loss(x, None, labels, backend=backend, **VARIANT_OPTIONS[option])
+
+
+@pytest.mark.parametrize("option", VARIANT_OPTIONS)
+def test_auto_computes_variants_with_the_reference(generator, monkeypatch, option):
+    x, labels = inputs(generator)
+    kwargs = VARIANT_OPTIONS[option]
+    auto = L.contrastive_loss(x, None, labels, **kwargs)
+    expected = ref.contrastive_loss_variant(x, None, labels, **kwargs)
+    assert torch.equal(auto, expected)
+    for backend in fused_cpu_backends():  # the environment override names a backend: it is explicit
+        monkeypatch.setenv(BACKEND_ENV, backend)
+        with pytest.raises(BackendUnavailableError, match=option.replace("(", r"\(")):
+            L.contrastive_loss(x, None, labels, **kwargs)
+        monkeypatch.delenv(BACKEND_ENV)
+
+
+def test_default_options_stay_fused(generator):
+    """Spelling out the defaults changes nothing: the fused backend still runs (and agrees with the reference)."""
+    x, labels = inputs(generator)
+    defaults = dict(denominator="all", beta=0.0, tau_plus=0.0, positive_weight=None)
+    for backend in fused_cpu_backends():
+        assert_close(L.contrastive_loss(x, None, labels, backend=backend, **defaults),
+                     L.contrastive_loss(x.double(), None, labels, backend="reference"), 1e-5, backend)
+
+
+def test_bad_options_name_the_argument(generator):
+    x, labels = inputs(generator)
+    for kwargs, match in (({"denominator": "positives"}, "denominator must be one of"),
+                          ({"beta": float("nan")}, "beta must be a finite float"),
+                          ({"beta": True}, "beta must be a finite float"),
+                          ({"tau_plus": 1.0}, r"tau_plus must be a float in \[0, 1\)"),
+                          ({"tau_plus": -0.1}, r"tau_plus must be a float in \[0, 1\)"),
+                          ({"positive_weight": torch.ones(11)}, r"positive_weight must be .* shape \(\) or \(10,\)"),
+                          ({"positive_weight": torch.ones(10, dtype=torch.int64)}, "positive_weight must be"),
+                          ({"positive_weight": float("inf")}, "positive_weight must be a finite float")):
+        with pytest.raises(ValueError, match=match):
+            L.contrastive_loss(x, None, labels, **kwargs)
+    z1, z2 = x[:5], x[5:]
+    with pytest.raises(ValueError, match="not both"):
+        L.dcl(z1, z2, sigma=0.5, positive_weight=torch.ones(5))
+    for sigma in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="sigma must be a finite float > 0"):
+            L.dcl(z1, z2, sigma=sigma)
+    for module, kwargs in ((L.NTXentLoss, {"beta": "hard"}), (L.InfoNCELoss, {"tau_plus": 2.0}),
+                           (L.ContrastiveLoss, {"denominator": "none"})):
+        with pytest.raises(ValueError):
+            module(**kwargs)
+
+
+def test_dcl_weights_per_image_or_per_row(generator):
+    z1, z2 = torch.randn(2, 5, 4, generator=generator, dtype=torch.float64).unbind(0)
+    per_image = torch.rand(5, generator=generator, dtype=torch.float64)
+    assert_close(L.dcl(z1, z2, positive_weight=per_image), L.dcl(z1, z2, positive_weight=per_image.repeat(2)),
+                 0.0, "(N,) weights are both views' weights")
+    assert_close(L.dcl(z1, z2, positive_weight=1.0), L.dcl(z1, z2), 0.0, "weight 1 is DCL")
+    weights = ref.von_mises_fisher_weights(z1, z2, 0.5)
+    assert_close(L.dcl(z1, z2, sigma=0.5), L.dcl(z1, z2, positive_weight=weights), 1e-15, "sigma is DCLW")
+
+
+def test_modules(generator):
+    z1, z2 = torch.randn(2, 6, 5, generator=generator, dtype=torch.float64).unbind(0)
+    assert_close(L.DCLLoss(temperature=0.3, sigma=0.5)(z1, z2), L.dcl(z1, z2, temperature=0.3, sigma=0.5), 0.0,
+                 "DCLLoss")
+    assert_close(L.NTXentLoss(beta=1.0, tau_plus=0.1)(z1, z2), L.nt_xent(z1, z2, beta=1.0, tau_plus=0.1), 0.0,
+                 "NTXentLoss")
+    assert_close(L.InfoNCELoss(beta=1.0, tau_plus=0.1)(z1, z2), L.info_nce(z1, z2, beta=1.0, tau_plus=0.1), 0.0,
+                 "InfoNCELoss")
+    labels = torch.tensor([0, 0, 1, 1, 2, 0])
+    weight = torch.rand(6, generator=generator, dtype=torch.float64)
+    module = L.ContrastiveLoss(denominator="per_positive", beta=0.5)
+    assert_close(module(z1, None, labels, positive_weight=weight),
+                 L.contrastive_loss(z1, None, labels, denominator="per_positive", beta=0.5, positive_weight=weight),
+                 0.0, "ContrastiveLoss")
+    assert "denominator='per_positive'" in repr(module)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_variant_reductions_and_low_precision(generator, reduction):
+    """Reductions as in the plain op (rows without a positive report 0 and leave the mean); fp16/bf16 features are
+    computed in fp32 and come back in fp32, gradients in the input dtype (the README's convention)."""
+    x, labels = inputs(generator, torch.float64)
+    labels[-1] = 9  # rows 8 and 9 have no positive
+    rows = L.contrastive_loss(x, None, labels, denominator="negatives", reduction="none")
+    assert rows[8] == rows[9] == 0
+    expected = {"none": rows, "sum": rows.sum(), "mean": rows.sum() / 8}[reduction]
+    assert_close(L.contrastive_loss(x, None, labels, denominator="negatives", reduction=reduction), expected, 1e-15,
+                 reduction)
+    for dtype in (torch.float16, torch.bfloat16):
+        low = x.to(dtype).requires_grad_()
+        loss = L.contrastive_loss(low, None, labels, tau_plus=0.1, reduction=reduction)
+        assert loss.dtype == torch.float32
+        grad, = torch.autograd.grad(loss.sum(), low)
+        assert grad.dtype == dtype and torch.isfinite(grad).all()
