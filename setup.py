@@ -52,7 +52,10 @@ def _extension_config():
 
     # Portable machine code unless SYNTHCL_FAST_NATIVE=1: a wheel or a shared build directory used on another
     # CPU must not die with SIGILL (the same flags as the first-use build: backends/native.py cxx_flags).
-    cxx = ["-O3", "-fopenmp-simd"] + (["-march=native"] if _flag("SYNTHCL_FAST_NATIVE") else [])
+    # -fopenmp: ATen's at::parallel_for is a header template that runs its body on one thread unless the
+    # extension itself is compiled with OpenMP (it then joins torch's libgomp, loaded under the same soname).
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx = ["-O3", "-fopenmp-simd"] + openmp + (["-march=native"] if _flag("SYNTHCL_FAST_NATIVE") else [])
     sources = sorted(glob.glob("csrc/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/*.cu"))
     with_cuda = bool(cuda_sources) and not _flag("SYNTHCL_FAST_NO_CUDA") and (
@@ -65,9 +68,10 @@ def _extension_config():
         # --threads 2: the architectures compile in parallel (CI machines have 2 cores)
         nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--threads", "2"]
         ext = cpp_extension.CUDAExtension("synthcl_fast._C", sources + cuda_sources,
-                                          extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+                                          extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=openmp)
     else:
-        ext = cpp_extension.CppExtension("synthcl_fast._C", sources, extra_compile_args={"cxx": cxx})
+        ext = cpp_extension.CppExtension("synthcl_fast._C", sources, extra_compile_args={"cxx": cxx},
+                                         extra_link_args=openmp)
 
     class BuildExtension(cpp_extension.BuildExtension):
         def run(self):

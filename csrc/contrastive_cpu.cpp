@@ -2,45 +2,62 @@
 // gradients) is stated once, in synthcl_fast/reference.py; the op contract is synthcl_fast/backends/_ops.py.
 //
 // Row statistics are kept online over column tiles: per row the running max m, S = sum exp(s - m), the
-// positive gap sum_p (s_ip - m) (rescaled when m moves) and |P|; then L_i = -gap_i / |P(i)| + log S_i,
-// formed from quantities of the loss's own size, and the backward gets (m_i, log S_i).
+// positive gap sum_p (s_ip - m) (moved with m) and |P|; then L_i = -gap_i / |P(i)| + log S_i, formed from
+// quantities of the loss's own size, and the backward gets (m_i, log S_i).
 //
-// Work layout: rows in blocks of at most 256; for each block the logits strip S = (U_b / t) V^T is
-// formed one column tile at a time in a buffer of at most kStripBytes (never R x K), with an online
-// log-sum-exp across tiles. When the strip fits in one tile and the gradient is wanted in forward
-// (reduction "mean"/"sum": the upstream gradient is a scalar), the strip is reused for the gradient:
-// three matrix products per row block (S, G V, G^T U) instead of four. Matrix products go to ATen's
-// multi-threaded BLAS; per-row passes are spread over threads with at::parallel_for; per-row partial
-// sums are reduced in a fixed order, so results are deterministic for a fixed thread count.
+// Threads (cpu_threads.h): each pass runs its work groups (row blocks, or pairs of row blocks) on threads
+// that take them as they finish and never spin; every matrix product and row loop runs on one thread, with
+// single-threaded MKL. What groups share (the candidates' gradient, and in the symmetric plan the row
+// statistics and the whole gradient) is accumulated in per-group buffers (at most 4 per thread, each
+// O((R + K) D)) merged in group order: bit-identical results run to run for a fixed thread count.
+//
+// Plans.
+//  - General: rows in blocks; for each block the logits strip S = (U_b / t) V^T is formed one column tile at a
+//    time in a per-thread buffer (never R x K), with the online statistics across tiles. For a scalar loss
+//    (the gradient is computed in forward) a strip that is one tile is reused for the gradient: three
+//    products per block (S, G V, G^T U): 6 R K D flops for forward + backward.
+//  - Symmetric: the candidates are the anchors with the same labels (NT-Xent, SupCon, PPCL without extra
+//    negatives): s and the positive mask are symmetric, so each pair of row blocks (I <= J) is formed once.
+//    Forward: S_IJ gives the statistics of rows I (over columns J) and, transposed, of rows J (over columns
+//    I): R K D flops. Gradient: M_IJ = G_IJ + G_JI^T from the recomputed S_IJ with both rows' statistics, then
+//    dU_I += M_IJ U_J and dU_J += M_IJ^T U_I: 3 R K D flops. 4 R K D for forward + backward.
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.h"
+#include "cpu_threads.h"
 
 namespace synthcl_fast {
 namespace {
 
-constexpr int64_t kStripBytes = 2 << 20;
+constexpr int64_t kStripBytes = 4 << 20;  // one thread's logits strip
 constexpr int64_t kMaxBlockRows = 256;
-constexpr int64_t kMinBlockRows = 16;
+constexpr int64_t kMinSingleTileRows = 64;  // below this a row block is too thin for an efficient product
+constexpr int64_t kSymmetricBlock = 256;
 constexpr int64_t kRowGrain = 8;
+constexpr int64_t kNoSelf = std::numeric_limits<int64_t>::min() / 2;
 
 at::ScalarType accumulate_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// ---------------------------------------------------------------------------------------------------------
+// Normalization and its backward
+// ---------------------------------------------------------------------------------------------------------
 
 // u = x / max(||x||, eps) in the accumulation type, and the clamped norms (float64). The squares are
 // summed in float64, so fp32 rows neither overflow (|x| up to fp32's max) nor underflow (subnormals).
 template <typename scalar_t, typename acc_t>
 void normalize_rows_kernel(const scalar_t* x, int64_t n_rows, int64_t dim, double eps, acc_t* u, double* norms) {
-  at::parallel_for(0, n_rows, kRowGrain, [&](int64_t lo, int64_t hi) {
+  parallel_items(n_rows, kRowGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const scalar_t* xi = x + i * dim;
       double squares = 0;
@@ -66,18 +83,47 @@ std::pair<at::Tensor, at::Tensor> normalize_rows(const at::Tensor& x, double eps
   return {u, norms};
 }
 
-// dx = (du - u (u . du)) / ||x||; a row no longer than eps is a constant and gets no gradient.
-// Overwrites du (no temporaries of its size), then casts to the input dtype.
+// A gradient w.r.t. the normalized rows as parts (per-thread partial sums, and both roles of one tensor), each
+// with the factor it still needs (1/t, the reduction's weight).
+struct GradParts {
+  std::vector<at::Tensor> parts;
+  std::vector<double> factors;
+  void add(const std::vector<at::Tensor>& more, double factor) {
+    for (const auto& part : more) {
+      parts.push_back(part);
+      factors.push_back(factor);
+    }
+  }
+};
+
+// dx = (du - u (u . du)) / ||x|| with du = sum over the parts, in order, of factor * part; a row no longer than
+// eps is a constant and gets no gradient. Written into the first part, then cast to the input dtype: one
+// rounding of the whole gradient. (One parallel region: the factors are applied here, not by extra passes.)
 template <typename acc_t>
-at::Tensor normalize_backward(at::Tensor du, const at::Tensor& u, const at::Tensor& norms, double eps,
+at::Tensor normalize_backward(const GradParts& grad, const at::Tensor& u, const at::Tensor& norms, double eps,
                               at::ScalarType out_dtype) {
   const int64_t dim = u.size(1);
-  acc_t* du_ptr = du.data_ptr<acc_t>();
+  acc_t* du_ptr = grad.parts[0].data_ptr<acc_t>();
+  const acc_t first_factor = static_cast<acc_t>(grad.factors[0]);
+  std::vector<const acc_t*> others;
+  std::vector<acc_t> other_factors;
+  for (size_t k = 1; k < grad.parts.size(); ++k) {
+    others.push_back(grad.parts[k].data_ptr<acc_t>());
+    other_factors.push_back(static_cast<acc_t>(grad.factors[k]));
+  }
   const acc_t* u_ptr = u.data_ptr<acc_t>();
   const double* norm_ptr = norms.data_ptr<double>();
-  at::parallel_for(0, u.size(0), kRowGrain, [&](int64_t lo, int64_t hi) {
+  parallel_items(u.size(0), kRowGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       acc_t* g = du_ptr + i * dim;
+#pragma omp simd
+      for (int64_t d = 0; d < dim; ++d) g[d] *= first_factor;
+      for (size_t k = 0; k < others.size(); ++k) {
+        const acc_t* other = others[k] + i * dim;
+        const acc_t factor = other_factors[k];
+#pragma omp simd
+        for (int64_t d = 0; d < dim; ++d) g[d] += factor * other[d];
+      }
       const acc_t* ui = u_ptr + i * dim;
       if (!(norm_ptr[i] > eps)) {
         std::fill(g, g + dim, acc_t(0));
@@ -91,25 +137,54 @@ at::Tensor normalize_backward(at::Tensor du, const at::Tensor& u, const at::Tens
       for (int64_t d = 0; d < dim; ++d) g[d] = (g[d] - ui[d] * radial) * inv_norm;
     }
   });
-  return du.to(out_dtype);
+  return grad.parts[0].to(out_dtype);
 }
 
-// Gradients w.r.t. the raw anchors and candidates from those w.r.t. the normalized rows. When the candidates
-// are the anchors and the input dtype is narrower than the accumulation type, the two parts are summed
-// before the one rounding to the input dtype: rounded separately and added by autograd, parts that largely
-// cancel would lose the sum's precision. The candidates' gradient is then zero (autograd adds it exactly).
+// ---------------------------------------------------------------------------------------------------------
+// The problem, its per-thread partial sums, and the tile routines (each runs on one thread)
+// ---------------------------------------------------------------------------------------------------------
+
+// What every pass needs to know about the problem; pointers are to contiguous host memory.
 template <typename acc_t>
-std::pair<at::Tensor, at::Tensor> input_gradients(at::Tensor grad_u, at::Tensor grad_v, const at::Tensor& u,
-                                                  const at::Tensor& norm_a, const at::Tensor& v,
-                                                  const at::Tensor& norm_c, const at::Tensor& anchors,
-                                                  const at::Tensor& candidates, double eps) {
-  if (candidates.is_same(anchors) && anchors.scalar_type() != grad_u.scalar_type()) {
-    return {normalize_backward<acc_t>(grad_u.add_(grad_v), u, norm_a, eps, anchors.scalar_type()),
-            at::zeros(candidates.sizes(), candidates.options())};
+struct Problem {
+  at::Tensor u;  // (R, D) u_i
+  at::Tensor v;  // (K, D) v_j (the same tensor as u when the candidates are the anchors)
+  const int64_t* anchor_labels;
+  const int64_t* candidate_labels;
+  int64_t n_rows, n_cols, dim;
+  bool exclude_self;
+  acc_t inv_t;
+};
+
+// One zeroed buffer per group, created by the thread that runs the group; merged in group order by the caller.
+struct PerGroup {
+  std::vector<at::Tensor> buffers;
+  std::vector<int64_t> shape;
+  at::TensorOptions options;
+  PerGroup(int64_t n_groups, std::vector<int64_t> shape_, at::TensorOptions options_)
+      : buffers(n_groups), shape(std::move(shape_)), options(options_) {}
+  at::Tensor& of(int64_t g) {
+    if (!buffers[g].defined()) buffers[g] = at::zeros(shape, options);
+    return buffers[g];
   }
-  return {normalize_backward<acc_t>(grad_u, u, norm_a, eps, anchors.scalar_type()),
-          normalize_backward<acc_t>(grad_v, v, norm_c, eps, candidates.scalar_type())};
-}
+  std::vector<at::Tensor> used() const {
+    std::vector<at::Tensor> out;
+    for (const auto& b : buffers)
+      if (b.defined()) out.push_back(b);
+    return out;
+  }
+};
+
+// Per-group sums (the temperature gradient's terms, counts), added in group order.
+struct GroupSums {
+  std::vector<double> values;
+  explicit GroupSums(int64_t n_groups) : values(n_groups, 0.0) {}
+  double total() const {
+    double sum = 0;
+    for (double v : values) sum += v;
+    return sum;
+  }
+};
 
 // Calls fn(lo, hi) on [begin, end) minus the excluded self column, so the inner loops stay branch-free.
 template <typename Fn>
@@ -122,248 +197,561 @@ inline void for_each_allowed(int64_t begin, int64_t end, int64_t self, Fn fn) {
   }
 }
 
-// What every pass needs to know about the problem; pointers are to contiguous host memory.
+// tile[0:bm, 0:tn] = (1/t) A B^T (rows of u or v): one product on this thread.
 template <typename acc_t>
-struct Problem {
-  at::Tensor u;  // (R, D) u_i
-  at::Tensor v;  // (K, D) v_j (the same tensor as u when the candidates are the anchors)
-  const int64_t* anchor_labels;
-  const int64_t* candidate_labels;
-  int64_t n_rows, n_cols, dim;
-  bool exclude_self;
-  acc_t inv_t;
-  int64_t block_rows, tile_cols;
-};
-
-template <typename acc_t>
-Problem<acc_t> make_problem(const at::Tensor& u, const at::Tensor& v, const at::Tensor& anchor_labels,
-                            const at::Tensor& candidate_labels, bool exclude_self, double inv_t) {
-  Problem<acc_t> p;
-  p.u = u;
-  p.v = v;
-  p.anchor_labels = anchor_labels.data_ptr<int64_t>();
-  p.candidate_labels = candidate_labels.data_ptr<int64_t>();
-  p.n_rows = u.size(0);
-  p.n_cols = v.size(0);
-  p.dim = u.size(1);
-  p.exclude_self = exclude_self;
-  p.inv_t = static_cast<acc_t>(inv_t);
-  // A block of rows spans the whole strip when it fits; otherwise the columns are tiled.
-  const int64_t strip_rows = kStripBytes / (static_cast<int64_t>(sizeof(acc_t)) * p.n_cols);
-  p.block_rows = std::min(p.n_rows, std::clamp(strip_rows, kMinBlockRows, kMaxBlockRows));
-  p.tile_cols = std::min(p.n_cols, std::max<int64_t>(1, kStripBytes / (static_cast<int64_t>(sizeof(acc_t)) * p.block_rows)));
-  return p;
-}
-
-// S[0:bm, 0:tn] = (1/t) U_b V_tile^T into the front of the strip buffer (1/t folded into the product's
-// alpha); returns that (bm, tn) view.
-template <typename acc_t>
-at::Tensor logits_tile(const Problem<acc_t>& p, at::Tensor& strip, int64_t r0, int64_t bm, int64_t c0, int64_t tn) {
-  at::Tensor tile = strip.narrow(0, 0, bm * tn).view({bm, tn});
-  at::addmm_out(tile, tile, p.u.narrow(0, r0, bm), p.v.narrow(0, c0, tn).t(), /*beta=*/0, /*alpha=*/p.inv_t);
+at::Tensor logits(const Problem<acc_t>& p, at::Tensor& buffer, const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor tile = buffer.narrow(0, 0, a.size(0) * b.size(0)).view({a.size(0), b.size(0)});
+  at::addmm_out(tile, tile, a, b.t(), /*beta=*/0, /*alpha=*/p.inv_t);
   return tile;
 }
 
-// Online row statistics of rows [r0, r0+bm) over the tile of columns [c0, c0+tn): max, sum of exp(s - max),
-// the positive gap sum_p (s_p - max) (shifted with the max, so it stays the size of the loss) and |P|.
-template <typename acc_t>
-void accumulate_row_stats(const Problem<acc_t>& p, const acc_t* tile, int64_t r0, int64_t bm, int64_t c0,
-                          int64_t tn, acc_t* row_max, acc_t* row_sum_exp, acc_t* row_positive_gap,
-                          int64_t* row_n_positive) {
-  constexpr acc_t kMinusInf = -std::numeric_limits<acc_t>::infinity();
-  at::parallel_for(0, bm, kRowGrain, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t row = r0 + i;
-      const acc_t* s = tile + i * tn;
-      const int64_t self = p.exclude_self ? row - c0 : -1;
-      const int64_t label = p.anchor_labels[row];
-      const int64_t* labels = p.candidate_labels + c0;
-      if (tn == 1 && self == 0) continue;  // the tile holds only the excluded self column
-      acc_t tile_max = kMinusInf;
-      for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
-#pragma omp simd reduction(max : tile_max)
-        for (int64_t j = a; j < b; ++j) tile_max = std::max(tile_max, s[j]);
-      });
-      // The max skips NaN logits (NaN features or an invalid temperature); the sums below do not, so NaN
-      // reaches the loss. -inf only then: shift by 0 so that the sums are NaN, not skipped.
-      const acc_t new_max = std::max(row_max[i], tile_max);
-      const acc_t shift = new_max == kMinusInf ? acc_t(0) : new_max;
-      acc_t sum_exp = 0, positive_gap = 0;
-      int64_t n_positive = 0;
-      for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
-#pragma omp simd reduction(+ : sum_exp, positive_gap, n_positive)
-        for (int64_t j = a; j < b; ++j) {
-          const acc_t shifted = s[j] - shift;
-          const bool positive = labels[j] == label && labels[j] >= 0;
-          sum_exp += exp_nonpositive(shifted);
-          positive_gap += positive ? shifted : acc_t(0);
-          n_positive += positive ? 1 : 0;
-        }
-      });
-      if (row_max[i] != kMinusInf && shift != row_max[i]) {  // the earlier tiles' terms, moved to the new max
-        row_sum_exp[i] *= exp_nonpositive(row_max[i] - shift);
-        row_positive_gap[i] += static_cast<acc_t>(row_n_positive[i]) * (row_max[i] - shift);
-      }
-      row_sum_exp[i] += sum_exp;
-      row_positive_gap[i] += positive_gap;
-      row_n_positive[i] += n_positive;
-      row_max[i] = shift;
-    }
-  });
+// ---------------------------------------------------------------------------------------------------------
+// Hot loops: one row of one tile. The build is portable (no -march=native), so these are compiled for several
+// instruction sets and the best one the CPU has is picked when the library loads (target_clones): the exp and
+// label passes vectorize 16 floats wide with AVX-512, 8 with AVX2, 4 otherwise.
+// ---------------------------------------------------------------------------------------------------------
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define SYNTHCL_FAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SYNTHCL_FAST_CLONES
+#endif
+#define SYNTHCL_FAST_INLINE inline __attribute__((always_inline))
+
+// The max of a row segment, skipping NaN. Written as 16 running lanes (an element-wise max the compiler
+// vectorizes): GCC does not vectorize a max reduction without -ffast-math.
+template <typename T>
+SYNTHCL_FAST_INLINE T row_max_impl(const T* s, int64_t n) {
+  constexpr int kLanes = 16;
+  T lanes[kLanes];
+  for (int k = 0; k < kLanes; ++k) lanes[k] = -std::numeric_limits<T>::infinity();
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) lanes[k] = s[j + k] > lanes[k] ? s[j + k] : lanes[k];
+  T m = -std::numeric_limits<T>::infinity();
+  for (; j < n; ++j) m = s[j] > m ? s[j] : m;
+  for (int k = 0; k < kLanes; ++k) m = lanes[k] > m ? lanes[k] : m;
+  return m;
 }
 
-// Overwrites the logits tile with G_ij = w_i (exp((s_ij - m_i) - log S_i) - [j in P(i)] / |P(i)|) and adds
-// sum_j G_ij (s_ij - m_i) of each row to row_gs (for the temperature gradient; the shift by m_i removes the
-// 1/t-sized common part, as sum_j G_ij = 0). The self column gets G = 0.
+// Sums of one row segment against the shift (the row's max): the terms below the max, summed in T (each < 1, so
+// that a sum near 1 is never rounded at 1's spacing), how many terms equal the max (exactly 1 each), the
+// positive gap sum_p (s_p - shift) and |P|. NaN terms reach `rest` (NaN == 0 is false).
+template <typename T>
+struct RowSums {
+  T rest = 0, gap = 0;
+  int64_t n_max = 0, n_positive = 0;
+};
+
+template <typename T>
+SYNTHCL_FAST_INLINE void row_sums_impl(const T* s, int64_t n, T shift, const int64_t* labels, int64_t label,
+                                       RowSums<T>& out) {
+  T rest = 0, gap = 0;
+  int64_t n_max = 0, n_positive = 0;
+#pragma omp simd reduction(+ : rest, gap, n_max, n_positive)
+  for (int64_t j = 0; j < n; ++j) {
+    const T shifted = s[j] - shift;
+    const bool positive = labels[j] == label && labels[j] >= 0;
+    const bool at_max = shifted == T(0);
+    rest += at_max ? T(0) : exp_nonpositive(shifted);
+    n_max += at_max ? 1 : 0;
+    gap += positive ? shifted : T(0);
+    n_positive += positive ? 1 : 0;
+  }
+  out.rest += rest;
+  out.gap += gap;
+  out.n_max += n_max;
+  out.n_positive += n_positive;
+}
+
+// G_j = w (exp((s_j - m) - log S) - [j in P] / |P|) in place of s_j; returns sum_j G_j (s_j - m).
+template <typename T>
+SYNTHCL_FAST_INLINE T row_gradient_impl(T* s, int64_t n, T row_max, T row_log_sum, T w, T positive_weight,
+                                        const int64_t* labels, int64_t label) {
+  T gs = 0;
+#pragma omp simd reduction(+ : gs)
+  for (int64_t j = 0; j < n; ++j) {
+    const T shifted = s[j] - row_max;
+    const bool positive = labels[j] == label && labels[j] >= 0;
+    const T g = w * (exp_nonpositive(shifted - row_log_sum) - (positive ? positive_weight : T(0)));
+    gs += g * shifted;
+    s[j] = g;
+  }
+  return gs;
+}
+
+// Per-column quantities of the other term of the symmetric plan (indexed by the tile's column).
+template <typename T>
+struct ColumnTerms {
+  const T *weight, *max, *log_sum, *inv_positives;
+};
+
+// The symmetric plan's M_j = G_j (own row's statistics) + G'_j (column j's statistics, the transposed pair) in
+// place of s_j; returns the sum of each term times (s_j - its max). A column without positives has weight 0.
+template <typename T>
+SYNTHCL_FAST_INLINE T row_gradient_both_impl(T* s, int64_t n, T row_max, T row_log_sum, T w, T positive_weight,
+                                             const int64_t* labels, int64_t label, ColumnTerms<T> col) {
+  T gs = 0;
+#pragma omp simd reduction(+ : gs)
+  for (int64_t j = 0; j < n; ++j) {
+    const bool positive = labels[j] == label && labels[j] >= 0;  // the same seen from either end
+    const bool col_live = col.weight[j] != T(0);
+    const T own_shifted = s[j] - row_max;
+    const T other_shifted = s[j] - (col_live ? col.max[j] : T(0));
+    const T own = w * (exp_nonpositive(own_shifted - row_log_sum) - (positive ? positive_weight : T(0)));
+    const T other = col_live ? col.weight[j] * (exp_nonpositive(other_shifted - col.log_sum[j]) -
+                                                (positive ? col.inv_positives[j] : T(0)))
+                             : T(0);
+    gs += own * own_shifted + other * other_shifted;
+    s[j] = own + other;
+  }
+  return gs;
+}
+
+// The compiled entry points (one per type and instruction set).
+SYNTHCL_FAST_CLONES float row_max(const float* s, int64_t n) { return row_max_impl(s, n); }
+SYNTHCL_FAST_CLONES double row_max(const double* s, int64_t n) { return row_max_impl(s, n); }
+SYNTHCL_FAST_CLONES void row_sums(const float* s, int64_t n, float shift, const int64_t* labels, int64_t label,
+                                  RowSums<float>& out) {
+  row_sums_impl(s, n, shift, labels, label, out);
+}
+SYNTHCL_FAST_CLONES void row_sums(const double* s, int64_t n, double shift, const int64_t* labels, int64_t label,
+                                  RowSums<double>& out) {
+  row_sums_impl(s, n, shift, labels, label, out);
+}
+SYNTHCL_FAST_CLONES float row_gradient(float* s, int64_t n, float row_max, float row_log_sum, float w,
+                                       float positive_weight, const int64_t* labels, int64_t label) {
+  return row_gradient_impl(s, n, row_max, row_log_sum, w, positive_weight, labels, label);
+}
+SYNTHCL_FAST_CLONES double row_gradient(double* s, int64_t n, double row_max, double row_log_sum, double w,
+                                        double positive_weight, const int64_t* labels, int64_t label) {
+  return row_gradient_impl(s, n, row_max, row_log_sum, w, positive_weight, labels, label);
+}
+SYNTHCL_FAST_CLONES float row_gradient_both(float* s, int64_t n, float row_max, float row_log_sum, float w,
+                                            float positive_weight, const int64_t* labels, int64_t label,
+                                            ColumnTerms<float> col) {
+  return row_gradient_both_impl(s, n, row_max, row_log_sum, w, positive_weight, labels, label, col);
+}
+SYNTHCL_FAST_CLONES double row_gradient_both(double* s, int64_t n, double row_max, double row_log_sum, double w,
+                                             double positive_weight, const int64_t* labels, int64_t label,
+                                             ColumnTerms<double> col) {
+  return row_gradient_both_impl(s, n, row_max, row_log_sum, w, positive_weight, labels, label, col);
+}
+
+// Running statistics of rows (arrays indexed by the tile's row): max m, sum of exp(s - m), positive gap
+// sum_p (s_p - m), |P|. S is summed in float64: in float32 every term added to a running S near 1 (the max's
+// own term) would round at 1.2e-7 of S, most of a small loss log S ~ S - 1.
 template <typename acc_t>
-void gradient_tile(const Problem<acc_t>& p, acc_t* tile, int64_t r0, int64_t bm, int64_t c0, int64_t tn,
-                   const acc_t* max, const acc_t* log_sum, const int32_t* n_positive, const acc_t* weight,
-                   double* row_gs) {
-  at::parallel_for(0, bm, kRowGrain, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t row = r0 + i;
-      acc_t* s = tile + i * tn;
-      const int64_t self = p.exclude_self ? row - c0 : -1;
-      const acc_t w = n_positive[row] > 0 ? weight[row] : acc_t(0);
+struct RowStats {
+  acc_t *max, *gap;
+  double* sum_exp;
+  int64_t* n_positive;
+};
+
+// Online update of the statistics of the tile's rows with its columns. row_labels / col_labels: the tile's
+// labels; the self column of tile row i is self0 + i (kNoSelf: none).
+template <typename acc_t>
+void update_row_stats(const acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_labels, const int64_t* col_labels,
+                      int64_t self0, RowStats<acc_t> st) {
+  constexpr acc_t kMinusInf = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t i = 0; i < bm; ++i) {
+    const acc_t* s = tile + i * tn;
+    const int64_t self = self0 + i;
+    if (tn == 1 && self == 0) continue;  // the tile holds only the excluded self column
+    const int64_t label = row_labels[i];
+    acc_t tile_max = kMinusInf;
+    for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) { tile_max = std::max(tile_max, row_max(s + a, b - a)); });
+    // The max skips NaN logits (NaN features or an invalid temperature); the sums below do not, so NaN
+    // reaches the loss. -inf only then: shift by 0 so that the sums are NaN, not skipped.
+    const acc_t new_max = std::max(st.max[i], tile_max);
+    const acc_t shift = new_max == kMinusInf ? acc_t(0) : new_max;
+    RowSums<acc_t> sums;
+    for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) { row_sums(s + a, b - a, shift, col_labels + a, label, sums); });
+    const double sum_exp = static_cast<double>(sums.n_max) + static_cast<double>(sums.rest);
+    const acc_t positive_gap = sums.gap;
+    const int64_t n_positive = sums.n_positive;
+    if (st.max[i] != kMinusInf && shift != st.max[i]) {  // the earlier tiles' terms, moved to the new max
+      st.sum_exp[i] *= static_cast<double>(exp_nonpositive(st.max[i] - shift));
+      st.gap[i] += static_cast<acc_t>(st.n_positive[i]) * (st.max[i] - shift);
+    }
+    st.sum_exp[i] += sum_exp;
+    st.gap[i] += positive_gap;
+    st.n_positive[i] += n_positive;
+    st.max[i] = shift;
+  }
+}
+
+// Per-row quantities of the gradient, indexed by problem row: m, log S, |P| and the upstream weight. For the
+// column side of the symmetric plan also, per row, the weight (0 without positives) and 1/|P|, so that the
+// inner loop reads them as vectors.
+template <typename acc_t>
+struct GradStats {
+  const acc_t *max, *log_sum, *weight;
+  const int32_t* n_positive;
+  std::vector<acc_t> live_weight, inv_positives;
+
+  GradStats(const acc_t* max_, const acc_t* log_sum_, const int32_t* n_positive_, const acc_t* weight_)
+      : max(max_), log_sum(log_sum_), weight(weight_), n_positive(n_positive_) {}
+
+  void precompute(int64_t n) {  // for the column side
+    live_weight.resize(n);
+    inv_positives.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const bool live = n_positive[i] > 0;
+      inv_positives[i] = live ? acc_t(1) / static_cast<acc_t>(n_positive[i]) : acc_t(0);
+      live_weight[i] = live ? weight[i] : acc_t(0);
+    }
+  }
+};
+
+// Overwrites the tile with G: for tile row i (problem row r0 + i) and tile column j (problem row c0 + j of the
+// column side),
+//   G_ij = w_i (exp((s_ij - m_i) - log S_i) - [j in P(i)] / |P(i)|)                                   (own term)
+//        + w'_j (exp((s_ij - m'_j) - log S'_j) - [i in P'(j)] / |P'(j)|)   with cols (the symmetric plan)
+// and returns the sum of each term times (s_ij - its row's max) (for the temperature gradient: sum_j G_ij = 0
+// per row, so the shift removes the 1/t-sized common part). The self column gets G = 0.
+template <typename acc_t>
+double gradient_tile(acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_labels, const int64_t* col_labels,
+                     int64_t self0, const GradStats<acc_t>& rows, int64_t r0, const GradStats<acc_t>* cols,
+                     int64_t c0) {
+  double gs_total = 0;
+  for (int64_t i = 0; i < bm; ++i) {
+    acc_t* s = tile + i * tn;
+    const int64_t row = r0 + i, self = self0 + i;
+    const int64_t label = row_labels[i];
+    const bool live = rows.n_positive[row] > 0;
+    const acc_t w = live ? rows.weight[row] : acc_t(0);
+    const acc_t row_max = live ? rows.max[row] : acc_t(0), row_log_sum = live ? rows.log_sum[row] : acc_t(0);
+    const acc_t positive_weight = live ? acc_t(1) / static_cast<acc_t>(rows.n_positive[row]) : acc_t(0);
+    acc_t gs = 0;
+    if (cols == nullptr) {
       if (w == acc_t(0)) {  // a row without positives (or zero upstream weight) adds nothing
         std::fill(s, s + tn, acc_t(0));
         continue;
       }
-      const int64_t label = p.anchor_labels[row];
-      const int64_t* labels = p.candidate_labels + c0;
-      const acc_t row_max = max[row], row_log_sum = log_sum[row];
-      const acc_t positive_weight = acc_t(1) / static_cast<acc_t>(n_positive[row]);
-      acc_t gs = 0;
       for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
-#pragma omp simd reduction(+ : gs)
-        for (int64_t j = a; j < b; ++j) {
-          const acc_t shifted = s[j] - row_max;
-          const bool positive = labels[j] == label && labels[j] >= 0;
-          const acc_t g = w * (exp_nonpositive(shifted - row_log_sum) - (positive ? positive_weight : acc_t(0)));
-          gs += g * shifted;
-          s[j] = g;
-        }
+        gs += row_gradient(s + a, b - a, row_max, row_log_sum, w, positive_weight, col_labels + a, label);
       });
-      if (self >= 0 && self < tn) s[self] = 0;
-      row_gs[row] += static_cast<double>(gs);
+    } else {
+      // Columns without positives have weight 0 and may have m = -inf: their max is read as 0 (the term is 0).
+      for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+        const ColumnTerms<acc_t> col{cols->live_weight.data() + c0 + a, cols->max + c0 + a, cols->log_sum + c0 + a,
+                                     cols->inv_positives.data() + c0 + a};
+        gs += row_gradient_both(s + a, b - a, row_max, row_log_sum, w, positive_weight, col_labels + a, label, col);
+      });
     }
-  });
-}
-
-// dU_b += G V_tile (the factor 1/t is applied once at the end) and dV_tile += (1/t) G^T U_b.
-template <typename acc_t>
-void accumulate_feature_grads(const Problem<acc_t>& p, const at::Tensor& g, int64_t r0, int64_t bm, int64_t c0,
-                              int64_t tn, at::Tensor& grad_u, at::Tensor& grad_v) {
-  at::Tensor grad_u_block = grad_u.narrow(0, r0, bm);
-  at::Tensor grad_v_tile = grad_v.narrow(0, c0, tn);
-  grad_u_block.addmm_(g, p.v.narrow(0, c0, tn));
-  grad_v_tile.addmm_(g.t(), p.u.narrow(0, r0, bm), /*beta=*/1, /*alpha=*/p.inv_t);
+    if (self >= 0 && self < tn) s[self] = 0;
+    gs_total += static_cast<double>(gs);
+  }
+  return gs_total;
 }
 
 struct Gradients {
-  at::Tensor grad_u, grad_v;  // w.r.t. the normalized rows
-  double sum_gs = 0;          // sum_ij G_ij s_ij
+  std::vector<at::Tensor> grad_u, grad_v;  // w.r.t. the normalized rows: parts, summed in order
+  double factor_u = 1, factor_v = 1;       // what each still needs (1/t; the caller's reduction weight)
+  bool combined = false;                   // grad_u holds both roles (one tensor; grad_v empty)
+  double sum_gs = 0;                       // sum_ij G_ij (s_ij - m_i)
 };
-
-// Gradient pass over all row blocks with known (m, log S, |P|) (the recompute backward).
-template <typename acc_t>
-Gradients gradient_pass(const Problem<acc_t>& p, const acc_t* max, const acc_t* log_sum, const int32_t* n_positive,
-                        const acc_t* weight) {
-  auto opts = p.v.options();
-  Gradients out{at::zeros({p.n_rows, p.dim}, opts), at::zeros({p.n_cols, p.dim}, opts)};
-  at::Tensor strip = empty_output({p.block_rows * p.tile_cols}, opts);  // scratch: poisoned in tests too
-  std::vector<double> row_gs(p.n_rows, 0.0);
-  for (int64_t r0 = 0; r0 < p.n_rows; r0 += p.block_rows) {
-    const int64_t bm = std::min(p.block_rows, p.n_rows - r0);
-    for (int64_t c0 = 0; c0 < p.n_cols; c0 += p.tile_cols) {
-      const int64_t tn = std::min(p.tile_cols, p.n_cols - c0);
-      at::Tensor tile = logits_tile(p, strip, r0, bm, c0, tn);
-      gradient_tile(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, max, log_sum, n_positive, weight, row_gs.data());
-      accumulate_feature_grads(p, tile, r0, bm, c0, tn, out.grad_u, out.grad_v);
-    }
-  }
-  for (double gs : row_gs) out.sum_gs += gs;
-  out.grad_u.mul_(p.inv_t);
-  return out;
-}
 
 struct ForwardResult {
   at::Tensor row_loss, max, log_sum, n_positive;
   int64_t n_valid = 0;
-  bool has_grads = false;
-  Gradients grads;
 };
 
-// Forward pass; with want_grad, also the gradient for upstream weight 1 on every row with a positive
-// (the caller scales it by the reduction). Reuses the logits when a row block's strip is one tile.
 template <typename acc_t>
-ForwardResult forward_pass(const Problem<acc_t>& p, bool want_grad) {
+ForwardResult new_forward_result(const Problem<acc_t>& p) {
   auto opts = p.v.options();
-  ForwardResult out;
-  out.row_loss = empty_output({p.n_rows}, opts);
-  out.max = empty_output({p.n_rows}, opts);
-  out.log_sum = empty_output({p.n_rows}, opts);
-  out.n_positive = empty_output({p.n_rows}, opts.dtype(at::kInt));
-  acc_t* loss_ptr = out.row_loss.data_ptr<acc_t>();
-  acc_t* max_ptr = out.max.data_ptr<acc_t>();
-  acc_t* log_sum_ptr = out.log_sum.data_ptr<acc_t>();
-  int32_t* npos_ptr = out.n_positive.data_ptr<int32_t>();
-  const bool single_tile = p.tile_cols >= p.n_cols;
-  if (want_grad) {
-    out.has_grads = true;
-    out.grads = Gradients{at::zeros({p.n_rows, p.dim}, opts), at::zeros({p.n_cols, p.dim}, opts)};
-  }
-  std::vector<acc_t> unit_weight(want_grad ? p.n_rows : 0, acc_t(1));
-  std::vector<double> row_gs(want_grad ? p.n_rows : 0, 0.0);
-  at::Tensor strip = empty_output({p.block_rows * p.tile_cols}, opts);  // scratch: poisoned in tests too
-  std::vector<acc_t> row_max(p.block_rows), row_sum_exp(p.block_rows), row_positive_gap(p.block_rows);
-  std::vector<int64_t> row_n_positive(p.block_rows);
+  return {empty_output({p.n_rows}, opts), empty_output({p.n_rows}, opts), empty_output({p.n_rows}, opts),
+          empty_output({p.n_rows}, opts.dtype(at::kInt))};
+}
 
-  for (int64_t r0 = 0; r0 < p.n_rows; r0 += p.block_rows) {
-    const int64_t bm = std::min(p.block_rows, p.n_rows - r0);
-    std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<acc_t>::infinity());
-    std::fill(row_sum_exp.begin(), row_sum_exp.end(), acc_t(0));
-    std::fill(row_positive_gap.begin(), row_positive_gap.end(), acc_t(0));
-    std::fill(row_n_positive.begin(), row_n_positive.end(), 0);
-    at::Tensor tile;
-    for (int64_t c0 = 0; c0 < p.n_cols; c0 += p.tile_cols) {
-      const int64_t tn = std::min(p.tile_cols, p.n_cols - c0);
-      tile = logits_tile(p, strip, r0, bm, c0, tn);
-      accumulate_row_stats(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, row_max.data(), row_sum_exp.data(),
-                           row_positive_gap.data(), row_n_positive.data());
-    }
-    for (int64_t i = 0; i < bm; ++i) {
-      const int64_t row = r0 + i;
-      // A row whose denominator is empty (R = K = 1 with exclude_self) has no positive either: m = -inf.
-      max_ptr[row] = row_max[i];
-      log_sum_ptr[row] = std::log(row_sum_exp[i]);
-      npos_ptr[row] = static_cast<int32_t>(row_n_positive[i]);
-      loss_ptr[row] = row_n_positive[i] > 0
-                          ? log_sum_ptr[row] - row_positive_gap[i] / static_cast<acc_t>(row_n_positive[i])
-                          : acc_t(0);
-      out.n_valid += row_n_positive[i] > 0;
-    }
-    if (!want_grad) continue;
-    for (int64_t c0 = 0; c0 < p.n_cols; c0 += p.tile_cols) {
-      const int64_t tn = std::min(p.tile_cols, p.n_cols - c0);
-      if (!single_tile) tile = logits_tile(p, strip, r0, bm, c0, tn);
-      gradient_tile(p, tile.data_ptr<acc_t>(), r0, bm, c0, tn, max_ptr, log_sum_ptr, npos_ptr, unit_weight.data(),
-                    row_gs.data());
-      accumulate_feature_grads(p, tile, r0, bm, c0, tn, out.grads.grad_u, out.grads.grad_v);
-    }
+// Writes m, log S, |P| and L_i of the rows [r0, r0 + n) from their statistics; returns how many have a positive.
+template <typename acc_t>
+int64_t finish_rows(RowStats<acc_t> st, int64_t r0, int64_t n, ForwardResult& out) {
+  acc_t* loss = out.row_loss.data_ptr<acc_t>();
+  acc_t* max = out.max.data_ptr<acc_t>();
+  acc_t* log_sum = out.log_sum.data_ptr<acc_t>();
+  int32_t* npos = out.n_positive.data_ptr<int32_t>();
+  int64_t n_valid = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t row = r0 + i;
+    // A row whose denominator is empty (R = K = 1 with exclude_self) has no positive either: m = -inf.
+    max[row] = st.max[i];
+    log_sum[row] = static_cast<acc_t>(std::log(st.sum_exp[i]));
+    npos[row] = static_cast<int32_t>(st.n_positive[i]);
+    loss[row] = st.n_positive[i] > 0 ? log_sum[row] - st.gap[i] / static_cast<acc_t>(st.n_positive[i]) : acc_t(0);
+    n_valid += st.n_positive[i] > 0;
   }
-  if (want_grad) {
-    for (double gs : row_gs) out.grads.sum_gs += gs;
-    out.grads.grad_u.mul_(p.inv_t);
+  return n_valid;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// General plan: row blocks, column tiles
+// ---------------------------------------------------------------------------------------------------------
+
+struct BlockPlan {
+  int64_t block_rows, tile_cols, n_blocks;
+};
+
+// A block of rows spans the whole strip when that leaves it at least kMinSingleTileRows rows (the strip is
+// then reused for the gradient); otherwise blocks of kMaxBlockRows rows stream the columns in tiles (few rows
+// against many columns: MoCo's queue).
+template <typename acc_t>
+BlockPlan block_plan(int64_t n_rows, int64_t n_cols) {
+  const int64_t bytes = static_cast<int64_t>(sizeof(acc_t));
+  const int64_t strip_rows = kStripBytes / (bytes * n_cols);
+  const int64_t block_rows = std::min(n_rows, strip_rows >= kMinSingleTileRows ? std::min(strip_rows, kMaxBlockRows)
+                                                                                : kMaxBlockRows);
+  const int64_t tile_cols = std::min(n_cols, std::max<int64_t>(1, kStripBytes / (bytes * block_rows)));
+  return {block_rows, tile_cols, (n_rows + block_rows - 1) / block_rows};
+}
+
+// The gradient of row block [r0, r0 + bm) over every column tile: dU_b += G V_tile (1/t applied by the caller)
+// into grad_u, dV_tile += (1/t) G^T U_b into grad_v (this thread's part). `tile`, when defined, already holds
+// the block's logits over all the columns (one tile): reused, not recomputed.
+template <typename acc_t>
+double gradient_block(const Problem<acc_t>& p, const BlockPlan& plan, int64_t r0, int64_t bm, at::Tensor tile,
+                      at::Tensor& strip, const GradStats<acc_t>& stats, at::Tensor& grad_u, at::Tensor& grad_v) {
+  double gs = 0;
+  const at::Tensor u_block = p.u.narrow(0, r0, bm);
+  at::Tensor grad_u_block = grad_u.narrow(0, r0, bm);
+  for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
+    const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
+    const at::Tensor v_tile = p.v.narrow(0, c0, tn);
+    if (!tile.defined() || tn != p.n_cols) tile = logits(p, strip, u_block, v_tile);
+    gs += gradient_tile<acc_t>(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
+                               p.exclude_self ? r0 - c0 : kNoSelf, stats, r0, nullptr, 0);
+    grad_u_block.addmm_(tile, v_tile);
+    grad_v.narrow(0, c0, tn).addmm_(tile.t(), u_block, /*beta=*/1, /*alpha=*/p.inv_t);
   }
+  return gs;
+}
+
+// Forward over row blocks (groups of consecutive blocks taken by the threads as they finish); with want_grad
+// also the gradient for upstream weight 1 on every row with a positive (the caller scales it by the reduction).
+template <typename acc_t>
+ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>* grads) {
+  const BlockPlan plan = block_plan<acc_t>(p.n_rows, p.n_cols);
+  const bool want_grad = grads != nullptr;
+  ForwardResult out = new_forward_result(p);
+  auto opts = p.v.options();
+  const int64_t groups = n_groups(plan.n_blocks, want_grad ? p.n_cols * p.dim * int64_t(sizeof(acc_t)) : 0);
+  at::Tensor grad_u = want_grad ? at::zeros({p.n_rows, p.dim}, opts) : at::Tensor();
+  PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
+  GroupSums gs(groups), valid(groups);
+  std::vector<acc_t> unit_weight(want_grad ? p.n_rows : 0, acc_t(1));
+  const GradStats<acc_t> stats(out.max.data_ptr<acc_t>(), out.log_sum.data_ptr<acc_t>(),
+                               out.n_positive.data_ptr<int32_t>(), unit_weight.data());
+
+  for_each_group(groups, [&](int64_t g) {
+    const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
+    at::Tensor strip = empty_output({plan.block_rows * plan.tile_cols}, opts);  // scratch: poisoned in tests too
+    std::vector<acc_t> max(plan.block_rows), gap(plan.block_rows);
+    std::vector<double> sum_exp(plan.block_rows);
+    std::vector<int64_t> npos(plan.block_rows);
+    for (int64_t b = b_lo; b < b_hi; ++b) {
+      const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
+      std::fill(max.begin(), max.end(), -std::numeric_limits<acc_t>::infinity());
+      std::fill(sum_exp.begin(), sum_exp.end(), 0.0);
+      std::fill(gap.begin(), gap.end(), acc_t(0));
+      std::fill(npos.begin(), npos.end(), 0);
+      const RowStats<acc_t> st{max.data(), gap.data(), sum_exp.data(), npos.data()};
+      const at::Tensor u_block = p.u.narrow(0, r0, bm);
+      at::Tensor tile;
+      for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
+        const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
+        tile = logits(p, strip, u_block, p.v.narrow(0, c0, tn));
+        update_row_stats(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
+                         p.exclude_self ? r0 - c0 : kNoSelf, st);
+      }
+      valid.values[g] += static_cast<double>(finish_rows(st, r0, bm, out));
+      if (want_grad) {
+        gs.values[g] += gradient_block(p, plan, r0, bm, plan.tile_cols >= p.n_cols ? tile : at::Tensor(), strip,
+                                       stats, grad_u, grad_v.of(g));
+      }
+    }
+  });
+  out.n_valid = static_cast<int64_t>(valid.total());
+  if (want_grad) *grads = Gradients{{grad_u}, grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
   return out;
 }
+
+// The recompute backward of the general plan: the gradient for per-row upstream weights.
+template <typename acc_t>
+Gradients general_backward(const Problem<acc_t>& p, const GradStats<acc_t>& stats) {
+  const BlockPlan plan = block_plan<acc_t>(p.n_rows, p.n_cols);
+  auto opts = p.v.options();
+  const int64_t groups = n_groups(plan.n_blocks, p.n_cols * p.dim * int64_t(sizeof(acc_t)));
+  at::Tensor grad_u = at::zeros({p.n_rows, p.dim}, opts);
+  PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
+  GroupSums gs(groups);
+  for_each_group(groups, [&](int64_t g) {
+    const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
+    at::Tensor strip = empty_output({plan.block_rows * plan.tile_cols}, opts);
+    for (int64_t b = b_lo; b < b_hi; ++b) {
+      const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
+      gs.values[g] += gradient_block(p, plan, r0, bm, at::Tensor(), strip, stats, grad_u, grad_v.of(g));
+    }
+  });
+  return Gradients{{grad_u}, grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Symmetric plan: the candidates are the anchors with the same labels; each pair of row blocks once
+// ---------------------------------------------------------------------------------------------------------
+
+// The pairs (I, J), I <= J, of row blocks, in row-major order of the upper triangle.
+std::vector<std::pair<int64_t, int64_t>> block_pairs(int64_t n_blocks) {
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  for (int64_t i = 0; i < n_blocks; ++i)
+    for (int64_t j = i; j < n_blocks; ++j) pairs.emplace_back(i, j);
+  return pairs;
+}
+
+// Running statistics of every row, one set per thread (the pairs of a thread touch any row).
+template <typename acc_t>
+struct SharedRowStats {
+  std::vector<acc_t> max, gap;
+  std::vector<double> sum_exp;
+  std::vector<int64_t> n_positive;
+  explicit SharedRowStats(int64_t n)
+      : max(n, -std::numeric_limits<acc_t>::infinity()), gap(n, 0), sum_exp(n, 0), n_positive(n, 0) {}
+  RowStats<acc_t> at(int64_t r0) { return {max.data() + r0, gap.data() + r0, sum_exp.data() + r0, n_positive.data() + r0}; }
+};
+
+// Merges the threads' statistics row by row in thread order (the log-sum-exp merge: sums and gaps moved to
+// the common max) and writes the results.
+template <typename acc_t>
+int64_t merge_row_stats(std::vector<std::optional<SharedRowStats<acc_t>>>& parts, int64_t n_rows, ForwardResult& out) {
+  SharedRowStats<acc_t> total(n_rows);
+  const auto st = total.at(0);
+  for (auto& part : parts) {
+    if (!part) continue;
+    for (int64_t i = 0; i < n_rows; ++i) {
+      const acc_t m = part->max[i];
+      if (m == -std::numeric_limits<acc_t>::infinity() && part->sum_exp[i] == 0.0) continue;  // untouched
+      const acc_t new_max = std::max(st.max[i], m);
+      const acc_t shift = new_max == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : new_max;
+      if (st.max[i] != -std::numeric_limits<acc_t>::infinity()) {
+        st.sum_exp[i] *= static_cast<double>(exp_nonpositive(st.max[i] - shift));
+        st.gap[i] += static_cast<acc_t>(st.n_positive[i]) * (st.max[i] - shift);
+      }
+      st.sum_exp[i] += part->sum_exp[i] * static_cast<double>(exp_nonpositive(m - shift));
+      st.gap[i] += part->gap[i] + static_cast<acc_t>(part->n_positive[i]) * (part->n_positive[i] > 0 ? m - shift : acc_t(0));
+      st.n_positive[i] += part->n_positive[i];
+      st.max[i] = shift;
+    }
+  }
+  return finish_rows(st, 0, n_rows, out);
+}
+
+// Statistics of every row from each pair of row blocks once: S_IJ for rows I and, transposed, for rows J.
+template <typename acc_t>
+ForwardResult symmetric_forward(const Problem<acc_t>& p) {
+  const int64_t block = std::min(p.n_rows, kSymmetricBlock), n_blocks = (p.n_rows + block - 1) / block;
+  const auto pairs = block_pairs(n_blocks);
+  const int64_t n_pairs = static_cast<int64_t>(pairs.size());
+  // A group's statistics take 28 bytes per row: many small groups.
+  const int64_t groups = n_groups(n_pairs, p.n_rows * 28);
+  ForwardResult out = new_forward_result(p);
+  auto opts = p.v.options();
+  std::vector<std::optional<SharedRowStats<acc_t>>> parts(groups);
+  for_each_group(groups, [&](int64_t g) {
+    const auto [lo, hi] = group_range(g, groups, n_pairs);
+    auto& part = parts[g];
+    part.emplace(p.n_rows);
+    at::Tensor strip = empty_output({block * block}, opts), transposed = empty_output({block * block}, opts);
+    for (int64_t k = lo; k < hi; ++k) {
+      const auto [bi, bj] = pairs[k];
+      const int64_t r0 = bi * block, c0 = bj * block;
+      const int64_t bm = std::min(block, p.n_rows - r0), tn = std::min(block, p.n_rows - c0);
+      at::Tensor tile = logits(p, strip, p.u.narrow(0, r0, bm), p.u.narrow(0, c0, tn));
+      update_row_stats(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.anchor_labels + c0,
+                       p.exclude_self ? r0 - c0 : kNoSelf, part->at(r0));
+      if (bi == bj) continue;
+      at::Tensor tile_t = transposed.narrow(0, 0, tn * bm).view({tn, bm}).copy_(tile.t());
+      update_row_stats(tile_t.data_ptr<acc_t>(), tn, bm, p.anchor_labels + c0, p.anchor_labels + r0, kNoSelf,
+                       part->at(c0));
+    }
+  });
+  out.n_valid = merge_row_stats(parts, p.n_rows, out);
+  return out;
+}
+
+// The whole gradient of the one tensor (both roles) for per-row weights, from each pair of row blocks once:
+// M_IJ = G_IJ + (G_JI)^T, dU_I += M_IJ U_J, dU_J += M_IJ^T U_I (I < J); dU_I += M_II U_I.
+template <typename acc_t>
+Gradients symmetric_gradients(const Problem<acc_t>& p, GradStats<acc_t>& stats) {
+  const int64_t block = std::min(p.n_rows, kSymmetricBlock), n_blocks = (p.n_rows + block - 1) / block;
+  const auto pairs = block_pairs(n_blocks);
+  const int64_t n_pairs = static_cast<int64_t>(pairs.size());
+  const int64_t groups = n_groups(n_pairs, p.n_rows * p.dim * int64_t(sizeof(acc_t)));
+  stats.precompute(p.n_rows);
+  auto opts = p.v.options();
+  PerGroup grad(groups, {p.n_rows, p.dim}, opts);
+  GroupSums gs(groups);
+  for_each_group(groups, [&](int64_t g) {
+    const auto [lo, hi] = group_range(g, groups, n_pairs);
+    at::Tensor strip = empty_output({block * block}, opts);
+    at::Tensor& mine = grad.of(g);
+    for (int64_t k = lo; k < hi; ++k) {
+      const auto [bi, bj] = pairs[k];
+      const int64_t r0 = bi * block, c0 = bj * block;
+      const int64_t bm = std::min(block, p.n_rows - r0), tn = std::min(block, p.n_rows - c0);
+      const at::Tensor u_i = p.u.narrow(0, r0, bm), u_j = p.u.narrow(0, c0, tn);
+      at::Tensor tile = logits(p, strip, u_i, u_j);
+      // Both terms of every pair (i, j), i in I, j in J; a diagonal block holds each unordered pair twice.
+      const double terms = gradient_tile<acc_t>(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0,
+                                                p.anchor_labels + c0, p.exclude_self ? r0 - c0 : kNoSelf, stats, r0,
+                                                &stats, c0);
+      gs.values[g] += bi == bj ? 0.5 * terms : terms;
+      mine.narrow(0, r0, bm).addmm_(tile, u_j);
+      if (bi != bj) mine.narrow(0, c0, tn).addmm_(tile.t(), u_i);
+    }
+  });
+  return Gradients{grad.used(), {}, static_cast<double>(p.inv_t), 1.0, true, gs.total()};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The ops
+// ---------------------------------------------------------------------------------------------------------
 
 // 1/t, or NaN for a temperature out of range (finite and >= kMinTemperature): the results are then NaN,
 // as on every backend (the value is checked where it lives, without a host synchronization on a GPU).
 double inverse_temperature(const at::Tensor& temperature) {
   const double t = temperature.item<double>();  // a CPU tensor: no device to wait for
   return std::isfinite(t) && t >= kMinTemperature ? 1.0 / t : std::numeric_limits<double>::quiet_NaN();
+}
+
+// The candidates are the anchors (one tensor object) with the same labels (one tensor object): the logits and
+// the positive mask are symmetric.
+bool symmetric_problem(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+                       const at::Tensor& candidate_labels) {
+  return candidates.is_same(anchors) && candidate_labels.is_same(anchor_labels);
+}
+
+// Gradients w.r.t. the raw anchors and candidates from the parts of those w.r.t. the normalized rows. When the
+// candidates are the anchors and the input dtype is narrower than the accumulation type (or the plan produced
+// the whole gradient of the one tensor), both roles are summed before the one rounding to the input dtype:
+// rounded separately and added by autograd, parts that largely cancel would lose the sum's precision. The
+// candidates' gradient is then zero (autograd adds it exactly).
+template <typename acc_t>
+std::pair<at::Tensor, at::Tensor> input_gradients(Gradients grads, const at::Tensor& u, const at::Tensor& norm_a,
+                                                  const at::Tensor& v, const at::Tensor& norm_c,
+                                                  const at::Tensor& anchors, const at::Tensor& candidates,
+                                                  double eps) {
+  const bool one_tensor = candidates.is_same(anchors);
+  GradParts du, dv;
+  du.add(grads.grad_u, grads.factor_u);
+  if (grads.combined || (one_tensor && anchors.scalar_type() != u.scalar_type())) {
+    du.add(grads.grad_v, grads.factor_v);
+    return {normalize_backward<acc_t>(du, u, norm_a, eps, anchors.scalar_type()),
+            at::zeros(candidates.sizes(), candidates.options())};
+  }
+  dv.add(grads.grad_v, grads.factor_v);
+  if (dv.parts.empty()) dv.add({at::zeros(v.sizes(), v.options())}, 1.0);
+  return {normalize_backward<acc_t>(du, u, norm_a, eps, anchors.scalar_type()),
+          normalize_backward<acc_t>(dv, v, norm_c, eps, candidates.scalar_type())};
 }
 
 // Returns (loss, row_max, row_log_sum, row_n_positive, grad_anchors, grad_candidates, grad_temperature).
@@ -377,29 +765,42 @@ contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates,
   check_reduction(reduction);
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
   const double inv_t = inverse_temperature(temperature);
+  const bool symmetric = symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
 
   ForwardResult fwd;
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_forward_cpu", [&] {
-    auto p = make_problem<scalar_t>(u, v, a_labels, c_labels, exclude_self, inv_t);
-    fwd = forward_pass<scalar_t>(p, compute_grad);
-  });
-
-  const double scale = reduction == kMean ? 1.0 / static_cast<double>(std::max<int64_t>(fwd.n_valid, 1)) : 1.0;
-  at::Tensor loss = reduction == kNone ? fwd.row_loss
-                                       : (fwd.row_loss.to(at::kDouble).sum() * scale).to(u.scalar_type());
+  std::optional<Gradients> grads;
   at::Tensor grad_anchors = at::empty({0}, anchors.options());
   at::Tensor grad_candidates = at::empty({0}, candidates.options());
   at::Tensor grad_temperature = at::empty({0}, temperature.options());
-  if (compute_grad) {
-    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_forward_cpu_grad", [&] {
-      std::tie(grad_anchors, grad_candidates) = input_gradients<scalar_t>(
-          fwd.grads.grad_u.mul_(scale), fwd.grads.grad_v.mul_(scale), u, norm_a, v, norm_c, anchors, candidates, eps);
-    });
-    grad_temperature = at::full({}, -inv_t * fwd.grads.sum_gs * scale, temperature.options());
-  }
+  double scale = 1.0;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_forward_cpu", [&] {
+    const Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0),
+                              v.size(0), u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
+    if (symmetric) {
+      fwd = symmetric_forward(p);
+      if (compute_grad) {
+        std::vector<scalar_t> unit_weight(p.n_rows, scalar_t(1));
+        GradStats<scalar_t> stats(fwd.max.data_ptr<scalar_t>(), fwd.log_sum.data_ptr<scalar_t>(),
+                                  fwd.n_positive.data_ptr<int32_t>(), unit_weight.data());
+        grads = symmetric_gradients(p, stats);
+      }
+    } else {
+      fwd = general_forward(p, compute_grad ? &grads : nullptr);
+    }
+    scale = reduction == kMean ? 1.0 / static_cast<double>(std::max<int64_t>(fwd.n_valid, 1)) : 1.0;
+    if (compute_grad) {
+      grads->factor_u *= scale;
+      grads->factor_v *= scale;
+      std::tie(grad_anchors, grad_candidates) =
+          input_gradients<scalar_t>(*grads, u, norm_a, v, norm_c, anchors, candidates, eps);
+      grad_temperature = at::full({}, -inv_t * grads->sum_gs * scale, temperature.options());
+    }
+  });
+  at::Tensor loss = reduction == kNone ? fwd.row_loss
+                                       : (fwd.row_loss.to(at::kDouble).sum() * scale).to(u.scalar_type());
   return {loss, fwd.max, fwd.log_sum, fwd.n_positive, grad_anchors, grad_candidates, grad_temperature};
 }
 
@@ -419,6 +820,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
   TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
               grad_rows.sizes());
   const double inv_t = inverse_temperature(temperature);
+  const bool symmetric = symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
@@ -428,12 +830,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
   at::Tensor grad_anchors, grad_candidates;
   double sum_gs = 0;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_backward_cpu", [&] {
-    auto p = make_problem<scalar_t>(u, v, a_labels, c_labels, exclude_self, inv_t);
-    Gradients grads = gradient_pass<scalar_t>(p, max.data_ptr<scalar_t>(), log_sum.data_ptr<scalar_t>(),
-                                              npos.data_ptr<int32_t>(), weight.data_ptr<scalar_t>());
-    std::tie(grad_anchors, grad_candidates) =
-        input_gradients<scalar_t>(grads.grad_u, grads.grad_v, u, norm_a, v, norm_c, anchors, candidates, eps);
+    const Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0),
+                              v.size(0), u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
+    GradStats<scalar_t> stats(max.data_ptr<scalar_t>(), log_sum.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(),
+                              weight.data_ptr<scalar_t>());
+    Gradients grads = symmetric ? symmetric_gradients(p, stats) : general_backward(p, stats);
     sum_gs = grads.sum_gs;
+    std::tie(grad_anchors, grad_candidates) =
+        input_gradients<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, eps);
   });
   return {grad_anchors, grad_candidates, at::full({}, -inv_t * sum_gs, temperature.options())};
 }

@@ -73,11 +73,14 @@ struct RowStats {
 };
 
 // Online statistics of one row over one split of the candidates: max m, S = sum exp(s - m), the positive gap
-// sum_p (s_p - m), |P|.
+// sum_p (s_p - m), |P|. S is summed in float64: in float32 every term added to a running S near 1 (the max's
+// own term) would round at 1.2e-7 of S, most of a small loss log S ~ S - 1.
 struct RowPartial {
-  float max, sum_exp, positive_gap;
-  int positives;
+  double sum_exp;
+  float max, positive_gap;
+  int positives, unused;
 };
+constexpr int kRowPartialFloats = sizeof(RowPartial) / sizeof(float);
 
 struct TileParams {
   const uint16_t* owner[2];      // prepared owner rows x~, [owner_pad][dim_pad], parts hi (and lo)
@@ -254,7 +257,8 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
   const float inv_t = t >= static_cast<float>(kMinTemperature) && t < INFINITY ? 1.0f / t : NAN;
   const float inv_weight_max = kGrad && !p.stats_on_owner && *p.weight_max > 0.0f ? 1.0f / *p.weight_max : 0.0f;
   int64_t row[2], label[2];
-  float row_scale[2], row_max[2], sum_exp[2], positive_gap[2], gs[2];
+  float row_scale[2], row_max[2], positive_gap[2], gs[2];
+  double sum_exp[2];
   int positives[2];
   RowStats rs[2];
 #pragma unroll
@@ -263,7 +267,8 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
     label[h] = p.owner_labels[row[h]];
     row_scale[h] = inv_t * p.owner_inv[row[h]];
     row_max[h] = -INFINITY;
-    sum_exp[h] = positive_gap[h] = gs[h] = 0.0f;
+    sum_exp[h] = 0.0;
+    positive_gap[h] = gs[h] = 0.0f;
     positives[h] = 0;
     if (kGrad && p.stats_on_owner) rs[h] = p.owner_stats[row[h]];
   }
@@ -364,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
           // row_max to the new shift; NaN logits (NaN features, an invalid temperature) reach the sums.
           const float new_max = fmaxf(row_max[h], quad_max(tile_max));
           const float shift = new_max == -INFINITY ? 0.0f : new_max;
-          float sum = sum_exp[h] * exp2f((row_max[h] - shift) * kLog2e);
+          double sum = sum_exp[h] * static_cast<double>(exp2f((row_max[h] - shift) * kLog2e));
           float gap = positive_gap[h] + static_cast<float>(positives[h]) *
                                             ((positives[h] > 0 ? row_max[h] : shift) - shift);
           int npos = positives[h];
@@ -377,7 +382,7 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
               const bool positive = col < p.n_stream && !(p.exclude_self && col == row[h]) &&
                                     tile_labels[c] == label[h] && label[h] >= 0;
               const float shifted = s[n][2 * h + e] - shift;
-              sum += exp2f(shifted * kLog2e);
+              sum += static_cast<double>(exp2f(shifted * kLog2e));
               gap += positive ? shifted : 0.0f;
               npos += positive ? 1 : 0;
             }
@@ -456,9 +461,10 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
   for (int h = 0; h < 2; ++h) {
     const int64_t out = static_cast<int64_t>(blockIdx.y) * gridDim.x * kOwnerRows + row[h];
     if constexpr (!kGrad) {
-      const float sum = quad_sum(sum_exp[h]), gap = quad_sum(positive_gap[h]);
+      const double sum = quad_sum(sum_exp[h]);
+      const float gap = quad_sum(positive_gap[h]);
       const int npos = quad_sum(positives[h]);
-      if (t4 == 0) p.partial[out] = RowPartial{row_max[h], sum, gap, npos};
+      if (t4 == 0) p.partial[out] = RowPartial{sum, row_max[h], gap, npos, 0};
     } else if (p.stats_on_owner) {
       const float total = quad_sum(gs[h]);
       if (t4 == 0) p.row_gs[out] = rs[h].weight * total;
@@ -477,16 +483,17 @@ __global__ void finish_forward_kernel(const RowPartial* __restrict__ partial, in
   float max = -INFINITY;
   for (int s = 0; s < splits; ++s) max = fmaxf(max, partial[s * rows_pad + i].max);
   const float shift = max == -INFINITY ? 0.0f : max;
-  float sum = 0.0f, gap = 0.0f;
+  double sum = 0.0;
+  float gap = 0.0f;
   int positives = 0;
   for (int s = 0; s < splits; ++s) {  // each split's sum and gap moved from its own max to the row's
     const RowPartial q = partial[s * rows_pad + i];
-    sum += q.sum_exp * exp2f((q.max - shift) * kLog2e);
+    sum += q.sum_exp * static_cast<double>(exp2f((q.max - shift) * kLog2e));
     gap += q.positive_gap + static_cast<float>(q.positives) * ((q.positives > 0 ? q.max : shift) - shift);
     positives += q.positives;
   }
   // A row whose denominator is empty (R = K = 1 with exclude_self) gets m = log S = -inf and no positive.
-  const float row_log_sum = logf(sum);
+  const float row_log_sum = static_cast<float>(log(sum));
   row_max[i] = max;
   log_sum[i] = row_log_sum;
   n_positive[i] = positives;
@@ -657,7 +664,7 @@ struct ContrastiveCuda {
     TileParams p = tile_params(pr.u, pr.anchor_labels, pr.v, pr.candidate_labels, pr.temperature, exclude_self);
     const Grid grid = make_grid(pr.u.n_rows, pr.v.n_rows);
     auto opts = pr.anchors.options().dtype(at::kFloat);
-    at::Tensor partial = empty_output({grid.splits * pr.u.rows_pad * 4}, opts);  // RowPartial: 4 x 32 bits
+    at::Tensor partial = empty_output({grid.splits * pr.u.rows_pad * kRowPartialFloats}, opts);
     p.partial = reinterpret_cast<RowPartial*>(partial.data_ptr<float>());
     launch_tile_kernel<Mma, kSplit, false>(p, grid, stream);
     const int64_t n = pr.u.n_rows;

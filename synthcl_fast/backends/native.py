@@ -23,7 +23,10 @@ from ._ops import register_contrastive_op, register_positive_pair_op
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CPU_SOURCES = ("bindings.cpp", "contrastive_cpu.cpp", "positive_pair_cpu.cpp")
-CXX_FLAGS = ["-O3", "-fopenmp-simd"]
+# -fopenmp: ATen's at::parallel_for is a header template that runs its body on one thread unless the
+# extension itself is compiled with OpenMP (it then joins torch's libgomp, loaded under the same soname).
+OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
+CXX_FLAGS = ["-O3", "-fopenmp-simd"] + OPENMP_FLAGS
 NATIVE_ENV = "SYNTHCL_FAST_NATIVE"
 
 
@@ -51,7 +54,8 @@ def cache_dir() -> Path:
     directory on a cluster) never loads a build made for another architecture or, for native builds,
     another CPU."""
     root = Path(os.environ.get("SYNTHCL_FAST_CACHE", Path.home() / ".cache" / "synthcl_fast"))
-    sources = b"".join((CSRC / name).read_bytes() for name in CPU_SOURCES + ("common.h",))
+    headers = tuple(sorted(path.name for path in CSRC.glob("*.h")))
+    sources = b"".join((CSRC / name).read_bytes() for name in CPU_SOURCES + headers)
     flags = cxx_flags()
     machine = platform.machine() + ("|" + _cpu_identity() if "-march=native" in flags else "")
     key = hashlib.sha256(sources + torch.__version__.encode() + " ".join(flags).encode() + machine.encode())
@@ -67,7 +71,7 @@ def _jit_build() -> None:
         print(f"synthcl_fast: compiling the CPU kernels for torch {torch.__version__} once (cache: {build_dir})",
               file=sys.stderr)
     load(name="synthcl_fast_cpu", sources=[str(CSRC / s) for s in CPU_SOURCES], extra_cflags=cxx_flags(),
-         build_directory=str(build_dir), is_python_module=False, verbose=False)
+         extra_ldflags=OPENMP_FLAGS, build_directory=str(build_dir), is_python_module=False, verbose=False)
 
 
 _UNLOADED = object()

@@ -157,7 +157,7 @@ def _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX
                      LOSS_ptr):
     """m, log S, |P| and L_i = log S - gap / |P| (0 without a positive). An empty denominator (R = K = 1 with
     exclude_self) leaves m = -inf and log S = -inf, with no positive."""
-    log_sum = tl.log(tl.where(mask_m, row_sumexp, 1.0))
+    log_sum = tl.log(tl.where(mask_m, row_sumexp, 1.0)).to(row_gap.dtype)
     loss = tl.where(row_npos > 0, log_sum - row_gap / tl.maximum(row_npos, 1).to(row_gap.dtype), 0.0)
     tl.store(MAX_ptr + offs_m, row_max, mask=mask_m)
     tl.store(LOGSUM_ptr + offs_m, log_sum, mask=mask_m)
@@ -188,8 +188,10 @@ def _contrastive_forward_kernel(
     if SINGLE_D_CHUNK:
         x_tile = _load_rows(X_ptr, stride_x, offs_m, mask_m, 0, dim, BLOCK_D).to(DOT)
 
+    # S is summed in float64: in float32 every term added to a running S near 1 (the max's own term) would
+    # round at 1.2e-7 of S, most of a small loss log S ~ S - 1.
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
-    row_sumexp = tl.zeros([BLOCK_M], dtype=ACC)
+    row_sumexp = tl.zeros([BLOCK_M], dtype=tl.float64)
     row_gap = tl.zeros([BLOCK_M], dtype=ACC)
     row_npos = tl.zeros([BLOCK_M], dtype=tl.int32)
     n_begin = pid_s * n_per_split
@@ -211,7 +213,8 @@ def _contrastive_forward_kernel(
         shifted = s_allowed - shift[:, None]
         # the earlier tiles' terms, moved from row_max to the new shift (no positive yet: nothing to move)
         row_gap += row_npos.to(ACC) * (tl.where(row_npos > 0, row_max, shift) - shift)
-        row_sumexp = row_sumexp * tl.exp(row_max - shift) + tl.sum(tl.exp(shifted), axis=1)
+        row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(tl.float64)
+                      + tl.sum(tl.exp(shifted).to(tl.float64), axis=1))
         row_gap += tl.sum(tl.where(positive, shifted, 0.0), axis=1)
         row_npos += tl.sum(positive.to(tl.int32), axis=1)
         row_max = new_max
@@ -240,14 +243,15 @@ def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NP
     for split in range(0, n_splits):
         row_max = tl.maximum(row_max, tl.load(PART_MAX_ptr + split * n_x + offs_m, mask=mask_m, other=0.0))
     shift = tl.where(row_max == float("-inf"), 0.0, row_max)
-    row_sumexp = tl.zeros([BLOCK_M], dtype=ACC)
+    row_sumexp = tl.zeros([BLOCK_M], dtype=tl.float64)
     row_gap = tl.zeros([BLOCK_M], dtype=ACC)
     row_npos = tl.zeros([BLOCK_M], dtype=tl.int32)
     for split in range(0, n_splits):
         offs_part = split * n_x + offs_m
         part_max = tl.load(PART_MAX_ptr + offs_part, mask=mask_m, other=float("-inf"))
         part_npos = tl.load(PART_NPOS_ptr + offs_part, mask=mask_m, other=0)
-        row_sumexp += tl.load(PART_SUMEXP_ptr + offs_part, mask=mask_m, other=0.0) * tl.exp(part_max - shift)
+        row_sumexp += (tl.load(PART_SUMEXP_ptr + offs_part, mask=mask_m, other=0.0)
+                       * tl.exp(part_max - shift).to(tl.float64))
         row_gap += tl.load(PART_GAP_ptr + offs_part, mask=mask_m, other=0.0)
         row_gap += part_npos.to(ACC) * (tl.where(part_npos > 0, part_max, shift) - shift)
         row_npos += part_npos
@@ -610,9 +614,9 @@ def _row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool
     npos = empty_output((n_x,), torch.int32, x.device)
     final = t.splits == 1
     if final:
-        part = (row_max, row_max, row_max, npos)  # not written
+        part = (row_max, row_max, row_max, npos)  # not written (FINAL)
     else:
-        part = tuple(empty_output((t.splits, n_x), d, x.device) for d in (acc, acc, acc, torch.int32))
+        part = tuple(empty_output((t.splits, n_x), d, x.device) for d in (acc, torch.float64, acc, torch.int32))
     grid = (triton.cdiv(n_x, t.block_m), t.splits)
     _launch(
         _contrastive_forward_kernel, grid,
