@@ -45,6 +45,12 @@ def _run_cases(tmp_path, interpret: bool, target: str = CASES, select: str | Non
 
 
 @pytest.mark.skipif(TRITON_MISSING is not None, reason=f"{TRITON_MISSING}")
+def test_version_regressions_under_the_interpreter(tmp_path):
+    """tests/triton_regressions.py: what broke with one triton release (first: a wrong triton fails fast)."""
+    _run_cases(tmp_path, interpret=True, target="tests/triton_regressions.py", min_tests=2)
+
+
+@pytest.mark.skipif(TRITON_MISSING is not None, reason=f"{TRITON_MISSING}")
 def test_kernels_under_the_interpreter(tmp_path):
     """Every case of tests/triton_cases.py, on CPU tensors with TRITON_INTERPRET=1 (~2-4 minutes)."""
     _run_cases(tmp_path, interpret=True)
@@ -60,6 +66,7 @@ def test_property_suite_under_the_interpreter(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or TRITON_MISSING is not None, reason="needs a CUDA GPU and triton")
 def test_kernels_on_the_gpu(tmp_path):
+    _run_cases(tmp_path, interpret=False, target="tests/triton_regressions.py", min_tests=2)
     _run_cases(tmp_path, interpret=False)
 
 
