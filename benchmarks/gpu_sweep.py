@@ -538,6 +538,7 @@ def environment(device) -> dict:
                                         text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         info["commit"] = None
+    info["commit"] = info["commit"] or os.environ.get("SYNTHCL_FAST_COMMIT")  # a copy of the tree without .git
     if device is not None:
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
@@ -645,22 +646,30 @@ def main(argv=None) -> dict | None:
               + (f"fwd {row.forward_ms:9.3f} ms  fwd+bwd {row.step_ms:9.3f} ms  "
                  + (f"{row.step_gb_per_s:7.0f} GB/s  " if row.step_gb_per_s else f"{row.step_tflops:7.1f} TFLOP/s  ")
                  + f"peak {row.peak_extra_mb:9.1f} MiB" if row.status == "ok" else row.status), flush=True)
+        # after every row: a run stopped from outside (benchmarks/gpu_check.sh's time limit) keeps what it measured
+        write_results(result, rows, args.out, time.perf_counter() - started, complete=False)
+    write_results(result, rows, args.out, time.perf_counter() - started, complete=True)
+    print(markdown(result))
+    print(f"wrote {args.out}.{{json,csv,md}} in {result['elapsed_s']:.0f} s")
+    return result
+
+
+def write_results(result: dict, rows: list[Row], out: Path, elapsed_s: float, complete: bool) -> None:
+    """out.json (everything), out.csv (one row per case x variant), out.md (the table), with the ratios."""
     add_ratios(rows, result["ceilings"])
     result["rows"] = [asdict(r) for r in rows]
-    result["elapsed_s"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    with open(args.out.with_suffix(".csv"), "w", newline="") as f:
+    result["elapsed_s"] = elapsed_s
+    result["complete"] = complete
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
         fields = [k for k in asdict(rows[0]) if k != "reps"] + ["gpu", "torch", "triton"] if rows else []
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in result["rows"]:
             writer.writerow({**r, "gpu": result["environment"].get("gpu"), "torch": result["environment"]["torch"],
                              "triton": result["environment"]["triton"]})
-    args.out.with_suffix(".md").write_text(markdown(result) + "\n")
-    print(markdown(result))
-    print(f"wrote {args.out}.{{json,csv,md}} in {result['elapsed_s']:.0f} s")
-    return result
+    out.with_suffix(".md").write_text(markdown(result) + "\n")
 
 
 if __name__ == "__main__":
