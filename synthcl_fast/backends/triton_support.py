@@ -84,13 +84,13 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 
 def interpreter_numpy_conflict(triton_version: str, numpy_version: str) -> str | None:
     """Why Triton's interpreter cannot run our kernels with these versions, or None. Before triton 3.7 the
-    interpreter takes a loop bound with int() of a 1-element array, which numpy 2.5 made an error ("only
+    interpreter takes a loop bound with int() of a 1-element array, which numpy 2.4 made an error ("only
     0-dimensional arrays can be converted to Python scalars"): every kernel with a runtime loop bound fails."""
     from packaging.version import Version
 
-    if Version(triton_version).release < (3, 7) and Version(numpy_version).release >= (2, 5):
+    if Version(triton_version).release < (3, 7) and Version(numpy_version).release >= (2, 4):
         return (f"Triton's interpreter in triton {triton_version} fails with numpy {numpy_version} (int() of a "
-                "1-element array); use numpy < 2.5 or triton >= 3.7")
+                "1-element array); use numpy < 2.4 or triton >= 3.7")
     return None
 
 
