@@ -1,5 +1,6 @@
-"""python -m synthcl_fast.env_report [--benchmark]: versions, what was built, which backends can run
-here and why not; with --benchmark, fused vs reference timing and peak memory side by side."""
+"""python -m synthcl_fast.env_report [--benchmark]: versions (and whether each is in the supported range), what
+was built, which backends can run here and why not; with --benchmark, fused vs reference timing and peak memory
+side by side."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from . import __version__
 from .backends import available_backends
 from .benchmarking import environment, peak_memory_bytes
+from .versions import check_versions
 
 
 def _build_info() -> dict | None:
@@ -67,6 +69,9 @@ def main(argv=None) -> None:
     print(f"synthcl_fast {__version__}")
     for key, value in environment().items():
         print(f"  {key}: {value}")
+    print("versions:")
+    for check in check_versions():
+        print(f"  {check.describe()}")
     print(f"  build: {_build_info() or 'no ahead-of-time build (kernels compiled on first use)'}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:

@@ -106,6 +106,22 @@ def test_interpreter_numpy_conflict(triton_version, numpy_version, conflict):
         assert f"triton {triton_version}" in reason and "numpy < 2.4" in reason
 
 
+@pytest.mark.parametrize("version,old", [("3.1.0", True), ("3.5.1", True), ("3.6.0", False), ("3.9.0+git1", False)])
+def test_too_old_triton_is_a_clear_reason(version, old):
+    reason = triton_support.too_old(version)
+    assert (reason is not None) is old
+    if old:
+        assert f"triton {version} is older than {triton_support.MIN_TRITON}" in reason
+
+
+def test_min_triton_is_the_declared_bound():
+    """MIN_TRITON is pyproject.toml's bound on the `triton` extra (the one place users read it)."""
+    import re
+
+    assert re.search(r'"triton>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1) == \
+        triton_support.MIN_TRITON
+
+
 def test_unsupported_dtype_and_device():
     if TRITON_MISSING is not None:
         pytest.skip(TRITON_MISSING)

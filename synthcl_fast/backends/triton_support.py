@@ -48,8 +48,22 @@ def triton_import_error() -> str | None:
         except Exception as error:  # ImportError, or a broken install raising anything else
             _IMPORT_ERROR.append(f"triton is not importable ({type(error).__name__}: {error}); pip install triton")
         else:
-            _IMPORT_ERROR.append(None)
+            _IMPORT_ERROR.append(too_old(triton.__version__))
     return _IMPORT_ERROR[0]
+
+
+# The oldest triton the kernels are tested with (pyproject.toml's `triton` extra): 3.1's interpreter rejects
+# tl.arange(0, BLOCK) of a constexpr argument, 3.0's leaves CPU tensors unwritten; 3.2 to 3.5 are untested.
+MIN_TRITON = "3.6"
+
+
+def too_old(triton_version: str) -> str | None:
+    from packaging.version import Version
+
+    if Version(triton_version).release < Version(MIN_TRITON).release:
+        return (f"triton {triton_version} is older than {MIN_TRITON}, the oldest the Triton kernels are tested with; "
+                f"pip install 'triton>={MIN_TRITON}' (or a torch that brings one)")
+    return None
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
