@@ -34,6 +34,6 @@ pip install -q $specs pytest hypothesis expecttest setuptools wheel
 # the pins again, so that resolving the package's own dependencies cannot move them
 # shellcheck disable=SC2086
 pip install -q --no-build-isolation -e . $specs
-python -m synthcl_fast.env_report | sed -n '/^versions:/,/^  build:/p'
+python -m synthcl_fast.env_report | sed -n '/^versions:/,/^backends on cpu:/p'
 python -m pytest -p no:cacheprovider "$@"
 echo "compat lane $name: $(( $(date +%s) - started )) s"

@@ -69,10 +69,10 @@ def main(argv=None) -> None:
     print(f"synthcl_fast {__version__}")
     for key, value in environment().items():
         print(f"  {key}: {value}")
+    print(f"  build: {_build_info() or 'no ahead-of-time build (kernels compiled on first use)'}")
     print("versions:")
     for check in check_versions():
         print(f"  {check.describe()}")
-    print(f"  build: {_build_info() or 'no ahead-of-time build (kernels compiled on first use)'}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         print(f"backends on {device}:")
