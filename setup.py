@@ -2,8 +2,9 @@
 
 - CPU kernels always (when torch is present), for any CPU of the architecture (SYNTHCL_FAST_NATIVE=1: for
   this machine's CPU only, -march=native); CUDA kernels (csrc/*.cu) only where torch has CUDA and nvcc is
-  found, or FORCE_CUDA=1. SYNTHCL_FAST_NO_CUDA=1 skips them, SYNTHCL_FAST_NO_EXTENSION=1 skips the whole
-  extension (the kernels are then compiled on first use). Every variable: docs/environment.md.
+  found, of the CUDA major version torch was built with (else a message and the CPU kernels only), or
+  FORCE_CUDA=1. SYNTHCL_FAST_NO_CUDA=1 skips them, SYNTHCL_FAST_NO_EXTENSION=1 skips the whole extension (the
+  kernels are then compiled on first use). Every variable: docs/environment.md.
 - TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0+PTX;9.0a": Ampere machine code and PTX that
   later GPUs compile at load, and Hopper machine code). CUDA_HOME picks the toolkit; without it, the toolkit
   whose nvcc is on PATH, or /usr/local/cuda when that nvcc is a wrapper outside a toolkit (no libcudart beside).
@@ -13,7 +14,9 @@
 import glob
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
@@ -36,6 +39,21 @@ def _set_cuda_home():
         if os.path.exists(os.path.join(home, "bin", "nvcc")) and glob.glob(os.path.join(home, "lib*", "libcudart.so*")):
             os.environ["CUDA_HOME"] = home
             return
+
+
+def _toolkit_mismatch(torch_cuda, cuda_home):
+    """Why the toolkit at cuda_home cannot build for this torch, or None. torch's extension build stops with an
+    error where the toolkit's major CUDA version differs from the one torch was built with (a torch 2.4 wheel
+    for CUDA 12.1 beside nvcc 13, say); the package must still install, with its CPU kernels."""
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+        toolkit = re.search(r"release (\d+\.\d+)", out).group(1)
+    except (OSError, subprocess.SubprocessError, AttributeError):
+        return f"the CUDA toolkit at {cuda_home} did not report its version (nvcc --version)"
+    if int(toolkit.split(".")[0]) != int(torch_cuda.split(".")[0]):  # majors as numbers (packaging may be absent)
+        return f"nvcc is CUDA {toolkit} but torch was built with CUDA {torch_cuda}"
+    return None
 
 
 def _extension_config():
@@ -63,6 +81,12 @@ def _extension_config():
     if cuda_sources and not with_cuda and not _flag("SYNTHCL_FAST_NO_CUDA"):
         print("synthcl_fast: no CUDA toolkit found (or torch without CUDA); building the CPU kernels only",
               file=sys.stderr)
+    if with_cuda and not _flag("FORCE_CUDA"):
+        mismatch = _toolkit_mismatch(torch.version.cuda, cpp_extension.CUDA_HOME)
+        if mismatch:
+            print(f"synthcl_fast: {mismatch}; building the CPU kernels only (FORCE_CUDA=1 tries anyway)",
+                  file=sys.stderr)
+            with_cuda = False
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0+PTX;9.0a")
         # --threads 2: the architectures compile in parallel (CI machines have 2 cores)

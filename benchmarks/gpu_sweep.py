@@ -393,18 +393,26 @@ def main(argv=None) -> dict | None:
               + (f"fwd {row.forward_ms:9.3f} ms  fwd+bwd {row.step_ms:9.3f} ms  "
                  + (f"{row.step_gb_per_s:7.0f} GB/s  " if row.step_gb_per_s else f"{row.step_tflops:7.1f} TFLOP/s  ")
                  + f"peak {row.peak_extra_mb:9.1f} MiB" if row.status == "ok" else row.status), flush=True)
-    add_ratios(rows, result["ceilings"])
-    result["rows"] = [asdict(r) for r in rows]
-    result["elapsed_s"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        # after every row: a run stopped from outside (benchmarks/gpu_check.sh's time limit) keeps what it measured
+        write_results(result, rows, args.out, time.perf_counter() - started, complete=False)
+    write_results(result, rows, args.out, time.perf_counter() - started, complete=True)
     if args.csv:
         C.append_rows(csv_rows(rows, env, run_id, device), args.csv)
-    args.out.with_suffix(".md").write_text(markdown(result) + "\n")
     print(markdown(result))
     print(f"wrote {args.out}.{{json,md}}" + (f" and appended run {run_id} to {args.csv}" if args.csv else "")
           + f" in {result['elapsed_s']:.0f} s")
     return result
+
+
+
+def write_results(result: dict, rows: list, out: Path, elapsed_s: float, complete: bool) -> None:
+    """out.json (everything, ratios included) and out.md (the table), rewritten as the rows come in."""
+    add_ratios(rows, result["ceilings"])
+    result["rows"] = [asdict(r) for r in rows]
+    result["elapsed_s"], result["complete"] = elapsed_s, complete
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown(result) + "\n")
 
 
 if __name__ == "__main__":

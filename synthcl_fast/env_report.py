@@ -1,5 +1,6 @@
-"""python -m synthcl_fast.env_report [--benchmark]: versions, what was built, which backends can run
-here and why not; with --benchmark, fused vs reference timing and peak memory side by side."""
+"""python -m synthcl_fast.env_report [--benchmark]: versions (and whether each is in the supported range), what
+was built, which backends can run here and why not; with --benchmark, fused vs reference timing and peak memory
+side by side."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from . import __version__
 from .backends import available_backends
 from .benchmarking import environment, peak_memory_bytes
 from .environment import VARIABLES, current_values
+from .versions import check_versions
 
 
 def _build_info() -> dict | None:
@@ -74,6 +76,9 @@ def main(argv=None) -> None:
     for variable in VARIABLES:
         value = values[variable.name]
         print(f"  {variable.name:<36} {'unset (default ' + variable.default + ')' if value is None else repr(value)}")
+    print("versions:")
+    for check in check_versions():
+        print(f"  {check.describe()}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         print(f"backends on {device}:")

@@ -58,6 +58,8 @@ VARIABLES = (
     Variable("MAX_JOBS", "build", "min(cores, 8)", "parallel compile jobs"),
     Variable("SYNTHCL_FAST_REQUIRE_NVCC", "build", "0",
              "1: .ci/compile_cuda.sh fails instead of skipping where nvcc is missing"),
+    Variable("SYNTHCL_FAST_COMMIT", "benchmarks", "the checkout's git commit",
+             "the commit recorded with benchmark results where the tree has no .git (the GPU machine's copy)"),
     # tests
     Variable("SYNTHCL_FAST_POISON_OUTPUTS", "tests", "0 (1 in the test suite)",
              "1: fill every kernel output and scratch buffer with NaN before the kernels write them"),

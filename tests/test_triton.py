@@ -47,6 +47,12 @@ def _run_lane(tmp_path, targets, select: str | None = None, min_tests: int = MIN
 
 
 @pytest.mark.skipif(TRITON_MISSING is not None, reason=f"{TRITON_MISSING}")
+def test_version_regressions_under_the_interpreter(tmp_path):
+    """tests/triton_regressions.py: what broke with one triton release (first: a wrong triton fails fast)."""
+    _run_lane(tmp_path, ["tests/triton_regressions.py"], min_tests=2)
+
+
+@pytest.mark.skipif(TRITON_MISSING is not None, reason=f"{TRITON_MISSING}")
 def test_conformance_under_the_interpreter(tmp_path):
     """The whole conformance suite and the Triton internals on CPU tensors with TRITON_INTERPRET=1."""
     _run_lane(tmp_path, LANE)
@@ -91,6 +97,35 @@ def test_missing_triton_is_a_clear_reason(monkeypatch):
         assert "triton is not importable" in triton_support.unavailable_reason(torch.device(device), torch.float32)
     with pytest.raises(BackendUnavailableError, match="triton is not importable"):
         resolve_backend("triton", torch.device("cuda"), torch.float32)
+
+
+@pytest.mark.parametrize("triton_version,numpy_version,conflict", [
+    ("3.6.0", "2.4.6", True), ("3.1.0", "2.4.0rc1", True), ("3.6.0", "2.3.5", False), ("3.7.0", "2.5.5", False),
+    ("3.9.0+git1234", "2.10.0", False),
+])
+def test_interpreter_numpy_conflict(triton_version, numpy_version, conflict):
+    """triton < 3.7's interpreter with numpy >= 2.4 fails in every kernel with a loop (seen: triton 3.6.0 with
+    numpy 2.4.6 and 2.5.5; 2.3.5 only warns): a clear reason instead."""
+    reason = triton_support.interpreter_numpy_conflict(triton_version, numpy_version)
+    assert (reason is not None) is conflict
+    if conflict:
+        assert f"triton {triton_version}" in reason and "numpy < 2.4" in reason
+
+
+@pytest.mark.parametrize("version,old", [("3.1.0", True), ("3.5.1", True), ("3.6.0", False), ("3.9.0+git1", False)])
+def test_too_old_triton_is_a_clear_reason(version, old):
+    reason = triton_support.too_old(version)
+    assert (reason is not None) is old
+    if old:
+        assert f"triton {version} is older than {triton_support.MIN_TRITON}" in reason
+
+
+def test_min_triton_is_the_declared_bound():
+    """MIN_TRITON is pyproject.toml's bound on the `triton` extra (the one place users read it)."""
+    import re
+
+    assert re.search(r'"triton>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1) == \
+        triton_support.MIN_TRITON
 
 
 def test_unsupported_dtype_and_device():

@@ -163,12 +163,12 @@ class CudaBackend(FusedBackend):
             return f"it runs on CUDA tensors only, got {device}"
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return f"its kernels take float32, float16 or bfloat16 features, got {dtype}"
-        from .native import has_cuda_kernels, load_error
+        from .native import load_error, registered_cuda_kernels
 
         error = load_error()
         if error is not None:
             return error
-        if not has_cuda_kernels():
+        if not registered_cuda_kernels():
             return ("the compiled extension has no CUDA kernels (built without nvcc or without CUDA in torch, "
                     "or compiled on first use, which builds the CPU kernels only): reinstall with "
                     "`pip install --no-build-isolation -e .` where nvcc is found")
@@ -216,10 +216,18 @@ def _auto_backend(device: torch.device, dtype: torch.dtype) -> Backend:
     return BACKENDS["reference"]
 
 
+# Under torch.compile, read in plain Python and taken as a constant: torch 2.4's dynamo cannot constant-fold
+# os.environ.get of a missing key (a graph break, "constant fold exception: KeyError").
+@torch.compiler.assume_constant_result
+def backend_override() -> str:
+    """The backend named by SYNTHCL_FAST_BACKEND, or "auto"."""
+    return os.environ.get(BACKEND_ENV, "auto")
+
+
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
     """The backend that will run an input on (device, dtype) for backend=`name`."""
     if name == "auto":
-        name = os.environ.get(BACKEND_ENV, "auto")
+        name = backend_override()
     if name == "auto":
         return _auto_backend(device, dtype)
     if name not in BACKENDS:

@@ -123,5 +123,11 @@ def _load() -> str | None:
 
 def has_cuda_kernels() -> bool:
     """True when the loaded extension has CUDA implementations of the ops."""
-    return load_error() is None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "synthcl_fast::contrastive_forward", "CUDA")
+    return load_error() is None and registered_cuda_kernels()
+
+
+def registered_cuda_kernels() -> bool:
+    """Whether CUDA implementations of the ops are registered (once the extension is loaded). Separate from
+    has_cuda_kernels for traced callers that have checked load_error already: torch 2.4's dynamo fails at run
+    time ("'NoneType' object is not callable") where a traced function calls load_error a second time."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("synthcl_fast::contrastive_forward", "CUDA")

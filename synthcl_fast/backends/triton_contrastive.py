@@ -374,7 +374,10 @@ def _contrastive_backward_kernel(
         tl.store(DX_ptr + (pid_s * n_x + offs_m[:, None]) * stride_dx + offs_do[None, :], du,
                  mask=mask_m[:, None] & mask_do[None, :])
     if COMPUTE_GS:
-        tl.store(GS_ptr + pid_s * n_x + offs_m, gs, mask=mask_m & (pid_d == 0))
+        # the first feature chunk writes GS; a branch, not `mask=mask_m & (pid_d == 0)`: triton 3.9's
+        # interpreter rejects a mask combined with a scalar comparison ("mask has unsupported dtype")
+        if pid_d == 0:
+            tl.store(GS_ptr + pid_s * n_x + offs_m, gs, mask=mask_m)
 
 
 @triton.jit

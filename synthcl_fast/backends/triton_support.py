@@ -40,8 +40,22 @@ def triton_import_error() -> str | None:
         except Exception as error:  # ImportError, or a broken install raising anything else
             _IMPORT_ERROR.append(f"triton is not importable ({type(error).__name__}: {error}); pip install triton")
         else:
-            _IMPORT_ERROR.append(None)
+            _IMPORT_ERROR.append(too_old(triton.__version__))
     return _IMPORT_ERROR[0]
+
+
+# The oldest triton the kernels are tested with (pyproject.toml's `triton` extra): 3.1's interpreter rejects
+# tl.arange(0, BLOCK) of a constexpr argument, 3.0's leaves CPU tensors unwritten; 3.2 to 3.5 are untested.
+MIN_TRITON = "3.6"
+
+
+def too_old(triton_version: str) -> str | None:
+    from packaging.version import Version
+
+    if Version(triton_version).release < Version(MIN_TRITON).release:
+        return (f"triton {triton_version} is older than {MIN_TRITON}, the oldest the Triton kernels are tested with; "
+                f"pip install 'triton>={MIN_TRITON}' (or a torch that brings one)")
+    return None
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -67,8 +81,23 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
         if compiled_for_interpreter is False:
             return ("the kernels were loaded without TRITON_INTERPRET=1; set it before synthcl_fast's Triton "
                     "kernels are first used")
-        return None
+        import numpy
+        import triton
+
+        return interpreter_numpy_conflict(triton.__version__, numpy.__version__)
     return f"it runs on CUDA tensors, got {device}"
+
+
+def interpreter_numpy_conflict(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's interpreter cannot run our kernels with these versions, or None. Before triton 3.7 the
+    interpreter takes a loop bound with int() of a 1-element array, which numpy 2.4 made an error ("only
+    0-dimensional arrays can be converted to Python scalars"): every kernel with a runtime loop bound fails."""
+    from packaging.version import Version
+
+    if Version(triton_version).release < (3, 7) and Version(numpy_version).release >= (2, 4):
+        return (f"Triton's interpreter in triton {triton_version} fails with numpy {numpy_version} (int() of a "
+                "1-element array); use numpy < 2.4 or triton >= 3.7")
+    return None
 
 
 def poison_outputs() -> bool:

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The whole GPU job (issue 11) in one run of the device machine (one H200, 16 cores, no package registry):
+# install, GPU test lane, sweep, summary. Every log and result lands in OUT_DIR, in at most 8 files (what the
+# device tool brings back): summary.txt, logs.tar.gz (every log and JUnit XML), gpu_sweep.{json,csv,md,png}.
+#
+#   bash benchmarks/gpu_check.sh OUT_DIR               # on the GPU machine: ~6 minutes, never more than 7
+#   bash benchmarks/gpu_check.sh --rehearse OUT_DIR    # on a CPU machine: the same steps, with the GPU-only
+#                                                      # ones replaced by their CPU stand-ins (see below)
+#
+# Steps, each under its own time limit (the sum stays under BUDGET_S, default 400 s):
+# 1. the wheels in .whl/ the machine lacks (kornia, kornia_rs, inf-cl; `carry: [".whl"]`), pip --no-index.
+#    Downloaded on the CPU machine (7.0 MiB; .whl/ is git-ignored) with:
+#      python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#        -d .whl kornia==0.9.0 kornia_rs==0.2.0 inf-cl==1.2.1
+# 2. the project: pip install --no-build-isolation --no-deps -e . , the CUDA kernels for setup.py's default
+#    architectures (8.0+PTX;9.0a). Building for 9.0a alone saves no minutes there: measured on the 2-core CPU
+#    machine with torch 2.11.0+cu130, each .cu costs ~35 CPU-s for 9.0a and ~50 CPU-s for both (nvcc --threads 2
+#    compiles the two in parallel), and on 16 cores ninja compiles the 5 sources side by side.
+# 3. python -m synthcl_fast.env_report (versions, backends and why not)
+# 4. GPU tests: pytest -m gpu over tests/, then tests/test_conformance.py whole where it exists; -x and a
+#    per-test timeout (pytest-timeout)
+# 5. benchmarks/gpu_sweep.py with a time budget (its JSON/CSV/markdown are rewritten after every row, so a
+#    run cut short keeps what it measured), and its plot
+# 6. summary.txt: each step's status and time, the failures, the sweep's table; printed at the end
+#
+# --rehearse (no GPU): step 4 runs the same selection (every test skips without a GPU; collection and imports
+# are what is checked) and step 5 runs gpu_sweep.py --dry-run and --smoke (tiny shapes under TRITON_INTERPRET=1:
+# the script's own code paths, outputs and plot).
+#
+# Environment: PYTHON (default python3), BUDGET_S (default 400; 6x that and each step's limit with --rehearse),
+# PER_TEST_TIMEOUT_S (default 120), SYNTHCL_FAST_COMMIT (the
+# commit being run, recorded in the sweep where there is no .git), TORCH_CUDA_ARCH_LIST (setup.py's default).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+rehearse=0
+if [ "${1:-}" = "--rehearse" ]; then rehearse=1; shift; fi
+[ $# -eq 1 ] || { echo "usage: bash benchmarks/gpu_check.sh [--rehearse] OUT_DIR" >&2; exit 2; }
+out="$1"
+mkdir -p "$out/logs"
+python="${PYTHON:-python3}"
+# On a 2-core CPU machine (--rehearse) every step takes several times longer than on the GPU machine's 16 cores.
+limit_scale=$([ $rehearse = 1 ] && echo 6 || echo 1)
+budget="${BUDGET_S:-$(( 400 * limit_scale ))}"
+per_test="${PER_TEST_TIMEOUT_S:-120}"
+export PYTHONUNBUFFERED=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+unset TRITON_INTERPRET SYNTHCL_FAST_TRITON_TILES
+start=$(date +%s)
+summary="$out/summary.txt"
+: > "$summary"
+failed=0
+
+note() { echo "$*" | tee -a "$summary"; }
+left() { echo $(( budget - ($(date +%s) - start) )); }
+
+# step NAME LIMIT_S COMMAND...: runs COMMAND with its output in logs/NAME.log, stopped after LIMIT_S seconds
+# (SIGINT, then SIGKILL 15 s later) or when the budget is spent; records status and time in the summary.
+step() {
+  local name="$1" limit=$(( $2 * limit_scale )); shift 2
+  local remaining; remaining=$(left)
+  [ "$limit" -gt "$remaining" ] && limit="$remaining"
+  if [ "$limit" -le 5 ]; then note "$(printf '%-16s SKIPPED (time budget %ss spent)' "$name" "$budget")"; return 1; fi
+  local t0 rc; t0=$(date +%s)
+  echo "== $name (limit ${limit}s): $*" | tee "$out/logs/$name.log"
+  timeout -s INT -k 15 "$limit" "$@" >> "$out/logs/$name.log" 2>&1
+  rc=$?
+  local status="ok"
+  [ $rc -ne 0 ] && status="FAILED (exit $rc)"
+  [ $rc -eq 124 ] || [ $rc -eq 130 ] || [ $rc -eq 137 ] && status="STOPPED at its ${limit}s limit (exit $rc)"
+  note "$(printf '%-16s %-40s %4ss' "$name" "$status" "$(( $(date +%s) - t0 ))")"
+  [ $rc -ne 0 ] && failed=1 && tail -n 25 "$out/logs/$name.log" | sed 's/^/    | /' | tee -a "$summary"
+  return $rc
+}
+
+finish() {
+  tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$out/logs"
+  note "total $(( $(date +%s) - start ))s (budget ${budget}s), $([ $failed = 0 ] && echo 'every step ok' || echo 'FAILURES above'); files: $(cd "$out" && ls | tr '\n' ' ')"
+}
+trap finish EXIT
+
+note "synthcl_fast GPU check, $(date -u +%FT%TZ), commit ${SYNTHCL_FAST_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}$([ $rehearse = 1 ] && echo ', REHEARSAL (no GPU)')"
+"$python" - <<'EOF' 2>&1 | tee -a "$summary"
+import platform, torch
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), {gpu}")
+EOF
+if [ $rehearse = 0 ] && ! "$python" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  note "no CUDA device here: run with --rehearse on a machine without a GPU"; exit 1
+fi
+
+# 1. wheels the machine lacks (the download command is at the top); --no-deps: their dependencies (torch,
+#    numpy, triton) are the machine's own
+if compgen -G ".whl/*.whl" > /dev/null; then
+  step wheels 60 "$python" -m pip install --no-index --no-deps --no-compile .whl/*.whl
+else
+  note "wheels           none in .whl/ (kornia and inf-cl missing: test_trainer and the inf_cl variants fail)"
+fi
+
+# 2. the project, C++ and CUDA kernels ahead of time
+step build 240 "$python" -m pip install -v --no-index --no-build-isolation --no-deps -e . || {
+  note "the build failed: nothing else can run"; exit 1; }
+"$python" -c "import json; print('built:', json.load(open('synthcl_fast/_build_info.json')))" 2>&1 | tee -a "$summary"
+
+# 3. what runs here and why not
+step env_report 60 "$python" -m synthcl_fast.env_report
+
+# 4. GPU tests (-p no:cacheprovider: no .pytest_cache in the tree)
+pytest_args=(-x -q -p no:cacheprovider -o addopts="" -rfE "--timeout=$per_test")
+step tests_gpu 160 "$python" -m pytest "${pytest_args[@]}" -m gpu --junitxml="$out/logs/tests_gpu.xml" tests/
+[ $? -eq 5 ] && note "    (exit 5: no test is marked gpu)"
+if [ -f tests/test_conformance.py ]; then
+  step tests_conformance 150 "$python" -m pytest "${pytest_args[@]}" --junitxml="$out/logs/tests_conformance.xml" \
+    tests/test_conformance.py
+fi
+
+# 5. the sweep
+if [ $rehearse = 1 ]; then
+  step sweep_plan 60 "$python" benchmarks/gpu_sweep.py --dry-run
+  TRITON_INTERPRET=1 step sweep_smoke 240 "$python" benchmarks/gpu_sweep.py --smoke --out "$out/gpu_sweep"
+else
+  # no new measurement 45 s before the step's end (one measurement, a torch.compile included, fits in that)
+  sweep_limit=$(( $(left) - 30 ))
+  step sweep "$sweep_limit" "$python" benchmarks/gpu_sweep.py --out "$out/gpu_sweep" \
+    --budget-s $(( sweep_limit > 60 ? sweep_limit - 45 : 15 ))
+fi
+if [ -f "$out/gpu_sweep.json" ]; then
+  step plot 30 "$python" benchmarks/plot_gpu_sweep.py "$out/gpu_sweep.json" "$out/gpu_sweep.png"
+  [ -f "$out/gpu_sweep.md" ] && cat "$out/gpu_sweep.md" >> "$summary"
+fi
+exit $failed
