@@ -44,7 +44,6 @@ constexpr int64_t kStripBytes = 4 << 20;  // one thread's logits strip
 constexpr int64_t kMaxBlockRows = 256;
 constexpr int64_t kMinSingleTileRows = 64;  // below this a row block is too thin for an efficient product
 constexpr int64_t kSymmetricBlock = 256;
-constexpr int64_t kRowGrain = 8;
 constexpr int64_t kNoSelf = std::numeric_limits<int64_t>::min() / 2;
 
 at::ScalarType accumulate_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -57,7 +56,7 @@ at::ScalarType accumulate_type(at::ScalarType t) { return t == at::kDouble ? at:
 // summed in float64, so fp32 rows neither overflow (|x| up to fp32's max) nor underflow (subnormals).
 template <typename scalar_t, typename acc_t>
 void normalize_rows_kernel(const scalar_t* x, int64_t n_rows, int64_t dim, double eps, acc_t* u, double* norms) {
-  parallel_items(n_rows, kRowGrain, [&](int64_t lo, int64_t hi) {
+  parallel_items(n_rows, dim, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const scalar_t* xi = x + i * dim;
       double squares = 0;
@@ -113,7 +112,7 @@ at::Tensor normalize_backward(const GradParts& grad, const at::Tensor& u, const 
   }
   const acc_t* u_ptr = u.data_ptr<acc_t>();
   const double* norm_ptr = norms.data_ptr<double>();
-  parallel_items(u.size(0), kRowGrain, [&](int64_t lo, int64_t hi) {
+  parallel_items(u.size(0), dim * int64_t(1 + others.size()), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       acc_t* g = du_ptr + i * dim;
 #pragma omp simd
@@ -361,7 +360,7 @@ void update_row_stats(const acc_t* tile, int64_t bm, int64_t tn, const int64_t* 
     const int64_t label = row_labels[i];
     acc_t tile_max = kMinusInf;
     for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) { tile_max = std::max(tile_max, row_max(s + a, b - a)); });
-    // The max skips NaN logits (NaN features or an invalid temperature); the sums below do not, so NaN
+    // The max skips NaN logits (NaN features); the sums below do not, so NaN
     // reaches the loss. -inf only then: shift by 0 so that the sums are NaN, not skipped.
     const acc_t new_max = std::max(st.max[i], tile_max);
     const acc_t shift = new_max == kMinusInf ? acc_t(0) : new_max;
@@ -535,7 +534,8 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
   const bool want_grad = grads != nullptr;
   ForwardResult out = new_forward_result(p);
   auto opts = p.v.options();
-  const int64_t groups = n_groups(plan.n_blocks, want_grad ? p.n_cols * p.dim * int64_t(sizeof(acc_t)) : 0);
+  const int64_t groups = n_groups(plan.n_blocks, want_grad ? p.n_cols * p.dim * int64_t(sizeof(acc_t)) : 0,
+                                  p.n_rows * p.n_cols * p.dim);
   at::Tensor grad_u = want_grad ? at::zeros({p.n_rows, p.dim}, opts) : at::Tensor();
   PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
   GroupSums gs(groups), valid(groups);
@@ -581,7 +581,8 @@ template <typename acc_t>
 Gradients general_backward(const Problem<acc_t>& p, const GradStats<acc_t>& stats) {
   const BlockPlan plan = block_plan<acc_t>(p.n_rows, p.n_cols);
   auto opts = p.v.options();
-  const int64_t groups = n_groups(plan.n_blocks, p.n_cols * p.dim * int64_t(sizeof(acc_t)));
+  const int64_t groups = n_groups(plan.n_blocks, p.n_cols * p.dim * int64_t(sizeof(acc_t)),
+                                  p.n_rows * p.n_cols * p.dim);
   at::Tensor grad_u = at::zeros({p.n_rows, p.dim}, opts);
   PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
   GroupSums gs(groups);
@@ -652,7 +653,7 @@ ForwardResult symmetric_forward(const Problem<acc_t>& p) {
   const auto pairs = block_pairs(n_blocks);
   const int64_t n_pairs = static_cast<int64_t>(pairs.size());
   // A group's statistics take 28 bytes per row: many small groups.
-  const int64_t groups = n_groups(n_pairs, p.n_rows * 28);
+  const int64_t groups = n_groups(n_pairs, p.n_rows * 28, p.n_rows * p.n_rows * p.dim / 2);
   ForwardResult out = new_forward_result(p);
   auto opts = p.v.options();
   std::vector<std::optional<SharedRowStats<acc_t>>> parts(groups);
@@ -685,7 +686,7 @@ Gradients symmetric_gradients(const Problem<acc_t>& p, GradStats<acc_t>& stats) 
   const int64_t block = std::min(p.n_rows, kSymmetricBlock), n_blocks = (p.n_rows + block - 1) / block;
   const auto pairs = block_pairs(n_blocks);
   const int64_t n_pairs = static_cast<int64_t>(pairs.size());
-  const int64_t groups = n_groups(n_pairs, p.n_rows * p.dim * int64_t(sizeof(acc_t)));
+  const int64_t groups = n_groups(n_pairs, p.n_rows * p.dim * int64_t(sizeof(acc_t)), p.n_rows * p.n_rows * p.dim);
   stats.precompute(p.n_rows);
   auto opts = p.v.options();
   PerGroup grad(groups, {p.n_rows, p.dim}, opts);
@@ -716,11 +717,22 @@ Gradients symmetric_gradients(const Problem<acc_t>& p, GradStats<acc_t>& stats) 
 // The ops
 // ---------------------------------------------------------------------------------------------------------
 
-// 1/t, or NaN for a temperature out of range (finite and >= kMinTemperature): the results are then NaN,
+// 1/t, or nullopt for a temperature out of range (finite and >= kMinTemperature): the results are then NaN,
 // as on every backend (the value is checked where it lives, without a host synchronization on a GPU).
-double inverse_temperature(const at::Tensor& temperature) {
+std::optional<double> inverse_temperature(const at::Tensor& temperature) {
   const double t = temperature.item<double>();  // a CPU tensor: no device to wait for
-  return std::isfinite(t) && t >= kMinTemperature ? 1.0 / t : std::numeric_limits<double>::quiet_NaN();
+  if (std::isfinite(t) && t >= kMinTemperature) return 1.0 / t;
+  return std::nullopt;
+}
+
+// An invalid temperature is not passed on as a NaN scale: BLAS treats a zero or NaN alpha as "skip the
+// product" (MKL's gemm returns zeros), which would give a finite loss. The kernels run with t = 1 and the
+// results are overwritten: NaN statistics and gradients, NaN loss for every row that has a positive.
+constexpr double kStandInInverseTemperature = 1.0;
+
+void poison_gradients(std::initializer_list<at::Tensor*> grads) {
+  for (at::Tensor* g : grads)
+    if (g->numel() > 0) g->fill_(std::numeric_limits<double>::quiet_NaN());
 }
 
 // The candidates are the anchors (one tensor object) with the same labels (one tensor object): the logits and
@@ -764,7 +776,8 @@ contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates,
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
   check_reduction(reduction);
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
-  const double inv_t = inverse_temperature(temperature);
+  const std::optional<double> valid_inv_t = inverse_temperature(temperature);
+  const double inv_t = valid_inv_t.value_or(kStandInInverseTemperature);
   const bool symmetric = symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
@@ -799,6 +812,13 @@ contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates,
       grad_temperature = at::full({}, -inv_t * grads->sum_gs * scale, temperature.options());
     }
   });
+  if (!valid_inv_t) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    fwd.row_loss.masked_fill_(fwd.n_positive > 0, nan);
+    fwd.max.fill_(nan);
+    fwd.log_sum.fill_(nan);
+    poison_gradients({&grad_anchors, &grad_candidates, &grad_temperature});
+  }
   at::Tensor loss = reduction == kNone ? fwd.row_loss
                                        : (fwd.row_loss.to(at::kDouble).sum() * scale).to(u.scalar_type());
   return {loss, fwd.max, fwd.log_sum, fwd.n_positive, grad_anchors, grad_candidates, grad_temperature};
@@ -819,7 +839,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
   check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
   TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
               grad_rows.sizes());
-  const double inv_t = inverse_temperature(temperature);
+  const std::optional<double> valid_inv_t = inverse_temperature(temperature);
+  const double inv_t = valid_inv_t.value_or(kStandInInverseTemperature);
   const bool symmetric = symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
@@ -839,7 +860,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
     std::tie(grad_anchors, grad_candidates) =
         input_gradients<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, eps);
   });
-  return {grad_anchors, grad_candidates, at::full({}, -inv_t * sum_gs, temperature.options())};
+  at::Tensor grad_temperature = at::full({}, -inv_t * sum_gs, temperature.options());
+  if (!valid_inv_t) poison_gradients({&grad_anchors, &grad_candidates, &grad_temperature});
+  return {grad_anchors, grad_candidates, grad_temperature};
 }
 
 }  // namespace

@@ -636,6 +636,15 @@ def test_invalid_temperature_tensor_gives_nan(lane, rng, monkeypatch):
         assert torch.isnan(loss) and torch.isnan(grad_z).all() and torch.isnan(grad_t), f"temperature {bad}"
         scale = torch.tensor(1 / bad if bad not in (0.0,) else math.inf, dtype=t_dtype, device=lane.device)
         assert torch.isnan(L.clip_loss(z1, z2, logit_scale=scale, backend=lane.name)), f"logit_scale {scale}"
+        # Per row: NaN exactly where a row has a positive, as in the reference (general and one-tensor plans;
+        # a zero or NaN scale must not reach a GEMM as alpha, which BLAS may treat as "skip the product").
+        labels = torch.tensor([0, 1, 2, 0, -1, 1, 7, 2, 9], device=lane.device)
+        for candidates in (z2, z1):
+            rows = L.contrastive_loss(z1, candidates, labels, labels, temperature=t, reduction="none",
+                                      backend=lane.name)
+            want = L.contrastive_loss(z1.detach(), candidates.detach(), labels, labels, temperature=t.detach(),
+                                      reduction="none", backend="reference")
+            assert torch.equal(torch.isnan(rows), torch.isnan(want)) and (rows[~torch.isnan(want)] == 0).all()
     monkeypatch.setenv("SYNTHCL_FAST_CHECK_VALUES", "1")
     with pytest.raises(ValueError, match="temperature"):
         L.nt_xent(z1, z2, temperature=torch.tensor(-0.5, device=lane.device), backend=lane.name)
