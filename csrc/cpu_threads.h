@@ -29,15 +29,18 @@
 namespace synthcl_fast {
 
 // At most kGroupsPerThread groups per thread, fewer where the groups' buffers (buffer_bytes each) would take
-// more than kGroupBytes in all; never fewer than 2 per thread (nor more groups than items).
+// more than kGroupBytes in all (never fewer than 2 per thread), and none smaller than kMinGroupWork units of
+// work (multiply-adds, or elements for a row pass): below that, waking a second thread costs more than it
+// saves, and under contention much more (one group: the caller's thread alone, no parallel region).
 constexpr int64_t kGroupsPerThread = 4;
 constexpr int64_t kGroupBytes = int64_t(512) << 20;
+constexpr int64_t kMinGroupWork = int64_t(1) << 22;
 
-inline int64_t n_groups(int64_t n_items, int64_t buffer_bytes) {
+inline int64_t n_groups(int64_t n_items, int64_t buffer_bytes, int64_t work) {
   const int64_t threads = at::get_num_threads();
   const int64_t by_memory = buffer_bytes > 0 ? kGroupBytes / buffer_bytes : kGroupsPerThread * threads;
   const int64_t groups = std::clamp<int64_t>(by_memory, 2 * threads, kGroupsPerThread * threads);
-  return std::max<int64_t>(1, std::min(groups, n_items));
+  return std::max<int64_t>(1, std::min({groups, n_items, work / kMinGroupWork}));
 }
 
 // Item range [lo, hi) of group g when n_items are split into n_groups contiguous groups.
@@ -77,10 +80,10 @@ void for_each_group(int64_t n_groups, F work) {
   if (error) std::rethrow_exception(error);
 }
 
-// for_each_group over the items [0, n_items) in groups of at least `grain` items: fn(lo, hi) per group.
+// for_each_group over the items [0, n_items), each item `item_work` units of work: fn(lo, hi) per group.
 template <typename F>
-void parallel_items(int64_t n_items, int64_t grain, F fn) {
-  const int64_t groups = std::max<int64_t>(1, std::min(n_groups(n_items, 0), (n_items + grain - 1) / grain));
+void parallel_items(int64_t n_items, int64_t item_work, F fn) {
+  const int64_t groups = n_groups(n_items, 0, n_items * item_work);
   for_each_group(groups, [&](int64_t g) {
     const auto [lo, hi] = group_range(g, groups, n_items);
     if (lo < hi) fn(lo, hi);

@@ -25,7 +25,7 @@ template <typename scalar_t, typename acc_t>
 void positive_pair_rows(const scalar_t* a, const scalar_t* b, const acc_t* target, int64_t n_rows, int64_t dim,
                         int64_t mode, double eps, double weight, acc_t* loss, acc_t* cosine, scalar_t* grad_a,
                         scalar_t* grad_b, acc_t* grad_target) {
-  parallel_items(n_rows, 64, [&](int64_t lo, int64_t hi) {
+  parallel_items(n_rows, dim, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) {
       const scalar_t* ak = a + k * dim;
       const scalar_t* bk = b + k * dim;
