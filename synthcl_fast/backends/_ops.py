@@ -123,6 +123,7 @@ def register_contrastive_op(forward_op, backward_op, sides: int) -> None:
         stats, grads = output[1:1 + n_stats], output[1 + n_stats:]
         ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = compute_grad, reduction, exclude_self, eps
         ctx.mark_non_differentiable(*stats, *grads)
+        ctx.set_materialize_grads(False)  # no zero-filled input-sized "gradients" of the non-differentiable outputs
         if compute_grad:
             ctx.save_for_backward(*grads)
         else:
@@ -130,6 +131,8 @@ def register_contrastive_op(forward_op, backward_op, sides: int) -> None:
 
     def backward(ctx, grad_loss, *_unused):
         _no_double_backward()
+        if grad_loss is None:  # only a non-differentiable output was differentiated (not materialized)
+            return (None,) * 9
         if ctx.compute_grad:
             grads = tuple(g * grad_loss for g in ctx.saved_tensors)
         else:
@@ -161,10 +164,13 @@ def register_positive_pair_op(forward_op) -> None:
         ctx.reduction, ctx.compute_grad_a, ctx.compute_grad_b = inputs[4], inputs[6], inputs[7]
         loss, cosine, grad_a, grad_b, grad_target = output
         ctx.mark_non_differentiable(cosine, grad_a, grad_b, grad_target)
+        ctx.set_materialize_grads(False)  # else autograd zero-fills an R x D "gradient" of grad_a and of grad_b
         ctx.save_for_backward(grad_a, grad_b, grad_target)
 
     def backward(ctx, grad_loss, *_unused):
         _no_double_backward()
+        if grad_loss is None:  # only a non-differentiable output was differentiated (not materialized)
+            return (None,) * 8
         grad_a, grad_b, grad_target = ctx.saved_tensors
         row_scale = grad_loss.unsqueeze(1) if ctx.reduction == Reduction.NONE else grad_loss
         return (grad_a * row_scale if ctx.compute_grad_a else None,
