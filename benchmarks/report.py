@@ -64,7 +64,8 @@ def header(rows: list[dict]) -> str:
             "at the start)"
     if r.get("gpu"):
         where = f"{r['gpu']} (CUDA {r['cuda']}), host {where}"
-    return (f"Run `{r['run_id']}`, {r['date_utc']} UTC, {r['suite']} suite: {where}; torch {r['torch']}, "
+    suites = ", ".join(sorted({row["suite"] for row in rows}))
+    return (f"Run `{r['run_id']}`, {r['date_utc']} UTC, suites {suites}: {where}; torch {r['torch']}, "
             f"triton {r['triton'] or '-'}, python {r['python']}, commit {r['commit']}. Forward + backward of one "
             "loss; median of the timed calls; peak = extra memory allocated during one call.")
 
