@@ -77,6 +77,9 @@ def plot(rows: list[dict], out: Path) -> Path:
 
 def main(argv=None) -> Path:
     args, rows = parse_run_args(argv, __doc__, "PNG path (default: benchmarks/results/benchmarks_<device>.png)")
+    # one point per (case, implementation) against batch size: the thread-count and load rows (contention
+    # suite) are a table, not a curve
+    rows = [r for r in rows if r["suite"] != "contention"] or rows
     out = Path(args.out) if args.out else C.RESULTS_CSV.with_name(f"benchmarks_{rows[0]['device']}.png")
     print(f"wrote {plot(rows, out)}")
     return out
