@@ -2,13 +2,15 @@
 commit it replaces on the same machine, the same inputs and the same minutes.
 
     python benchmarks/compare_checkouts.py BEFORE_DIR [AFTER_DIR] --case nt_xent:4096 --threads 1 2
+    python benchmarks/compare_checkouts.py . . --after-env SYNTHCL_FAST_NATIVE=1 --case nt_xent:4096  # build flags
 
 BEFORE_DIR / AFTER_DIR: checkouts of the repository (e.g. `git worktree add --detach /tmp/before <commit>`;
 AFTER_DIR defaults to this one). Each checkout's package is imported in its own worker process (PYTHONPATH),
 so each runs its own kernels, compiled on first use (a prebuilt synthcl_fast._C is skipped:
 SYNTHCL_FAST_FORCE_JIT=1); the inputs and the step (forward + backward, `cases.make_step`) come from this
 checkout's benchmarks/cases.py for both. Workers alternate, one timed call each per round (never two at
-once), so slow drifts of the machine fall on both alike. Prints the median per checkout and the ratio, and
+once), so slow drifts of the machine fall on both alike. --before-env / --after-env set environment variables
+of one side only (the same checkout twice with SYNTHCL_FAST_NATIVE=1 on one side compares the build flags). Prints the median per checkout and the ratio, and
 appends rows (suite "checkouts", implementation "cpu@<commit>/<threads>t") to --results-csv if given.
 """
 
@@ -58,8 +60,9 @@ def commit_of(checkout: Path) -> str:
     return (out.stdout.strip() or checkout.name) + ("+dirty" if dirty else "")
 
 
-def start_worker(checkout: Path, case: C.Case, threads: int) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(checkout), SYNTHCL_FAST_FORCE_JIT="1", OMP_NUM_THREADS=str(threads))
+def start_worker(checkout: Path, extra_env: dict, case: C.Case, threads: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(checkout), SYNTHCL_FAST_FORCE_JIT="1", OMP_NUM_THREADS=str(threads),
+               **extra_env)
     code = WORKER.format(bench=str(HERE), threads=threads, family=case.family, rows=case.rows, dim=case.dim,
                          dtype=case.dtype, queue=case.queue)
     worker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -82,18 +85,27 @@ def main(argv=None) -> None:
     parser.add_argument("--case", action="append", required=True, help="family:rows[:dim[:queue]] (repeatable)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--before-env", action="append", default=[], help="NAME=VALUE for the first side only")
+    parser.add_argument("--after-env", action="append", default=[], help="NAME=VALUE for the second side only")
     parser.add_argument("--results-csv", type=Path, help="append the rows to this long CSV")
     args = parser.parse_args(argv)
     from synthcl_fast.benchmarking import environment
 
     env = environment()
     run_id = C.new_run_id(env)
-    checkouts = {commit_of(path): path for path in (args.before, args.after)}
+    checkouts = {}
+    for path, assignments in ((args.before, args.before_env), (args.after, args.after_env)):
+        extra_env = dict(a.split("=", 1) for a in assignments)
+        name = commit_of(path) + "".join(f" {k}={v}" for k, v in extra_env.items())
+        checkouts[name] = (path, extra_env)
+    if len(checkouts) != 2:
+        parser.error("the two sides are the same checkout with the same environment")
     rows = []
     print(f"run {run_id} on {env['cpu']} ({env['cpu_count']} cores); load {env['load_1m']}")
     for case in map(parse_case, args.case):
         for threads in args.threads:
-            workers = {name: start_worker(path, case, threads) for name, path in checkouts.items()}
+            workers = {name: start_worker(path, extra_env, case, threads)
+                       for name, (path, extra_env) in checkouts.items()}
             times = {name: [] for name in workers}
             try:
                 for _ in range(args.rounds):
