@@ -70,10 +70,13 @@ def _contrastive(anchors, candidates, anchor_labels, candidate_labels, temperatu
 
 
 def _variant_op(backend, anchors, variant: ContrastiveVariant):
-    """The contrastive op (Backend.contrastive's signature) of a variant. Only the reference computes variants
-    until a fused backend lists them in synthcl_fast.variants.FUSED_OPTIONS (issue 15, phase 2)."""
+    """The contrastive op (Backend.contrastive's signature) of a variant: the fused backend's variant op where
+    synthcl_fast.variants.FUSED_OPTIONS lists every option in use, else (under "auto") the reference."""
     chosen = backend_for_variant(backend, anchors.device, anchors.dtype, variant)
-    assert chosen.name == "reference", f"backend {chosen.name!r} lists fused options but has no variant op"
+    if chosen.name != "reference":
+        def fused(*args):
+            return chosen.contrastive_variant(*args, variant)
+        return fused
 
     def op(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps):
         return reference.contrastive_loss_variant(
