@@ -16,7 +16,8 @@ backend that does not raises BackendUnavailableError naming the option (backend_
 
     cpu      denominator="negatives" / "per_positive", with or without positive_weight
              (csrc/contrastive_cpu.cpp, the general plan also for the symmetric problems)
-    triton   see FUSED_OPTIONS
+    triton   the same (backends/triton_contrastive.py: the forward kernel's VARIANT statistics, a positives' pass for
+             "per_positive", the backward kernel's _variant_term)
     cuda     none: csrc/contrastive_cuda.cu has no variant kernel, so backend="cuda" names the option it lacks
 
 positive_weight is fused only with a denominator other than "all" (the plain op's kernels carry no weight).
@@ -33,7 +34,7 @@ from .backends import BACKEND_ENV, BACKENDS, Backend, BackendUnavailableError, r
 
 # Option names (as ContrastiveVariant.options() spells them) that each fused backend computes.
 _DENOMINATORS = frozenset({"denominator='negatives'", "denominator='per_positive'", "positive_weight"})
-FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": _DENOMINATORS, "triton": frozenset(), "cuda": frozenset()}
+FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": _DENOMINATORS, "triton": _DENOMINATORS, "cuda": frozenset()}
 WEIGHT_WITHOUT_DENOMINATOR = "positive_weight with denominator='all'"
 
 

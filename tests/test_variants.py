@@ -167,3 +167,17 @@ def test_variant_reductions_and_low_precision(generator, reduction):
         assert loss.dtype == torch.float32
         grad, = torch.autograd.grad(loss.sum(), low)
         assert grad.dtype == dtype and torch.isfinite(grad).all()
+
+
+def test_cuda_names_the_option_it_does_not_fuse(generator, monkeypatch):
+    """csrc/contrastive_cuda.cu has no variant kernel: backend='cuda' raises, naming the option (checked here
+    without a GPU by letting the resolver hand out the cuda backend)."""
+    import synthcl_fast.variants as variants
+    from synthcl_fast.backends import BACKENDS
+
+    monkeypatch.setattr(variants, "resolve_backend", lambda *args: BACKENDS["cuda"])
+    variant = L._variant(torch.zeros(4, 3), 4, "per_positive", positive_weight=0.5)
+    with pytest.raises(BackendUnavailableError,
+                       match="backend 'cuda' does not fuse denominator='per_positive', positive_weight yet"):
+        backend_for_variant("cuda", torch.device("cpu"), torch.float32, variant)
+    assert backend_for_variant("auto", torch.device("cpu"), torch.float32, variant).name == "reference"
