@@ -985,6 +985,31 @@ def test_torch_compile_fullgraph(lane, rng):
         assert_close(g, e, tol, "compiled grad")
 
 
+@pytest.mark.parametrize("lane", [lane_param(lane) for lane in FUSED
+                                  if _fuses(lane, ["denominator='negatives'", "denominator='per_positive'",
+                                                   "positive_weight"])])
+def test_variant_torch_compile_fullgraph(lane, rng):
+    """The variant op traces into one graph too (DCLW's weights and PML's several positives per anchor)."""
+    dtype = lane.exact_dtype
+    z1 = torch.randn(12, 8, generator=rng).to(dtype).to(lane.device).requires_grad_()
+    z2 = torch.randn(12, 8, generator=rng).to(dtype).to(lane.device).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 1, 4, 4, 0, 5], device=lane.device)
+
+    def step(z1, z2):
+        return (L.dcl(z1, z2, sigma=0.5, backend=lane.name)
+                + L.contrastive_loss(z1, None, labels, denominator="per_positive", backend=lane.name))
+
+    explanation = torch._dynamo.explain(step)(z1, z2)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    eager = step(z1, z2)
+    traced = torch.compile(step, fullgraph=True, backend="aot_eager")(z1, z2)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert_close(traced, eager, tol, "compiled vs eager")
+    for g, e in zip(torch.autograd.grad(traced, (z1, z2)), torch.autograd.grad(eager, (z1, z2))):
+        assert_close(g, e, tol, "compiled grad")
+
+
 # ------------------------------------------------------------------------------------- no host synchronization
 
 class FailOnHostSync(TorchDispatchMode):
