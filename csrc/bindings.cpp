@@ -21,6 +21,19 @@ TORCH_LIBRARY(synthcl_fast, m) {
       "contrastive_backward(Tensor grad_rows, Tensor anchors, Tensor candidates, Tensor anchor_labels, "
       "Tensor candidate_labels, Tensor temperature, Tensor row_max, Tensor row_log_sum, Tensor row_n_positive, "
       "bool exclude_self, float eps) -> (Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
+  // The variants of the general op (synthcl_fast/variants.py): denominator 1 = negatives, 2 = per_positive;
+  // positive_weight (R,) in the accumulation dtype; per row also c_i and mean_p s_ip (synthcl_fast/backends/_ops.py).
+  m.def(
+      "contrastive_variant_forward(Tensor anchors, Tensor candidates, Tensor anchor_labels, Tensor candidate_labels, "
+      "Tensor temperature, Tensor positive_weight, int denominator, bool exclude_self, int reduction, float eps, "
+      "bool compute_grad) -> (Tensor loss, Tensor row_max, Tensor row_log_sum, Tensor row_n_positive, "
+      "Tensor row_coef, Tensor row_positive_mean, Tensor grad_anchors, Tensor grad_candidates, "
+      "Tensor grad_temperature)");
+  m.def(
+      "contrastive_variant_backward(Tensor grad_rows, Tensor anchors, Tensor candidates, Tensor anchor_labels, "
+      "Tensor candidate_labels, Tensor temperature, Tensor positive_weight, Tensor row_max, Tensor row_log_sum, "
+      "Tensor row_n_positive, Tensor row_coef, int denominator, bool exclude_self, float eps) -> "
+      "(Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
   m.def(
       "positive_pair_forward(Tensor a, Tensor b, Tensor target, int mode, int reduction, float eps, "
       "bool compute_grad_a, bool compute_grad_b) -> "

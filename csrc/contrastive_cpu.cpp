@@ -153,6 +153,10 @@ struct Problem {
   int64_t n_rows, n_cols, dim;
   bool exclude_self;
   acc_t inv_t;
+  // The variant (synthcl_fast/reference.py, contrastive_loss_variant): 0 = the plain op; 1 = "negatives" (the
+  // positives out of the log-sum-exp); 2 = "per_positive" (each positive against the negatives alone).
+  int64_t denominator = 0;
+  const acc_t* positive_weight = nullptr;  // (R,) w'_i on the positive term, or nullptr for 1 (variants only)
 };
 
 // One zeroed buffer per group, created by the thread that runs the group; merged in group order by the caller.
@@ -307,6 +311,77 @@ SYNTHCL_FAST_INLINE T row_gradient_both_impl(T* s, int64_t n, T row_max, T row_l
   return gs;
 }
 
+// The variants leave the positives out of the log-sum-exp: the max and the sums run over the negatives
+// Neg(i) = N(i) \ P(i) only (a positive far above every negative must not shift the sum into underflow).
+template <typename T>
+SYNTHCL_FAST_INLINE T row_max_negatives_impl(const T* s, int64_t n, const int64_t* labels, int64_t label) {
+  constexpr int kLanes = 16;
+  constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
+  T lanes[kLanes];
+  for (int k = 0; k < kLanes; ++k) lanes[k] = kMinusInf;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) {
+      const bool positive = labels[j + k] == label && labels[j + k] >= 0;
+      const T x = positive ? kMinusInf : s[j + k];
+      lanes[k] = x > lanes[k] ? x : lanes[k];
+    }
+  T m = kMinusInf;
+  for (; j < n; ++j) {
+    const bool positive = labels[j] == label && labels[j] >= 0;
+    const T x = positive ? kMinusInf : s[j];
+    m = x > m ? x : m;
+  }
+  for (int k = 0; k < kLanes; ++k) m = lanes[k] > m ? lanes[k] : m;
+  return m;
+}
+
+// row_sums over the negatives: `rest` and `n_max` count the negatives only (shifted <= 0 for them; a positive's
+// shifted may be > 0 and is never exponentiated); the positive gap and |P| as in row_sums.
+template <typename T>
+SYNTHCL_FAST_INLINE void row_sums_negatives_impl(const T* s, int64_t n, T shift, const int64_t* labels, int64_t label,
+                                                 RowSums<T>& out) {
+  T rest = 0, gap = 0;
+  int64_t n_max = 0, n_positive = 0;
+#pragma omp simd reduction(+ : rest, gap, n_max, n_positive)
+  for (int64_t j = 0; j < n; ++j) {
+    const T shifted = s[j] - shift;
+    const bool positive = labels[j] == label && labels[j] >= 0;
+    const bool at_max = !positive && shifted == T(0);
+    rest += (positive || at_max) ? T(0) : exp_nonpositive(positive ? T(0) : shifted);
+    n_max += at_max ? 1 : 0;
+    gap += positive ? shifted : T(0);
+    n_positive += positive ? 1 : 0;
+  }
+  out.rest += rest;
+  out.gap += gap;
+  out.n_max += n_max;
+  out.n_positive += n_positive;
+}
+
+// The variants' G_j in place of s_j (x_j = s_j - m - log S = s_j - lse_Neg; x_j <= 0 for a negative):
+//   negative:  w coef e^{x_j}                          (coef: 1 for "negatives"; c_i for "per_positive")
+//   positive:  w (pos_scale sigmoid(x_j) - pos_weight) (pos_scale: 0, or 1/|P| for "per_positive";
+//                                                       pos_weight = w'_i / |P|)
+// Returns sum_j G_j (s_j - m).
+template <typename T>
+SYNTHCL_FAST_INLINE T row_gradient_variant_impl(T* s, int64_t n, T row_max, T row_log_sum, T w, T coef, T pos_scale,
+                                                T pos_weight, const int64_t* labels, int64_t label) {
+  T gs = 0;
+#pragma omp simd reduction(+ : gs)
+  for (int64_t j = 0; j < n; ++j) {
+    const T shifted = s[j] - row_max;
+    const bool positive = labels[j] == label && labels[j] >= 0;
+    const T x = shifted - row_log_sum;
+    const T e = exp_nonpositive(positive ? -std::abs(x) : x);  // e^{-|x|} for a positive: sigmoid without overflow
+    const T sigmoid = x <= T(0) ? e / (T(1) + e) : T(1) / (T(1) + e);
+    const T g = w * (positive ? pos_scale * sigmoid - pos_weight : coef * e);
+    gs += g * shifted;
+    s[j] = g;
+  }
+  return gs;
+}
+
 // The compiled entry points (one per type and instruction set).
 SYNTHCL_FAST_CLONES float row_max(const float* s, int64_t n) { return row_max_impl(s, n); }
 SYNTHCL_FAST_CLONES double row_max(const double* s, int64_t n) { return row_max_impl(s, n); }
@@ -335,6 +410,31 @@ SYNTHCL_FAST_CLONES double row_gradient_both(double* s, int64_t n, double row_ma
                                              double positive_weight, const int64_t* labels, int64_t label,
                                              ColumnTerms<double> col) {
   return row_gradient_both_impl(s, n, row_max, row_log_sum, w, positive_weight, labels, label, col);
+}
+
+SYNTHCL_FAST_CLONES float row_max_negatives(const float* s, int64_t n, const int64_t* labels, int64_t label) {
+  return row_max_negatives_impl(s, n, labels, label);
+}
+SYNTHCL_FAST_CLONES double row_max_negatives(const double* s, int64_t n, const int64_t* labels, int64_t label) {
+  return row_max_negatives_impl(s, n, labels, label);
+}
+SYNTHCL_FAST_CLONES void row_sums_negatives(const float* s, int64_t n, float shift, const int64_t* labels,
+                                            int64_t label, RowSums<float>& out) {
+  row_sums_negatives_impl(s, n, shift, labels, label, out);
+}
+SYNTHCL_FAST_CLONES void row_sums_negatives(const double* s, int64_t n, double shift, const int64_t* labels,
+                                            int64_t label, RowSums<double>& out) {
+  row_sums_negatives_impl(s, n, shift, labels, label, out);
+}
+SYNTHCL_FAST_CLONES float row_gradient_variant(float* s, int64_t n, float row_max, float row_log_sum, float w,
+                                               float coef, float pos_scale, float pos_weight, const int64_t* labels,
+                                               int64_t label) {
+  return row_gradient_variant_impl(s, n, row_max, row_log_sum, w, coef, pos_scale, pos_weight, labels, label);
+}
+SYNTHCL_FAST_CLONES double row_gradient_variant(double* s, int64_t n, double row_max, double row_log_sum, double w,
+                                                double coef, double pos_scale, double pos_weight,
+                                                const int64_t* labels, int64_t label) {
+  return row_gradient_variant_impl(s, n, row_max, row_log_sum, w, coef, pos_scale, pos_weight, labels, label);
 }
 
 // Running statistics of rows (arrays indexed by the tile's row): max m, sum of exp(s - m), positive gap
@@ -380,6 +480,62 @@ void update_row_stats(const acc_t* tile, int64_t bm, int64_t tn, const int64_t* 
   }
 }
 
+// update_row_stats for the variants: m, S over the negatives only. Until a row has seen a negative (S == 0) its
+// positives' gap is kept relative to the previous shift (0 at first) and the first negatives set the max: a
+// stand-in max must never stay as the shift of the real sum (exp_nonpositive flushes below e^-87).
+template <typename acc_t>
+void update_row_stats_negatives(const acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_labels,
+                                const int64_t* col_labels, int64_t self0, RowStats<acc_t> st) {
+  constexpr acc_t kMinusInf = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t i = 0; i < bm; ++i) {
+    const acc_t* s = tile + i * tn;
+    const int64_t self = self0 + i;
+    if (tn == 1 && self == 0) continue;
+    const int64_t label = row_labels[i];
+    acc_t tile_max = kMinusInf;
+    for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+      tile_max = std::max(tile_max, row_max_negatives(s + a, b - a, col_labels + a, label));
+    });
+    const bool seen = !(st.sum_exp[i] == 0.0);  // a NaN sum counts as seen
+    const acc_t previous = st.max[i] == kMinusInf ? acc_t(0) : st.max[i];
+    const acc_t new_max = std::max(seen ? st.max[i] : kMinusInf, tile_max);
+    const acc_t shift = new_max == kMinusInf ? previous : new_max;
+    RowSums<acc_t> sums;
+    for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+      row_sums_negatives(s + a, b - a, shift, col_labels + a, label, sums);
+    });
+    if (shift != previous) {  // the earlier tiles' terms, moved to the new shift
+      if (seen) st.sum_exp[i] *= static_cast<double>(exp_nonpositive(previous - shift));
+      st.gap[i] += static_cast<acc_t>(st.n_positive[i]) * (previous - shift);
+    }
+    st.sum_exp[i] += static_cast<double>(sums.n_max) + static_cast<double>(sums.rest);
+    st.gap[i] += sums.gap;
+    st.n_positive[i] += sums.n_positive;
+    st.max[i] = shift;
+  }
+}
+
+// "per_positive": once the row's m and S over the negatives are final, sum_p softplus(z_ip) and
+// sum_p sigmoid(z_ip) over the positives of the tile, z_ip = lse_Neg(i) - s_ip = log S_i - (s_ip - m_i)
+// (-inf without negatives: softplus 0, sigmoid 0), in float64.
+template <typename acc_t>
+void positive_terms(const acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_labels, const int64_t* col_labels,
+                    int64_t self0, const acc_t* max, const double* sum_exp, double* softplus_sum,
+                    double* sigmoid_sum) {
+  for (int64_t i = 0; i < bm; ++i) {
+    const acc_t* s = tile + i * tn;
+    const int64_t self = self0 + i, label = row_labels[i];
+    const double log_sum = std::log(sum_exp[i]), m = static_cast<double>(max[i]);
+    for (int64_t j = 0; j < tn; ++j) {
+      if (j == self || !(col_labels[j] == label && col_labels[j] >= 0)) continue;
+      const double z = log_sum - (static_cast<double>(s[j]) - m);
+      const double e = std::exp(-std::abs(z));  // NaN z: NaN sums
+      softplus_sum[i] += std::max(z, 0.0) + std::log1p(e);
+      sigmoid_sum[i] += z >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+    }
+  }
+}
+
 // Per-row quantities of the gradient, indexed by problem row: m, log S, |P| and the upstream weight. For the
 // column side of the symmetric plan also, per row, the weight (0 without positives) and 1/|P|, so that the
 // inner loop reads them as vectors.
@@ -388,6 +544,9 @@ struct GradStats {
   const acc_t *max, *log_sum, *weight;
   const int32_t* n_positive;
   std::vector<acc_t> live_weight, inv_positives;
+  // The variants (Problem::denominator): c_i of "per_positive" (mean_p sigmoid(lse_Neg(i) - s_ip)) and w'_i.
+  int64_t denominator = 0;
+  const acc_t *coef = nullptr, *positive_weight = nullptr;
 
   GradStats(const acc_t* max_, const acc_t* log_sum_, const int32_t* n_positive_, const acc_t* weight_)
       : max(max_), log_sum(log_sum_), weight(weight_), n_positive(n_positive_) {}
@@ -423,7 +582,23 @@ double gradient_tile(acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_lab
     const acc_t row_max = live ? rows.max[row] : acc_t(0), row_log_sum = live ? rows.log_sum[row] : acc_t(0);
     const acc_t positive_weight = live ? acc_t(1) / static_cast<acc_t>(rows.n_positive[row]) : acc_t(0);
     acc_t gs = 0;
-    if (cols == nullptr) {
+    if (cols == nullptr && rows.denominator != 0) {
+      if (w == acc_t(0)) {
+        std::fill(s, s + tn, acc_t(0));
+        continue;
+      }
+      // sum_j G_ij = w_i (1 - w'_i) for both variants (with negatives; without them m_i is 0): the shift-free
+      // sum of the temperature gradient gets m_i w_i (1 - w'_i) back.
+      const acc_t wp = rows.positive_weight ? rows.positive_weight[row] : acc_t(1);
+      const bool per_positive = rows.denominator == 2;
+      const acc_t coef = per_positive ? rows.coef[row] : acc_t(1);
+      const acc_t pos_scale = per_positive ? positive_weight : acc_t(0);
+      for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+        gs += row_gradient_variant(s + a, b - a, row_max, row_log_sum, w, coef, pos_scale, wp * positive_weight,
+                                   col_labels + a, label);
+      });
+      if (c0 == 0) gs += row_max * w * (acc_t(1) - wp);  // once per row: on its first column tile
+    } else if (cols == nullptr) {
       if (w == acc_t(0)) {  // a row without positives (or zero upstream weight) adds nothing
         std::fill(s, s + tn, acc_t(0));
         continue;
@@ -454,17 +629,64 @@ struct Gradients {
 
 struct ForwardResult {
   at::Tensor row_loss, max, log_sum, n_positive;
+  at::Tensor coef, positive_mean;  // the variants only: c_i ("per_positive"; 1 otherwise), mean_p s_ip (0 w/o P)
   int64_t n_valid = 0;
 };
 
 template <typename acc_t>
 ForwardResult new_forward_result(const Problem<acc_t>& p) {
   auto opts = p.v.options();
-  return {empty_output({p.n_rows}, opts), empty_output({p.n_rows}, opts), empty_output({p.n_rows}, opts),
-          empty_output({p.n_rows}, opts.dtype(at::kInt))};
+  ForwardResult out{empty_output({p.n_rows}, opts), empty_output({p.n_rows}, opts), empty_output({p.n_rows}, opts),
+                    empty_output({p.n_rows}, opts.dtype(at::kInt))};
+  if (p.denominator != 0) {
+    out.coef = empty_output({p.n_rows}, opts);
+    out.positive_mean = empty_output({p.n_rows}, opts);
+  }
+  return out;
 }
 
 // Writes m, log S, |P| and L_i of the rows [r0, r0 + n) from their statistics; returns how many have a positive.
+// The variants' rows (m, S over the negatives; softplus_sum and sigmoid_sum: positive_terms, "per_positive"):
+//   mean_p s_ip = m_i + gap_i / |P(i)|
+//   "negatives"     L_i = log S_i - gap_i / |P(i)|            + (1 - w'_i) mean_p s_ip   (= lse_Neg - w' mean_p s)
+//   "per_positive"  L_i = softplus_sum_i / |P(i)|              + (1 - w'_i) mean_p s_ip
+//                   c_i = sigmoid_sum_i / |P(i)|
+// (for w' = 1 the loss is formed from quantities of its own size, as in finish_rows).
+template <typename acc_t>
+int64_t finish_variant_rows(RowStats<acc_t> st, const double* softplus_sum, const double* sigmoid_sum, int64_t r0,
+                            int64_t n, const Problem<acc_t>& p, ForwardResult& out) {
+  acc_t* loss = out.row_loss.data_ptr<acc_t>();
+  acc_t* max = out.max.data_ptr<acc_t>();
+  acc_t* log_sum = out.log_sum.data_ptr<acc_t>();
+  acc_t* coef = out.coef.data_ptr<acc_t>();
+  acc_t* positive_mean = out.positive_mean.data_ptr<acc_t>();
+  int32_t* npos = out.n_positive.data_ptr<int32_t>();
+  int64_t n_valid = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t row = r0 + i;
+    const bool live = st.n_positive[i] > 0;
+    const acc_t count = static_cast<acc_t>(std::max<int64_t>(st.n_positive[i], 1));
+    const acc_t wp = p.positive_weight ? p.positive_weight[row] : acc_t(1);
+    max[row] = st.max[i];
+    log_sum[row] = static_cast<acc_t>(std::log(st.sum_exp[i]));
+    npos[row] = static_cast<int32_t>(st.n_positive[i]);
+    const acc_t mean_s = live ? st.max[i] + st.gap[i] / count : acc_t(0);
+    positive_mean[row] = mean_s;
+    const acc_t weight_term = wp == acc_t(1) ? acc_t(0) : (acc_t(1) - wp) * mean_s;
+    acc_t row_loss;
+    if (p.denominator == 2) {
+      row_loss = static_cast<acc_t>(softplus_sum[i] / static_cast<double>(count)) + weight_term;
+      coef[row] = static_cast<acc_t>(sigmoid_sum[i] / static_cast<double>(count));
+    } else {
+      row_loss = log_sum[row] - st.gap[i] / count + weight_term;
+      coef[row] = acc_t(1);
+    }
+    loss[row] = live ? row_loss : acc_t(0);
+    n_valid += live;
+  }
+  return n_valid;
+}
+
 template <typename acc_t>
 int64_t finish_rows(RowStats<acc_t> st, int64_t r0, int64_t n, ForwardResult& out) {
   acc_t* loss = out.row_loss.data_ptr<acc_t>();
@@ -519,7 +741,7 @@ double gradient_block(const Problem<acc_t>& p, const BlockPlan& plan, int64_t r0
     const at::Tensor v_tile = p.v.narrow(0, c0, tn);
     if (!tile.defined() || tn != p.n_cols) tile = logits(p, strip, u_block, v_tile);
     gs += gradient_tile<acc_t>(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
-                               p.exclude_self ? r0 - c0 : kNoSelf, stats, r0, nullptr, 0);
+                               p.exclude_self ? r0 - c0 : kNoSelf, stats, r0, nullptr, c0);
     grad_u_block.addmm_(tile, v_tile);
     grad_v.narrow(0, c0, tn).addmm_(tile.t(), u_block, /*beta=*/1, /*alpha=*/p.inv_t);
   }
@@ -540,8 +762,13 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
   PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
   GroupSums gs(groups), valid(groups);
   std::vector<acc_t> unit_weight(want_grad ? p.n_rows : 0, acc_t(1));
-  const GradStats<acc_t> stats(out.max.data_ptr<acc_t>(), out.log_sum.data_ptr<acc_t>(),
-                               out.n_positive.data_ptr<int32_t>(), unit_weight.data());
+  GradStats<acc_t> stats(out.max.data_ptr<acc_t>(), out.log_sum.data_ptr<acc_t>(),
+                         out.n_positive.data_ptr<int32_t>(), unit_weight.data());
+  if (p.denominator != 0) {
+    stats.denominator = p.denominator;
+    stats.coef = out.coef.data_ptr<acc_t>();
+    stats.positive_weight = p.positive_weight;
+  }
 
   for_each_group(groups, [&](int64_t g) {
     const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
@@ -549,6 +776,8 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
     std::vector<acc_t> max(plan.block_rows), gap(plan.block_rows);
     std::vector<double> sum_exp(plan.block_rows);
     std::vector<int64_t> npos(plan.block_rows);
+    std::vector<double> softplus_sum(p.denominator == 2 ? plan.block_rows : 0),
+        sigmoid_sum(p.denominator == 2 ? plan.block_rows : 0);
     for (int64_t b = b_lo; b < b_hi; ++b) {
       const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
       std::fill(max.begin(), max.end(), -std::numeric_limits<acc_t>::infinity());
@@ -561,10 +790,28 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
       for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
         const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
         tile = logits(p, strip, u_block, p.v.narrow(0, c0, tn));
-        update_row_stats(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
-                         p.exclude_self ? r0 - c0 : kNoSelf, st);
+        if (p.denominator == 0) {
+          update_row_stats(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
+                           p.exclude_self ? r0 - c0 : kNoSelf, st);
+        } else {
+          update_row_stats_negatives(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
+                                     p.exclude_self ? r0 - c0 : kNoSelf, st);
+        }
       }
-      valid.values[g] += static_cast<double>(finish_rows(st, r0, bm, out));
+      if (p.denominator == 2) {  // a second pass over the positives, once m and S are final
+        std::fill(softplus_sum.begin(), softplus_sum.end(), 0.0);
+        std::fill(sigmoid_sum.begin(), sigmoid_sum.end(), 0.0);
+        for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
+          const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
+          if (tn != p.n_cols) tile = logits(p, strip, u_block, p.v.narrow(0, c0, tn));  // one tile: still there
+          positive_terms(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
+                         p.exclude_self ? r0 - c0 : kNoSelf, max.data(), sum_exp.data(), softplus_sum.data(),
+                         sigmoid_sum.data());
+        }
+      }
+      valid.values[g] += static_cast<double>(
+          p.denominator == 0 ? finish_rows(st, r0, bm, out)
+                             : finish_variant_rows(st, softplus_sum.data(), sigmoid_sum.data(), r0, bm, p, out));
       if (want_grad) {
         gs.values[g] += gradient_block(p, plan, r0, bm, plan.tile_cols >= p.n_cols ? tile : at::Tensor(), strip,
                                        stats, grad_u, grad_v.of(g));
@@ -766,22 +1013,27 @@ std::pair<at::Tensor, at::Tensor> input_gradients(Gradients grads, const at::Ten
           normalize_backward<acc_t>(dv, v, norm_c, eps, candidates.scalar_type())};
 }
 
-// Returns (loss, row_max, row_log_sum, row_n_positive, grad_anchors, grad_candidates, grad_temperature).
-// loss: (R,) for reduction none, else a scalar, in float32 (float64 for float64 inputs). With
-// compute_grad (reduction mean or sum only) the gradients of that loss are returned, else empty tensors.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
-                        const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self,
-                        int64_t reduction, double eps, bool compute_grad) {
+// The forward of the plain op (denominator 0, positive_weight undefined) and of its variants.
+struct ForwardOutputs {
+  at::Tensor loss, max, log_sum, n_positive, coef, positive_mean, grad_anchors, grad_candidates, grad_temperature;
+};
+
+ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+                            const at::Tensor& candidate_labels, const at::Tensor& temperature,
+                            const at::Tensor& positive_weight, int64_t denominator, bool exclude_self,
+                            int64_t reduction, double eps, bool compute_grad) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
   check_reduction(reduction);
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
   const std::optional<double> valid_inv_t = inverse_temperature(temperature);
   const double inv_t = valid_inv_t.value_or(kStandInInverseTemperature);
-  const bool symmetric = symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
+  // The variants run the general plan (also when the candidates are the anchors): the symmetric plan's
+  // transposed statistics are those of the plain op.
+  const bool symmetric = denominator == 0 && symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
+  at::Tensor weight_in = positive_weight.defined() ? positive_weight.contiguous() : at::Tensor();
 
   ForwardResult fwd;
   std::optional<Gradients> grads;
@@ -790,8 +1042,10 @@ contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates,
   at::Tensor grad_temperature = at::empty({0}, temperature.options());
   double scale = 1.0;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_forward_cpu", [&] {
-    const Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0),
-                              v.size(0), u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
+    Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0),
+                        v.size(0), u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
+    p.denominator = denominator;
+    p.positive_weight = weight_in.defined() ? weight_in.data_ptr<scalar_t>() : nullptr;
     if (symmetric) {
       fwd = symmetric_forward(p);
       if (compute_grad) {
@@ -817,19 +1071,63 @@ contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates,
     fwd.row_loss.masked_fill_(fwd.n_positive > 0, nan);
     fwd.max.fill_(nan);
     fwd.log_sum.fill_(nan);
+    if (fwd.coef.defined()) {
+      fwd.coef.fill_(nan);
+      fwd.positive_mean.masked_fill_(fwd.n_positive > 0, nan);
+    }
     poison_gradients({&grad_anchors, &grad_candidates, &grad_temperature});
   }
   at::Tensor loss = reduction == kNone ? fwd.row_loss
                                        : (fwd.row_loss.to(at::kDouble).sum() * scale).to(u.scalar_type());
-  return {loss, fwd.max, fwd.log_sum, fwd.n_positive, grad_anchors, grad_candidates, grad_temperature};
+  return {loss, fwd.max, fwd.log_sum, fwd.n_positive, fwd.coef, fwd.positive_mean, grad_anchors, grad_candidates,
+          grad_temperature};
 }
 
-// Recompute backward. grad_rows (R,) is dLoss/dL_i (the reduction weight already folded in).
-// Returns (grad_anchors, grad_candidates, grad_temperature).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
+// Returns (loss, row_max, row_log_sum, row_n_positive, grad_anchors, grad_candidates, grad_temperature).
+// loss: (R,) for reduction none, else a scalar, in float32 (float64 for float64 inputs). With
+// compute_grad (reduction mean or sum only) the gradients of that loss are returned, else empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+                        const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self,
+                        int64_t reduction, double eps, bool compute_grad) {
+  ForwardOutputs o = forward_impl(anchors, candidates, anchor_labels, candidate_labels, temperature, at::Tensor(), 0,
+                                  exclude_self, reduction, eps, compute_grad);
+  return {o.loss, o.max, o.log_sum, o.n_positive, o.grad_anchors, o.grad_candidates, o.grad_temperature};
+}
+
+// The variant's denominator code (1 = "negatives", 2 = "per_positive") and positive_weight ((R,) in the
+// accumulation type, contiguous): checked here, as every caller of the op could pass anything.
+void check_variant(int64_t denominator, const at::Tensor& positive_weight, const at::Tensor& anchors) {
+  TORCH_CHECK(denominator == 1 || denominator == 2,
+              "denominator code must be 1 (negatives) or 2 (per_positive), got ", denominator);
+  check_vector(positive_weight, "positive_weight", anchors.size(0), accumulate_type(anchors.scalar_type()));
+  check_same_device(positive_weight, anchors, "positive_weight");
+}
+
+// The variants (synthcl_fast/reference.py, contrastive_loss_variant, with beta = tau_plus = 0). Returns (loss,
+// row_max, row_log_sum, row_n_positive, row_coef, row_positive_mean, grad_anchors, grad_candidates,
+// grad_temperature): m and S over the negatives, c_i ("per_positive"; 1 otherwise) and mean_p s_ip (for the
+// gradient of positive_weight, dL_i/dw'_i = -mean_p s_ip).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+contrastive_variant_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates,
+                                const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
+                                const at::Tensor& temperature, const at::Tensor& positive_weight, int64_t denominator,
+                                bool exclude_self, int64_t reduction, double eps, bool compute_grad) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
+  check_variant(denominator, positive_weight, anchors);
+  ForwardOutputs o = forward_impl(anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight,
+                                  denominator, exclude_self, reduction, eps, compute_grad);
+  return {o.loss, o.max, o.log_sum, o.n_positive, o.coef, o.positive_mean, o.grad_anchors, o.grad_candidates,
+          o.grad_temperature};
+}
+
+// Recompute backward of the plain op (denominator 0) and of the variants. grad_rows (R,) is dLoss/dL_i (the
+// reduction weight already folded in). Returns (grad_anchors, grad_candidates, grad_temperature).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
-    const at::Tensor& row_max, const at::Tensor& row_log_sum, const at::Tensor& row_n_positive, bool exclude_self,
+    const at::Tensor& positive_weight, const at::Tensor& row_max, const at::Tensor& row_log_sum,
+    const at::Tensor& row_n_positive, const at::Tensor& row_coef, int64_t denominator, bool exclude_self,
     double eps) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
   const int64_t n_rows = anchors.size(0);
@@ -837,24 +1135,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
   check_vector(row_max, "row_max", n_rows, acc);
   check_vector(row_log_sum, "row_log_sum", n_rows, acc);
   check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
+  if (denominator != 0) check_vector(row_coef, "row_coef", n_rows, acc);
   TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
               grad_rows.sizes());
   const std::optional<double> valid_inv_t = inverse_temperature(temperature);
   const double inv_t = valid_inv_t.value_or(kStandInInverseTemperature);
-  const bool symmetric = symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
+  const bool symmetric = denominator == 0 && symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
   at::Tensor max = row_max.contiguous(), log_sum = row_log_sum.contiguous(), npos = row_n_positive.contiguous();
+  at::Tensor coef = denominator != 0 ? row_coef.contiguous() : at::Tensor();
+  at::Tensor weight_in = positive_weight.defined() ? positive_weight.contiguous() : at::Tensor();
   at::Tensor weight = grad_rows.to(acc).contiguous();
 
   at::Tensor grad_anchors, grad_candidates;
   double sum_gs = 0;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_backward_cpu", [&] {
-    const Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0),
-                              v.size(0), u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
+    Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0),
+                        v.size(0), u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
     GradStats<scalar_t> stats(max.data_ptr<scalar_t>(), log_sum.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(),
                               weight.data_ptr<scalar_t>());
+    if (denominator != 0) {
+      p.denominator = stats.denominator = denominator;
+      p.positive_weight = stats.positive_weight = weight_in.defined() ? weight_in.data_ptr<scalar_t>() : nullptr;
+      stats.coef = coef.data_ptr<scalar_t>();
+    }
     Gradients grads = symmetric ? symmetric_gradients(p, stats) : general_backward(p, stats);
     sum_gs = grads.sum_gs;
     std::tie(grad_anchors, grad_candidates) =
@@ -865,11 +1171,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
   return {grad_anchors, grad_candidates, grad_temperature};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
+    const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
+    const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
+    const at::Tensor& row_max, const at::Tensor& row_log_sum, const at::Tensor& row_n_positive, bool exclude_self,
+    double eps) {
+  return backward_impl(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, at::Tensor(),
+                       row_max, row_log_sum, row_n_positive, at::Tensor(), 0, exclude_self, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cpu(
+    const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
+    const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
+    const at::Tensor& positive_weight, const at::Tensor& row_max, const at::Tensor& row_log_sum,
+    const at::Tensor& row_n_positive, const at::Tensor& row_coef, int64_t denominator, bool exclude_self,
+    double eps) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
+  check_variant(denominator, positive_weight, anchors);
+  return backward_impl(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight,
+                       row_max, row_log_sum, row_n_positive, row_coef, denominator, exclude_self, eps);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(synthcl_fast, CPU, m) {
   m.impl("contrastive_forward", &contrastive_forward_cpu);
   m.impl("contrastive_backward", &contrastive_backward_cpu);
+  m.impl("contrastive_variant_forward", &contrastive_variant_forward_cpu);
+  m.impl("contrastive_variant_backward", &contrastive_variant_backward_cpu);
 }
 
 }  // namespace synthcl_fast

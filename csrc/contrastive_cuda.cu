@@ -816,11 +816,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
   });
 }
 
+// The variants of the op (synthcl_fast/variants.py) have no CUDA kernel: a direct call of the op on CUDA tensors
+// says so by name (the Python API refuses backend="cuda" for them before it gets here; triton fuses them).
+[[noreturn]] void no_variant_kernel(int64_t denominator) {
+  TORCH_CHECK(false, "synthcl_fast: the CUDA kernels do not compute the variants of the op (denominator code ",
+              denominator, "): use backend='triton' (fused) or 'reference'");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+contrastive_variant_forward_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&, const at::Tensor&, int64_t denominator, bool, int64_t, double,
+                                 bool) {
+  no_variant_kernel(denominator);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cuda(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t denominator,
+    bool, double) {
+  no_variant_kernel(denominator);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(synthcl_fast, CUDA, m) {
   m.impl("contrastive_forward", &contrastive_forward_cuda);
   m.impl("contrastive_backward", &contrastive_backward_cuda);
+  m.impl("contrastive_variant_forward", &contrastive_variant_forward_cuda);
+  m.impl("contrastive_variant_backward", &contrastive_variant_backward_cuda);
 }
 
 }  // namespace synthcl_fast

@@ -13,7 +13,7 @@ synthcl_fast.reference) with particular inputs:
 | dcl (DCL, DCLW)             | [z1; z2] | same, exclude self| instance id, twice; denominator negatives|
 
 Variants (contrastive_loss's denominator, beta, tau_plus, positive_weight; synthcl_fast.variants) change which
-candidates form the log-sum-exp and how the negatives are weighted; the fused backends do not compute them yet.
+candidates form the log-sum-exp and how the negatives are weighted; which backend fuses which: synthcl_fast.variants.
 
 Every function takes `reduction` ("mean" | "sum" | "none"), `backend` ("auto" | "reference" | "cpu" |
 ...) and `eps`; nt_xent, dcl, supcon, ppcl, info_nce and clip_loss also take `gather_distributed` (candidates
@@ -70,10 +70,13 @@ def _contrastive(anchors, candidates, anchor_labels, candidate_labels, temperatu
 
 
 def _variant_op(backend, anchors, variant: ContrastiveVariant):
-    """The contrastive op (Backend.contrastive's signature) of a variant. Only the reference computes variants
-    until a fused backend lists them in synthcl_fast.variants.FUSED_OPTIONS (issue 15, phase 2)."""
+    """The contrastive op (Backend.contrastive's signature) of a variant: the fused backend's variant op where
+    synthcl_fast.variants.FUSED_OPTIONS lists every option in use, else (under "auto") the reference."""
     chosen = backend_for_variant(backend, anchors.device, anchors.dtype, variant)
-    assert chosen.name == "reference", f"backend {chosen.name!r} lists fused options but has no variant op"
+    if chosen.name != "reference":
+        def fused(*args):
+            return chosen.contrastive_variant(*args, variant)
+        return fused
 
     def op(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps):
         return reference.contrastive_loss_variant(
@@ -121,8 +124,9 @@ def contrastive_loss(anchors, candidates=None, anchor_labels=None, candidate_lab
     """The general contrastive op.
 
     Variants (formulas in synthcl_fast/reference.py, contrastive_loss_variant; Neg(i): the candidates in the
-    denominator that are not positives; the fused backends compute none of them yet, "auto" then materializes
-    the logits):
+    denominator that are not positives; the cpu and triton backends fuse the denominators and positive_weight,
+    no backend fuses beta / tau_plus yet, and "auto" materializes the logits for what is not fused:
+    synthcl_fast.variants):
 
         denominator="all"           L_i = log(sum_P e^s + Ng_i) - w_i mean_P s     (Ng_i = sum_Neg e^s: the plain op)
         denominator="negatives"     L_i = log Ng_i - w_i mean_P s                  (DCL: positives out of the sum)

@@ -275,6 +275,21 @@ def positive_pair_loss(a, b, target, *, mode="two_sided", reduction="mean", eps=
 # Rows without a positive contribute 0 and are left out of the mean, as in contrastive_loss. A row with
 # positives but no negative has Ng_i = 0: its "negatives" loss is -inf (as in lightly's DCLLoss).
 # Everything is computed in log space: e^{s} is never formed, so fp32 at t = 0.01 is safe.
+#
+# The fused form (cpu: csrc/contrastive_cpu.cpp, triton: backends/triton_contrastive.py; beta = tau_plus = 0):
+# online over column tiles, m_i = max_{Neg(i)} s_ij, S_i = sum_{Neg(i)} e^{s_ij - m_i} (so lse_Neg = m_i + log S_i),
+# gap_i = sum_{P(i)} (s_ip - m_i); with z_ip = lse_Neg(i) - s_ip, mean_p s_ip = m_i + gap_i / |P(i)|:
+#
+#     "negatives"     L_i = log S_i - gap_i / |P(i)|        + (1 - w_i) mean_p s_ip
+#     "per_positive"  L_i = mean_p softplus(z_ip)           + (1 - w_i) mean_p s_ip     (a second pass over P(i))
+#
+# and the gradient, recomputed tile by tile (p_ij = e^{s_ij - lse_Neg(i)}, W_i = dLoss/dL_i):
+#
+#     "negatives"     G_ij = W_i (p_ij [j in Neg(i)] - w_i [j in P(i)] / |P(i)|)
+#     "per_positive"  G_ij = W_i (c_i p_ij [j in Neg(i)] + (sigmoid(-z_ij) - w_i) [j in P(i)] / |P(i)|),
+#                     c_i = mean_p sigmoid(z_ip)
+#     dLoss/dw_i = -W_i mean_p s_ip;  sum_j G_ij = W_i (1 - w_i), so dLoss/dt = -(1/t) sum_ij G_ij (s_ij - m_i)
+#                  - (1/t) sum_i m_i W_i (1 - w_i)
 # ---------------------------------------------------------------------------------------------------------------
 
 def _masked_logsumexp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -360,14 +375,21 @@ def contrastive_loss_variant(
     elif denominator == "negatives":
         log_denominator = log_ng
     elif denominator == "per_positive":
-        per_pair = torch.logaddexp(logits, log_ng[:, None])
+        # log(e^{s_ip} + Ng_i) = s_ip + softplus(log Ng_i - s_ip): the softplus kept apart from s_ip (added back
+        # below as mean_p s_ip), else a loss far below s_ip ~ 1/t would be rounded away at s_ip's spacing
+        per_pair = torch.logaddexp(log_ng[:, None] - logits, torch.zeros_like(logits))
         log_denominator = torch.where(positive, per_pair, torch.zeros_like(per_pair)).sum(dim=1) / count
     else:
         raise ValueError(f"denominator must be 'all', 'negatives' or 'per_positive', got {denominator!r}")
     positive_mean = torch.where(positive, logits, torch.zeros_like(logits)).sum(dim=1) / count
-    if positive_weight is not None:
-        positive_mean = positive_weight * positive_mean
-    row_loss = torch.where(has_positive, log_denominator - positive_mean, torch.zeros_like(positive_mean))
+    if denominator == "per_positive":  # L_i = mean_p softplus(log Ng_i - s_ip) + (1 - w_i) mean_p s_ip
+        weight = 1.0 if positive_weight is None else positive_weight
+        row_loss = log_denominator + (1 - weight) * positive_mean
+    else:
+        if positive_weight is not None:
+            positive_mean = positive_weight * positive_mean
+        row_loss = log_denominator - positive_mean
+    row_loss = torch.where(has_positive, row_loss, torch.zeros_like(row_loss))
     return reduce_rows(row_loss, has_positive, reduction)
 
 

@@ -10,9 +10,17 @@ The options (formulas: synthcl_fast/reference.py, above contrastive_loss_variant
                                  (HCL, Robinson et al. 2021; Chuang et al. 2020)
     positive_weight              a weight w_i on row i's positive term (DCLW, lightly's DCLLoss weight_fn)
 
-No fused backend computes a variant yet: `auto` takes the reference for them, and an explicit fused backend
-raises BackendUnavailableError naming the option (backend_for_variant). A backend that fuses some of them
-lists their names in FUSED_OPTIONS.
+A backend that fuses some of them lists their names in FUSED_OPTIONS (its contrastive_variant_forward op,
+backends/_ops.py); `auto` takes it when it fuses every option in use, else the reference, and an explicit fused
+backend that does not raises BackendUnavailableError naming the option (backend_for_variant). Fused now:
+
+    cpu      denominator="negatives" / "per_positive", with or without positive_weight
+             (csrc/contrastive_cpu.cpp, the general plan also for the symmetric problems)
+    triton   the same (backends/triton_contrastive.py: the forward kernel's VARIANT statistics, a positives' pass for
+             "per_positive", the backward kernel's _variant_term)
+    cuda     none: csrc/contrastive_cuda.cu has no variant kernel, so backend="cuda" names the option it lacks
+
+positive_weight is fused only with a denominator other than "all" (the plain op's kernels carry no weight).
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import torch
 from .backends import BACKEND_ENV, BACKENDS, Backend, BackendUnavailableError, resolve_backend
 
 # Option names (as ContrastiveVariant.options() spells them) that each fused backend computes.
-FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": frozenset(), "triton": frozenset(), "cuda": frozenset()}
+_DENOMINATORS = frozenset({"denominator='negatives'", "denominator='per_positive'", "positive_weight"})
+FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": _DENOMINATORS, "triton": _DENOMINATORS, "cuda": frozenset()}
+WEIGHT_WITHOUT_DENOMINATOR = "positive_weight with denominator='all'"
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ def backend_for_variant(backend: str, device: torch.device, dtype: torch.dtype,
     if chosen.name == "reference":
         return chosen
     missing = [option for option in variant.options() if option not in FUSED_OPTIONS.get(chosen.name, ())]
+    if variant.denominator == "all" and variant.positive_weight is not None and "positive_weight" not in missing:
+        missing.append(WEIGHT_WITHOUT_DENOMINATOR)
     if not missing:
         return chosen
     requested = os.environ.get(BACKEND_ENV, "auto") if backend == "auto" else backend

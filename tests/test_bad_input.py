@@ -108,6 +108,15 @@ def test_compiled_ops_check_their_arguments():
         ops.contrastive_forward(a, c, la, lc, t, False, 0, 1e-12, True)
     with pytest.raises(RuntimeError, match="target"):
         ops.positive_pair_forward(a, a, torch.zeros(3), 0, 1, 1e-12, False, False)
+    # the variant op: its denominator code and positive_weight, named
+    w = torch.ones(4)
+    for denominator, weight, match in ((0, w, "denominator code"), (3, w, "denominator code"),
+                                       (1, torch.ones(5), "positive_weight"), (2, w.double(), "positive_weight")):
+        with pytest.raises(RuntimeError, match=match):
+            ops.contrastive_variant_forward(a, c, la, lc, t, weight, denominator, False, 1, 1e-12, False)
+    with pytest.raises(RuntimeError, match="row_coef"):
+        ops.contrastive_variant_backward(torch.ones(4), a, c, la, lc, t, w, torch.zeros(4), torch.zeros(4),
+                                         torch.ones(4, dtype=torch.int32), torch.ones(3), 1, False, 1e-12)
 
 
 def test_auto_warns_once_when_it_falls_back_to_the_reference(monkeypatch):

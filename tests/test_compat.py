@@ -521,3 +521,28 @@ def test_loss_and_grads_sees_a_difference():
     shifted, _ = loss_and_grads(lambda a, b: our_solo.simclr_loss_func(a, b, temperature=0.1 * (1 + 1e-4)), x, y)
     with pytest.raises(AssertionError):
         assert_close(shifted, ours, RTOL, "loss")
+
+
+# --------------------------------------------------------------------- the drop-ins on the fused variant op
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_variant_drop_ins_run_fused(request, monkeypatch, backend):
+    """lightly's DCLLoss / DCLWLoss and PML's NTXentLoss with several positives per anchor run on the fused
+    variant op (denominator "negatives" with the DCLW weights; "per_positive"): with the backend named in
+    SYNTHCL_FAST_BACKEND an unfused option would raise, so agreeing with the real classes here is the fused path's
+    agreement (values and gradients, fp32)."""
+    from conftest import fused_cpu_backends
+    from synthcl_fast.backends import BACKEND_ENV
+
+    if backend not in fused_cpu_backends():
+        pytest.skip(f"backend {backend!r} does not run on CPU tensors in this session")
+    monkeypatch.setenv(BACKEND_ENV, backend)
+    lightly = pytest.importorskip("lightly.loss", reason="lightly is not installed")
+    pml = pytest.importorskip("pytorch_metric_learning.losses", reason="pytorch-metric-learning is not installed")
+    for name in ("DCLLoss", "DCLWLoss"):
+        assert_same_loss_and_grads(
+            lambda a, b, t: getattr(our_lightly, name)(temperature=t)(a, b),
+            lambda a, b, t: getattr(lightly, name)(temperature=t)(a, b),
+            features(9, 17, seed=1), features(9, 17, seed=2), torch.tensor(0.2, requires_grad=True))
+    for labels in (CLASS_LABELS, torch.tensor([0, 0, 1, 2])):
+        assert_same_loss_and_grads(lambda x: our_pml.NTXentLoss(0.1)(x, labels),
+                                   lambda x: pml.NTXentLoss(0.1)(x, labels), features(len(labels), 24))

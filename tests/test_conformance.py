@@ -749,6 +749,174 @@ def test_gradcheck(lane, reduction, rng):
             (leaf(5, 3), leaf(5, 3)), fast_mode=True)
 
 
+# --------------------------------------------------------------------------- variants of the general op (issue 15)
+
+def _fuses(lane, options) -> bool:
+    """The reference lane computes every variant; a fused lane those its backend lists in FUSED_OPTIONS (the
+    others raise: tests/test_variants.py)."""
+    from synthcl_fast.variants import FUSED_OPTIONS
+
+    return lane.name == "reference" or set(options) <= FUSED_OPTIONS.get(lane.name, frozenset())
+
+
+DENOMINATOR_VARIANTS = ("negatives", "per_positive")
+
+
+def _variant_cases():
+    for lane in LANES:
+        for plan in plans(lane):
+            for denominator, weighted in itertools.product(DENOMINATOR_VARIANTS, (False, True)):
+                options = [f"denominator={denominator!r}"] + (["positive_weight"] if weighted else [])
+                if not _fuses(lane, options) or (weighted and plan != "auto"):
+                    continue
+                # the weight changes per-row scalars only: the tile plans and the largest shape run unweighted
+                for shape, exclude_self, reduction in itertools.product(
+                        (shapes(lane)[:-1] if weighted else shapes(lane)) if plan == "auto" else PLAN_SHAPES,
+                        (False, True), ("mean", "sum", "none") if plan == "auto" and not weighted
+                        else ("mean", "none")):
+                    yield lane_param(lane, plan, denominator, weighted, shape, exclude_self, reduction)
+
+
+def _variant_row_temperature_derivatives(anchors64, candidates64, anchor_labels, candidate_labels, temperature64,
+                                         exclude_self, **variant):
+    _, row_dt = torch.func.jvp(
+        lambda t: ref.contrastive_loss_variant(anchors64.detach(), candidates64.detach(), anchor_labels,
+                                               candidate_labels, temperature=t, exclude_self=exclude_self,
+                                               reduction="none", **variant),
+        (temperature64.detach(),), (torch.ones_like(temperature64),))
+    return row_dt
+
+
+@pytest.mark.parametrize("lane,plan,denominator,weighted,shape,exclude_self,reduction", list(_variant_cases()))
+def test_variant_op(lane, plan, denominator, weighted, shape, exclude_self, reduction, tile_plan, rng):
+    """The positives out of the log-sum-exp (DCL's "negatives"; PML's "per_positive"), with and without a
+    per-row weight w'_i on the positive term (DCLW), against contrastive_loss_variant in float64: values and the
+    gradients of the features, the temperature and the weight. Candidates 0 and K - 1 are never positive, so that
+    every row has a negative (a row without one has an infinite "negatives" loss, as in lightly's DCLLoss)."""
+    n_rows, n_cols, dim = shape
+    dtype = lane.exact_dtype
+    anchors, anchors64 = _pair(lane, torch.randn(n_rows, dim, generator=rng), dtype)
+    candidates, candidates64 = _pair(lane, torch.randn(n_cols, dim, generator=rng), dtype)
+    anchor_labels, candidate_labels = _labels(rng, n_rows, 0, 4, lane), _labels(rng, n_cols, -1, 4, lane)
+    candidate_labels[0] = candidate_labels[-1] = -1
+    t = 0.05 + 0.5 * float(torch.rand((), generator=rng))
+    acc = dtype if dtype == torch.float64 else torch.float32
+    temperature, temperature64 = _pair(lane, torch.tensor(t), acc)
+    inputs, inputs64 = [anchors, candidates, temperature], [anchors64, candidates64, temperature64]
+    variant = {"denominator": denominator}
+    weight = weight64 = None
+    if weighted:
+        weight, weight64 = _pair(lane, 2 * torch.rand(n_rows, generator=rng), acc)
+        inputs.append(weight)
+        inputs64.append(weight64)
+    actual = L.contrastive_loss(anchors, candidates, anchor_labels, candidate_labels, temperature=temperature,
+                                exclude_self=exclude_self, reduction=reduction, backend=lane.name,
+                                positive_weight=weight, **variant)
+    expected = ref.contrastive_loss_variant(anchors64, candidates64, anchor_labels, candidate_labels,
+                                            temperature=temperature64, exclude_self=exclude_self,
+                                            reduction=reduction, positive_weight=weight64, **variant)
+    tols = lane.tolerances(dtype)
+    plain_floors = cancellation_floors(
+        [anchors64, candidates64], t, reduction, tols[1], dtype,
+        _variant_row_temperature_derivatives(anchors64, candidates64, anchor_labels, candidate_labels,
+                                             temperature64, exclude_self,
+                                             positive_weight=None if weight64 is None else weight64.detach(),
+                                             **variant))
+    compare(actual, expected, inputs, inputs64, tols,
+            f"variant {denominator} weighted={weighted} {shape} {dtype} t={t:.3f} plan={plan}", rng,
+            grad_floors=lambda upstream: plain_floors(upstream) + [0.0])
+
+
+def _variant_dtype_cases():
+    for lane in LANES:
+        for denominator in DENOMINATOR_VARIANTS:
+            if _fuses(lane, [f"denominator={denominator!r}"]):
+                for dtype, reduction, t in itertools.product(lane.dtypes, ("mean", "none"), (0.05, 0.5)):
+                    yield lane_param(lane, denominator, dtype, reduction, t)
+
+
+@pytest.mark.parametrize("lane,denominator,dtype,reduction,t", list(_variant_dtype_cases()))
+def test_variant_dtypes(lane, denominator, dtype, reduction, t, rng):
+    """Every dtype of the lane against float64 on the same (rounded) inputs, with the self-candidates of NT-Xent /
+    SupCon (the problem the CPU's symmetric plan takes for the plain op) and extra negatives."""
+    n_rows, dim = 37, 40
+    anchors, anchors64 = _pair(lane, torch.randn(n_rows, dim, generator=rng), dtype)
+    labels = _labels(rng, n_rows, 0, 8, lane)
+    temperature, temperature64 = _pair(lane, torch.tensor(t), torch.float64 if dtype == torch.float64
+                                       else torch.float32)
+    actual = L.contrastive_loss(anchors, None, labels, temperature=temperature, reduction=reduction,
+                                backend=lane.name, denominator=denominator)
+    expected = ref.contrastive_loss_variant(anchors64, None, labels, temperature=temperature64,
+                                            reduction=reduction, denominator=denominator)
+    compare(actual, expected, [anchors, temperature], [anchors64, temperature64], lane.tolerances(dtype),
+            f"variant {denominator} {dtype} {reduction} t={t}", rng,
+            grad_floors=cancellation_floors(
+                [anchors64], t, reduction, lane.tolerances(dtype)[1], dtype,
+                _variant_row_temperature_derivatives(anchors64, anchors64, labels, labels, temperature64, True,
+                                                     denominator=denominator)))
+
+
+@pytest.mark.parametrize("lane", [lane_param(lane) for lane in LANES
+                                  if _fuses(lane, ["denominator='negatives'", "denominator='per_positive'"])])
+def test_variant_positives_far_above_negatives(lane, rng):
+    """At t = 1e-4 each positive (its other view, cosine ~1 - 1e-6) lies ~3000 above its negatives: the
+    log-sum-exp over the negatives is shifted by their own max. Shifted by the positive's, every negative term
+    would flush to 0 even in float64, and the "negatives" loss be -inf."""
+    dtype = lane.exact_dtype
+    base = torch.randn(6, 8, generator=rng, dtype=torch.float64)
+    x = torch.cat([base, base + 1e-3 * torch.randn(6, 8, generator=rng, dtype=torch.float64)])
+    labels = torch.arange(6).repeat(2).to(lane.device)
+    for denominator in DENOMINATOR_VARIANTS:
+        low, x64 = _pair(lane, x, dtype)
+        actual = L.contrastive_loss(low, None, labels, temperature=1e-4, backend=lane.name, denominator=denominator,
+                                    reduction="none")
+        expected = ref.contrastive_loss_variant(x64, None, labels, temperature=1e-4, denominator=denominator,
+                                                reduction="none")
+        assert torch.isfinite(actual).all(), f"{denominator}: {actual}"
+        assert_close(actual, expected, lane.tolerances(dtype)[0], f"{denominator} value")
+
+
+@pytest.mark.parametrize("lane", [lane_param(lane) for lane in LANES if torch.float64 in lane.dtypes
+                                  and _fuses(lane, ["denominator='negatives'", "denominator='per_positive'",
+                                                    "positive_weight"])])
+def test_variant_gradcheck(lane, rng):
+    """Finite differences in float64 through both gradient paths (in forward for a scalar loss; recomputed for
+    "none"), the weight's gradient included."""
+    def leaf(*shape):
+        return torch.randn(*shape, generator=rng, dtype=torch.float64).to(lane.device).requires_grad_()
+
+    anchor_labels = torch.tensor([0, 1, 2, 0, 5, 1], device=lane.device)
+    candidate_labels = torch.tensor([0, 1, 2, 0, -1, 1, 2, 2, 0], device=lane.device)
+    for denominator, reduction in itertools.product(DENOMINATOR_VARIANTS, ("mean", "none")):
+        def loss(a, c, t, w):
+            return L.contrastive_loss(a, c, anchor_labels, candidate_labels, temperature=t, exclude_self=True,
+                                      reduction=reduction, backend=lane.name, denominator=denominator,
+                                      positive_weight=w)
+        t = torch.tensor(0.4, dtype=torch.float64, device=lane.device, requires_grad=True)
+        w = (1 + torch.rand(6, generator=rng, dtype=torch.float64)).to(lane.device).requires_grad_()
+        assert torch.autograd.gradcheck(loss, (leaf(6, 4), leaf(9, 4), t, w), fast_mode=True), denominator
+
+
+@pytest.mark.parametrize("lane,dtype", [lane_param(lane, d) for lane in FUSED for d in lane.dtypes
+                                        if _fuses(lane, ["denominator='negatives'"])])
+def test_variant_opcheck(lane, dtype, rng):
+    """Schema, fake and autograd registrations of the variant op, both denominators, both gradient paths."""
+    from synthcl_fast.backends._ops import accumulate_dtype, denominator_code, reduction_code
+
+    op = lane.backend.ops().contrastive_variant_forward
+    device, acc = lane.device, accumulate_dtype(dtype)
+    a = torch.randn(7, 5, generator=rng).to(device, dtype).requires_grad_()
+    c = torch.randn(9, 5, generator=rng).to(device, dtype).requires_grad_()
+    a_labels = torch.tensor([0, 1, 2, 0, 1, 3, 2], device=device)
+    c_labels = torch.tensor([0, -1, 2, 0, 1, 1, 2, 3, -1], device=device)
+    t = torch.tensor(0.3, dtype=acc, device=device, requires_grad=True)
+    w = torch.rand(7, generator=rng).to(device, acc).requires_grad_()
+    for denominator, (reduction, compute_grad) in itertools.product(
+            DENOMINATOR_VARIANTS, (("mean", True), ("sum", False), ("none", False))):
+        torch.library.opcheck(op, (a, c, a_labels, c_labels, t, w, denominator_code(denominator), False,
+                                   reduction_code(reduction), 1e-8, compute_grad))
+
+
 # ---------------------------------------------------------------------------------- operators and compile
 
 @pytest.mark.parametrize("lane,dtype", [lane_param(lane, d) for lane in FUSED for d in lane.dtypes])
@@ -814,6 +982,31 @@ def test_torch_compile_fullgraph(lane, rng):
     assert_close(traced, eager, tol, "compiled vs eager")
     for g, e in zip(torch.autograd.grad(traced, (z1, z2, image, text)),
                     torch.autograd.grad(eager, (z1, z2, image, text))):
+        assert_close(g, e, tol, "compiled grad")
+
+
+@pytest.mark.parametrize("lane", [lane_param(lane) for lane in FUSED
+                                  if _fuses(lane, ["denominator='negatives'", "denominator='per_positive'",
+                                                   "positive_weight"])])
+def test_variant_torch_compile_fullgraph(lane, rng):
+    """The variant op traces into one graph too (DCLW's weights and PML's several positives per anchor)."""
+    dtype = lane.exact_dtype
+    z1 = torch.randn(12, 8, generator=rng).to(dtype).to(lane.device).requires_grad_()
+    z2 = torch.randn(12, 8, generator=rng).to(dtype).to(lane.device).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 1, 4, 4, 0, 5], device=lane.device)
+
+    def step(z1, z2):
+        return (L.dcl(z1, z2, sigma=0.5, backend=lane.name)
+                + L.contrastive_loss(z1, None, labels, denominator="per_positive", backend=lane.name))
+
+    explanation = torch._dynamo.explain(step)(z1, z2)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    eager = step(z1, z2)
+    traced = torch.compile(step, fullgraph=True, backend="aot_eager")(z1, z2)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert_close(traced, eager, tol, "compiled vs eager")
+    for g, e in zip(torch.autograd.grad(traced, (z1, z2)), torch.autograd.grad(eager, (z1, z2))):
         assert_close(g, e, tol, "compiled grad")
 
 

@@ -40,7 +40,9 @@ def test_cuda_kernels_registered_as_built():
     reason = BACKENDS["cuda"].unavailable_reason(torch.device("cuda"), torch.float32)
     if _built_with_cuda():
         assert has_cuda_kernels()
-        for op in ("contrastive_forward", "contrastive_backward", "positive_pair_forward"):
+        # the variant ops' CUDA entries are stubs that raise, naming the option (csrc/contrastive_cuda.cu)
+        for op in ("contrastive_forward", "contrastive_backward", "positive_pair_forward",
+                   "contrastive_variant_forward", "contrastive_variant_backward"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"synthcl_fast::{op}", "CUDA"), op
         assert reason is None
     else:

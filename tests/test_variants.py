@@ -2,6 +2,8 @@
 errors that name a bad option, and the named losses and modules built on them. Their math: test_reference.py;
 against the peer libraries: test_compat.py."""
 
+import re
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ import synthcl_fast.losses as L
 from conftest import assert_close, fused_cpu_backends
 from synthcl_fast import reference as ref
 from synthcl_fast.backends import BACKEND_ENV, BackendUnavailableError
+from synthcl_fast.variants import FUSED_OPTIONS, WEIGHT_WITHOUT_DENOMINATOR, ContrastiveVariant, backend_for_variant
 
 VARIANT_OPTIONS = {
     "denominator='negatives'": {"denominator": "negatives"},
@@ -24,26 +27,67 @@ def inputs(generator, dtype=torch.float32):
     return x, torch.tensor([0, 1, 2, 0, 1, 2, 3, 3, 4, 0])
 
 
+def _unfused(backend, kwargs):
+    """The options of kwargs that `backend` does not fuse, as its error names them."""
+    variant = ContrastiveVariant(**{**kwargs, "positive_weight": torch.ones(10) if "positive_weight" in kwargs
+                                    else None})
+    missing = [o for o in variant.options() if o not in FUSED_OPTIONS[backend]]
+    if variant.denominator == "all" and variant.positive_weight is not None and "positive_weight" not in missing:
+        missing.append(WEIGHT_WITHOUT_DENOMINATOR)
+    return missing
+
+
 @pytest.mark.parametrize("option", VARIANT_OPTIONS)
-def test_fused_backends_refuse_variants_by_name(generator, option):
+def test_fused_backends_refuse_unfused_variants_by_name(generator, option):
     x, labels = inputs(generator)
+    kwargs = VARIANT_OPTIONS[option]
     for backend in fused_cpu_backends():
-        with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' does not fuse {option} yet"):
-            L.contrastive_loss(x, None, labels, backend=backend, **VARIANT_OPTIONS[option])
+        missing = _unfused(backend, kwargs)
+        if not missing:
+            continue
+        with pytest.raises(BackendUnavailableError,
+                           match=f"backend '{backend}' does not fuse {re.escape(', '.join(missing))} yet"):
+            L.contrastive_loss(x, None, labels, backend=backend, **kwargs)
 
 
 @pytest.mark.parametrize("option", VARIANT_OPTIONS)
-def test_auto_computes_variants_with_the_reference(generator, monkeypatch, option):
+def test_auto_takes_the_fused_backend_where_it_fuses_the_variant(generator, monkeypatch, option):
+    """auto: the fused backend when it fuses every option in use (its value then agrees with the reference),
+    else the reference itself; the environment override names a backend, so it is explicit and raises."""
     x, labels = inputs(generator)
     kwargs = VARIANT_OPTIONS[option]
     auto = L.contrastive_loss(x, None, labels, **kwargs)
     expected = ref.contrastive_loss_variant(x, None, labels, **kwargs)
-    assert torch.equal(auto, expected)
-    for backend in fused_cpu_backends():  # the environment override names a backend: it is explicit
+    if _unfused("cpu", kwargs) or "cpu" not in fused_cpu_backends():
+        assert torch.equal(auto, expected)
+    else:
+        assert_close(auto, ref.contrastive_loss_variant(x.double(), None, labels, **kwargs), 1e-5, option)
+        variant = L._variant(x, x.shape[0], **kwargs)
+        assert backend_for_variant("auto", x.device, x.dtype, variant).name == "cpu"
+    for backend in fused_cpu_backends():
         monkeypatch.setenv(BACKEND_ENV, backend)
-        with pytest.raises(BackendUnavailableError, match=option.replace("(", r"\(")):
-            L.contrastive_loss(x, None, labels, **kwargs)
+        missing = _unfused(backend, kwargs)
+        if missing:
+            with pytest.raises(BackendUnavailableError, match=re.escape(", ".join(missing))):
+                L.contrastive_loss(x, None, labels, **kwargs)
+        else:
+            assert_close(L.contrastive_loss(x, None, labels, **kwargs),
+                         ref.contrastive_loss_variant(x.double(), None, labels, **kwargs), 1e-5, option)
         monkeypatch.delenv(BACKEND_ENV)
+
+
+def test_cpu_fuses_the_denominators(generator):
+    """The options the CPU kernels compute (csrc/contrastive_cpu.cpp); the rest stay with the reference."""
+    assert FUSED_OPTIONS["cpu"] == {"denominator='negatives'", "denominator='per_positive'", "positive_weight"}
+    assert FUSED_OPTIONS["cuda"] == frozenset()
+
+
+def test_weight_alone_is_not_fused(generator):
+    """positive_weight with the plain denominator is computed by the reference (auto) and refused by name."""
+    x, labels = inputs(generator)
+    for backend in fused_cpu_backends():
+        with pytest.raises(BackendUnavailableError, match="positive_weight with denominator='all'"):
+            L.contrastive_loss(x, None, labels, backend=backend, positive_weight=0.5)
 
 
 def test_default_options_stay_fused(generator):
@@ -123,3 +167,17 @@ def test_variant_reductions_and_low_precision(generator, reduction):
         assert loss.dtype == torch.float32
         grad, = torch.autograd.grad(loss.sum(), low)
         assert grad.dtype == dtype and torch.isfinite(grad).all()
+
+
+def test_cuda_names_the_option_it_does_not_fuse(generator, monkeypatch):
+    """csrc/contrastive_cuda.cu has no variant kernel: backend='cuda' raises, naming the option (checked here
+    without a GPU by letting the resolver hand out the cuda backend)."""
+    import synthcl_fast.variants as variants
+    from synthcl_fast.backends import BACKENDS
+
+    monkeypatch.setattr(variants, "resolve_backend", lambda *args: BACKENDS["cuda"])
+    variant = L._variant(torch.zeros(4, 3), 4, "per_positive", positive_weight=0.5)
+    with pytest.raises(BackendUnavailableError,
+                       match="backend 'cuda' does not fuse denominator='per_positive', positive_weight yet"):
+        backend_for_variant("cuda", torch.device("cpu"), torch.float32, variant)
+    assert backend_for_variant("auto", torch.device("cpu"), torch.float32, variant).name == "reference"

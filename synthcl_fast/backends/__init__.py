@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from .. import reference
-from ._ops import mode_code, reduction_code
+from ._ops import accumulate_dtype, denominator_code, mode_code, reduction_code
 
 BACKEND_ENV = "SYNTHCL_FAST_BACKEND"
 
@@ -106,6 +106,17 @@ class FusedBackend(Backend):
 
     def symmetric_contrastive(self, *args):
         return self._contrastive_call(self.ops().symmetric_contrastive_forward, *args)
+
+    def contrastive_variant(self, anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
+                            reduction, eps, variant):
+        """The op with a variant's options (synthcl_fast.variants), where FUSED_OPTIONS lists them all."""
+        weight = variant.positive_weight
+        if weight is None:
+            weight = torch.ones(anchors.shape[0], dtype=accumulate_dtype(anchors.dtype), device=anchors.device)
+        return self.ops().contrastive_variant_forward(
+            anchors, candidates, anchor_labels, candidate_labels, temperature, weight,
+            denominator_code(variant.denominator), exclude_self, reduction_code(reduction), eps,
+            gradient_in_forward(reduction, anchors, candidates, temperature))[0]
 
     def positive_pair(self, a, b, target, mode, reduction, eps):
         grad_enabled = torch.is_grad_enabled()

@@ -24,6 +24,21 @@ grad_side: dLoss/dL_i for every row of that side (the reduction's weight folded 
 (a scalar loss only) the forward also returns the gradients of the loss, so the backward only scales them by
 the upstream gradient; otherwise they are empty and the backward recomputes the logits tile by tile.
 
+The variants of the general op (synthcl_fast/variants.py; the math: reference.contrastive_loss_variant), one
+side, m_i and S_i over the negatives Neg(i) = N(i) minus P(i):
+
+    contrastive_variant_forward(anchors, candidates, anchor_labels, candidate_labels, temperature,
+                                positive_weight, denominator, exclude_self, reduction, eps, compute_grad)
+        -> (loss, max, log_sum, n_positive, coef, positive_mean, grad_anchors, grad_candidates, grad_temperature)
+    contrastive_variant_backward(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature,
+                                 positive_weight, max, log_sum, n_positive, coef, denominator, exclude_self, eps)
+        -> (grad_anchors, grad_candidates, grad_temperature)
+
+denominator: Denominator code (1 negatives, 2 per_positive); positive_weight: (R,) w'_i in the accumulation
+dtype (ones for none); coef: c_i = mean_p sigmoid(lse_Neg(i) - s_ip) for per_positive, 1 otherwise;
+positive_mean: mean_p s_ip (0 without positives), which gives positive_weight its gradient,
+dL_i/dw'_i = -mean_p s_ip (computed here, in the autograd registration).
+
     positive_pair_forward(a, b, target, mode, reduction, eps, compute_grad_a, compute_grad_b)
         -> (loss, cosine, grad_a, grad_b, grad_target)          (gradients always in forward: one pass)
 """
@@ -48,6 +63,17 @@ class PairMode(enum.IntEnum):
 
     TWO_SIDED = 0
     FLOOR = 1
+
+
+class Denominator(enum.IntEnum):
+    """The variants' `denominator` as the integer the variant op schemas take ("all" is the plain op)."""
+
+    NEGATIVES = 1
+    PER_POSITIVE = 2
+
+
+def denominator_code(name: str) -> int:
+    return int(Denominator[name.upper()])
 
 
 def reduction_code(name: str) -> int:
@@ -144,6 +170,59 @@ def register_contrastive_op(forward_op, backward_op, sides: int) -> None:
             grads = backward_op(*side_weights, *inputs, *stats, ctx.exclude_self, ctx.eps)
         grad_anchors, grad_candidates, grad_temperature = grads
         return grad_anchors, grad_candidates, None, None, grad_temperature, None, None, None, None
+
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+
+def register_variant_op(forward_op, backward_op) -> None:
+    """Fake and autograd implementations of a backend's contrastive_variant_forward and _backward ops."""
+    name, backward_name = _qualname(forward_op), _qualname(backward_op)
+
+    @torch.library.register_fake(name)
+    def _(anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight, denominator,
+          exclude_self, reduction, eps, compute_grad):
+        n_rows, acc = anchors.shape[0], accumulate_dtype(anchors.dtype)
+        loss = anchors.new_empty((n_rows,) if reduction == Reduction.NONE else (), dtype=acc)
+        stats = _fake_side_stats(n_rows, anchors)
+        per_row = (anchors.new_empty((n_rows,), dtype=acc), anchors.new_empty((n_rows,), dtype=acc))
+        return (loss, *stats, *per_row, *_fake_input_grads(anchors, candidates, temperature, compute_grad))
+
+    @torch.library.register_fake(backward_name)
+    def _(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, *_rest):
+        return _fake_input_grads(anchors, candidates, temperature)
+
+    def setup_context(ctx, inputs, output):
+        anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight, denominator, \
+            exclude_self, reduction, eps, compute_grad = inputs
+        max_, log_sum, n_positive, coef, positive_mean = output[1:6]
+        grads = output[6:]
+        ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = compute_grad, reduction, exclude_self, eps
+        ctx.denominator = denominator
+        ctx.mark_non_differentiable(max_, log_sum, n_positive, coef, positive_mean, *grads)
+        saved = (n_positive, positive_mean)
+        if compute_grad:
+            ctx.save_for_backward(*saved, *grads)
+        else:
+            ctx.save_for_backward(*saved, anchors, candidates, anchor_labels, candidate_labels, temperature,
+                                  positive_weight, max_, log_sum, coef)
+
+    def backward(ctx, grad_loss, *_unused):
+        _no_double_backward()
+        n_positive, positive_mean = ctx.saved_tensors[:2]
+        weights = row_weights(grad_loss, n_positive, ctx.reduction)
+        if ctx.compute_grad:
+            grads = tuple(g * grad_loss for g in ctx.saved_tensors[2:])
+        else:
+            anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight, max_, log_sum, \
+                coef = ctx.saved_tensors[2:]
+            grads = backward_op(weights.contiguous(), anchors, candidates, anchor_labels, candidate_labels,
+                                temperature, positive_weight, max_, log_sum, n_positive, coef, ctx.denominator,
+                                ctx.exclude_self, ctx.eps)
+        # dL_i/dw'_i = -mean_p s_ip on rows with a positive (the others report 0 whatever w'_i)
+        grad_weight = torch.where(n_positive > 0, -weights * positive_mean, torch.zeros_like(positive_mean))
+        grad_anchors, grad_candidates, grad_temperature = grads
+        return (grad_anchors, grad_candidates, None, None, grad_temperature, grad_weight, None, None, None, None,
+                None)
 
     torch.library.register_autograd(name, backward, setup_context=setup_context)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ._ops import register_contrastive_op, register_positive_pair_op
+from ._ops import register_contrastive_op, register_positive_pair_op, register_variant_op
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CPU_SOURCES = ("bindings.cpp", "contrastive_cpu.cpp", "positive_pair_cpu.cpp")
@@ -117,6 +117,7 @@ def _load() -> str | None:
             return f"the compiled extension is missing and compiling it failed: {jit_error}"
     ops = torch.ops.synthcl_fast
     register_contrastive_op(ops.contrastive_forward, ops.contrastive_backward, sides=1)
+    register_variant_op(ops.contrastive_variant_forward, ops.contrastive_variant_backward)
     register_positive_pair_op(ops.positive_pair_forward)
     return None
 

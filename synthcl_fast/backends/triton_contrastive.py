@@ -61,7 +61,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._ops import Reduction, accumulate_dtype, register_contrastive_op
+from ._ops import Denominator, Reduction, accumulate_dtype, register_contrastive_op, register_variant_op
 from .triton_common import TL_DTYPES, cast_output, inverse_temperature, reduce_rows, round_by_hand
 from .triton_support import (empty_output, fp32_precision, next_power_of_2, plan_multiprocessors,
                              half_dot_operand, split_float, tile_overrides)
@@ -166,6 +166,22 @@ def _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX
 
 
 @triton.jit
+def _store_variant_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
+                             LOSS_ptr, POSMEAN_ptr):
+    """The variants' rows: the shift m (0 without negatives, where log S = -inf), log S over the negatives, |P|,
+    LOSS = log S - gap / |P| (the "negatives" loss for w' = 1) and POSMEAN = m + gap / |P| (0 without P)."""
+    shift = tl.where(row_max == float("-inf"), 0.0, row_max)
+    log_sum = tl.log(tl.where(mask_m, row_sumexp, 1.0)).to(row_gap.dtype)
+    mean_gap = row_gap / tl.maximum(row_npos, 1).to(row_gap.dtype)
+    live = row_npos > 0
+    tl.store(MAX_ptr + offs_m, shift, mask=mask_m)
+    tl.store(LOGSUM_ptr + offs_m, log_sum, mask=mask_m)
+    tl.store(NPOS_ptr + offs_m, row_npos, mask=mask_m)
+    tl.store(LOSS_ptr + offs_m, tl.where(live, log_sum - mean_gap, 0.0), mask=mask_m)
+    tl.store(POSMEAN_ptr + offs_m, tl.where(live, shift + mean_gap, 0.0), mask=mask_m)
+
+
+@triton.jit
 def _contrastive_forward_kernel(
         X_ptr, Y_ptr, stride_x, stride_y, INV_X_ptr, INV_Y_ptr, LABEL_X_ptr, LABEL_Y_ptr, T_ptr,
         PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NPOS_ptr,
@@ -173,8 +189,13 @@ def _contrastive_forward_kernel(
         n_x, n_y, dim, n_per_split,
         EXCLUDE_SELF: tl.constexpr, FINAL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D_CHUNK: tl.constexpr,
-        DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+        DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, VARIANT: tl.constexpr = False,
+        POSMEAN_ptr=None):
     """Row statistics of rows [pid_m*BLOCK_M, +BLOCK_M) over columns [pid_s*n_per_split, +n_per_split).
+
+    VARIANT (the variants' statistics, contrastive_variant_forward): m and S over the negatives only (a row
+    with no negative yet has m = -inf and its positive gap relative to 0); FINAL then also writes
+    POSMEAN = mean_p s_ip, and MAX the shift (m, or 0 without negatives), LOSS = log S - gap / |P|.
 
     FINAL (a single split): writes MAX (m), LOGSUM (log S), NPOS (int32) and the row loss LOSS. Otherwise writes
     the split's max, sum of exp(s - max), positive gap sum_p (s_p - max) and positive count to PART_*[pid_s]."""
@@ -207,21 +228,36 @@ def _contrastive_forward_kernel(
         if EXCLUDE_SELF:
             allowed = allowed & (offs_m[:, None] != offs_n[None, :])
         positive = allowed & (label_x[:, None] == label_y[None, :]) & (label_x[:, None] >= 0)
-        s_allowed = tl.where(allowed, s, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(s_allowed, axis=1))
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # nothing allowed yet: keep exp() at 0, not NaN
-        shifted = s_allowed - shift[:, None]
-        # the earlier tiles' terms, moved from row_max to the new shift (no positive yet: nothing to move)
-        row_gap += row_npos.to(ACC) * (tl.where(row_npos > 0, row_max, shift) - shift)
-        row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(tl.float64)
-                      + tl.sum(tl.exp(shifted).to(tl.float64), axis=1))
-        row_gap += tl.sum(tl.where(positive, shifted, 0.0), axis=1)
+        if VARIANT:
+            # the positives out of the sum and of its max (a positive far above the negatives must not shift
+            # their terms into underflow); the gap is kept relative to the shift, 0 until a negative is seen
+            s_negative = tl.where(allowed & ~positive, s, float("-inf"))
+            new_max = tl.maximum(row_max, tl.max(s_negative, axis=1))
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            row_gap += row_npos.to(ACC) * (tl.where(row_max == float("-inf"), 0.0, row_max) - shift)
+            row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(tl.float64)
+                          + tl.sum(tl.exp(s_negative - shift[:, None]).to(tl.float64), axis=1))
+            row_gap += tl.sum(tl.where(positive, s - shift[:, None], 0.0), axis=1)
+        else:
+            s_allowed = tl.where(allowed, s, float("-inf"))
+            new_max = tl.maximum(row_max, tl.max(s_allowed, axis=1))
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # nothing allowed yet: exp() at 0, not NaN
+            shifted = s_allowed - shift[:, None]
+            # the earlier tiles' terms, moved from row_max to the new shift (no positive yet: nothing to move)
+            row_gap += row_npos.to(ACC) * (tl.where(row_npos > 0, row_max, shift) - shift)
+            row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(tl.float64)
+                          + tl.sum(tl.exp(shifted).to(tl.float64), axis=1))
+            row_gap += tl.sum(tl.where(positive, shifted, 0.0), axis=1)
         row_npos += tl.sum(positive.to(tl.int32), axis=1)
         row_max = new_max
 
     if FINAL:
-        _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
-                         LOSS_ptr)
+        if VARIANT:
+            _store_variant_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr,
+                                     NPOS_ptr, LOSS_ptr, POSMEAN_ptr)
+        else:
+            _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
+                             LOSS_ptr)
     else:
         offs_part = pid_s * n_x + offs_m
         tl.store(PART_MAX_ptr + offs_part, row_max, mask=mask_m)
@@ -233,9 +269,11 @@ def _contrastive_forward_kernel(
 @triton.jit
 def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NPOS_ptr,
                             MAX_ptr, LOGSUM_ptr, NPOS_ptr, LOSS_ptr, n_x, n_splits,
-                            ACC: tl.constexpr, BLOCK_M: tl.constexpr):
+                            ACC: tl.constexpr, BLOCK_M: tl.constexpr, VARIANT: tl.constexpr = False,
+                            POSMEAN_ptr=None):
     """Merges the per-split row statistics in split order (deterministic): each split's sum and positive gap
-    are moved from its own max to the row max, then added."""
+    are moved from its own max to the row max, then added. VARIANT: a split's gap is relative to its max, or
+    to 0 where it saw no negative (max -inf), and the variants' statistics are stored."""
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n_x
@@ -253,9 +291,88 @@ def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NP
         row_sumexp += (tl.load(PART_SUMEXP_ptr + offs_part, mask=mask_m, other=0.0)
                        * tl.exp(part_max - shift).to(tl.float64))
         row_gap += tl.load(PART_GAP_ptr + offs_part, mask=mask_m, other=0.0)
-        row_gap += part_npos.to(ACC) * (tl.where(part_npos > 0, part_max, shift) - shift)
+        if VARIANT:
+            row_gap += part_npos.to(ACC) * (tl.where(part_max == float("-inf"), 0.0, part_max) - shift)
+        else:
+            row_gap += part_npos.to(ACC) * (tl.where(part_npos > 0, part_max, shift) - shift)
         row_npos += part_npos
-    _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr, LOSS_ptr)
+    if VARIANT:
+        _store_variant_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr,
+                                 NPOS_ptr, LOSS_ptr, POSMEAN_ptr)
+    else:
+        _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
+                         LOSS_ptr)
+
+
+@triton.jit
+def _positive_terms_kernel(
+        X_ptr, Y_ptr, stride_x, stride_y, INV_X_ptr, INV_Y_ptr, LABEL_X_ptr, LABEL_Y_ptr, T_ptr,
+        MAX_ptr, LOGSUM_ptr, SOFTPLUS_ptr, SIGMOID_ptr, n_x, n_y, dim,
+        EXCLUDE_SELF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        SINGLE_D_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """"per_positive", once m and S (over the negatives) are final: per row sum_p softplus(z_ip) and
+    sum_p sigmoid(z_ip), z_ip = lse_Neg(i) - s_ip = log S_i - (s_ip - m_i) (-inf without negatives: both 0), in
+    float64, over every column. log(1 + e) for e = e^{-|z|} < 1e-3 by its series: a loss of size e^{-200} (a
+    positive far above its negatives) keeps its relative accuracy."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < n_x
+    row_scale = inverse_temperature(T_ptr, ACC) * tl.load(INV_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
+    label_x = tl.load(LABEL_X_ptr + offs_m, mask=mask_m, other=-1)
+    row_max = tl.load(MAX_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
+    log_sum = tl.load(LOGSUM_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
+    x_tile = 0.0
+    if SINGLE_D_CHUNK:
+        x_tile = _load_rows(X_ptr, stride_x, offs_m, mask_m, 0, dim, BLOCK_D).to(DOT)
+    softplus_sum = tl.zeros([BLOCK_M], dtype=tl.float64)
+    sigmoid_sum = tl.zeros([BLOCK_M], dtype=tl.float64)
+    for start_n in range(0, n_y, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_y
+        col_scale = tl.load(INV_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC)
+        label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
+        s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n,
+                         col_scale, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
+        allowed = mask_m[:, None] & mask_n[None, :]
+        if EXCLUDE_SELF:
+            allowed = allowed & (offs_m[:, None] != offs_n[None, :])
+        positive = allowed & (label_x[:, None] == label_y[None, :]) & (label_x[:, None] >= 0)
+        z = (log_sum[:, None] - (s - row_max[:, None])).to(tl.float64)
+        e = tl.exp(-tl.abs(z))
+        log1p_e = tl.where(e < 1e-3, e * (1.0 - e * (0.5 - e / 3.0)), tl.log(1.0 + e))
+        softplus = tl.maximum(z, 0.0) + log1p_e
+        sigmoid = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        softplus_sum += tl.sum(tl.where(positive, softplus, 0.0), axis=1)
+        sigmoid_sum += tl.sum(tl.where(positive, sigmoid, 0.0), axis=1)
+    tl.store(SOFTPLUS_ptr + offs_m, softplus_sum, mask=mask_m)
+    tl.store(SIGMOID_ptr + offs_m, sigmoid_sum, mask=mask_m)
+
+
+@triton.jit
+def _variant_term(s, row_max, log_sum, n_positive, weight, coef, positive_weight, positive, AXIS: tl.constexpr,
+                  PER_POSITIVE: tl.constexpr):
+    """The variants' (G, s - m) (reference.contrastive_loss_variant; m, S over the negatives), x = s - m - log S:
+        negative: w coef e^x          (coef: 1 for "negatives", c_i for "per_positive"; x <= 0)
+        positive: w (sigmoid(x) / |P| [per_positive] - w' / |P|)
+    0 for a row without positives. AXIS as in _softmax_term."""
+    valid = n_positive > 0
+    row_max = tl.where(valid, row_max, 0.0)
+    log_sum = tl.where(valid, log_sum, 0.0)
+    inv_npos = 1.0 / tl.maximum(n_positive, 1).to(s.dtype)
+    if AXIS == 0:
+        row_max, log_sum, inv_npos = row_max[:, None], log_sum[:, None], inv_npos[:, None]
+        weight, coef, positive_weight, valid = weight[:, None], coef[:, None], positive_weight[:, None], valid[:, None]
+    else:
+        row_max, log_sum, inv_npos = row_max[None, :], log_sum[None, :], inv_npos[None, :]
+        weight, coef, positive_weight, valid = weight[None, :], coef[None, :], positive_weight[None, :], valid[None, :]
+    shifted = s - row_max
+    x = shifted - log_sum
+    e = tl.exp(tl.where(positive, -tl.abs(x), x))  # e^{-|x|} for a positive: its sigmoid without overflow
+    positive_term = -positive_weight * inv_npos
+    if PER_POSITIVE:
+        positive_term += tl.where(x <= 0, e / (1.0 + e), 1.0 / (1.0 + e)) * inv_npos
+    term = weight * tl.where(positive, positive_term, coef * e)
+    return tl.where(valid, term, 0.0), shifted
 
 
 @triton.jit
@@ -287,7 +404,8 @@ def _contrastive_backward_kernel(
         EXCLUDE_SELF: tl.constexpr, OWN_TERM: tl.constexpr, OTHER_TERM: tl.constexpr, COMPUTE_GS: tl.constexpr,
         FINAL: tl.constexpr, USE_GSCALE: tl.constexpr, ROUND_BY_HAND: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
-        SINGLE_D_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+        SINGLE_D_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+        VARIANT: tl.constexpr = 0, COEF_X_ptr=None, WP_X_ptr=None, COEF_Y_ptr=None, WP_Y_ptr=None):
     """The gradient of X (the rows this program owns) through G: dU = sum_j G_ij v_j over the columns of split
     pid_s, features [pid_d*BLOCK_DO, +BLOCK_DO). X's own statistics give the term OWN_TERM, Y's the term
     OTHER_TERM (the column launch swaps X and Y, so G appears transposed and both launches share this code).
@@ -296,7 +414,8 @@ def _contrastive_backward_kernel(
     DX[pid_s, row, feature] for _normalize_backward_kernel. COMPUTE_GS: GS[pid_s, row] = sum_j G_ij (s_ij - m),
     each term shifted by the max of the statistics it comes from. USE_GSCALE (float16): G is divided by
     max|w| before it is rounded to float16 for the product (w ~ 1/R would underflow float16) and the product
-    multiplied back."""
+    multiplied back. VARIANT (1 "negatives", 2 "per_positive"): G of _variant_term, with each side's c and w'
+    (COEF_*, WP_*)."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     pid_d = tl.program_id(2).to(tl.int64)
@@ -315,6 +434,9 @@ def _contrastive_backward_kernel(
         logsum_x = tl.load(LOGSUM_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
         npos_x = tl.load(NPOS_X_ptr + offs_m, mask=mask_m, other=0)
         w_x = tl.load(W_X_ptr + offs_m * stride_wx, mask=mask_m, other=0.0).to(ACC)
+        if VARIANT:
+            coef_x = tl.load(COEF_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
+            wp_x = tl.load(WP_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
     if USE_GSCALE:
         g_scale = tl.load(GSCALE_ptr).to(ACC)
     x_tile = 0.0
@@ -338,7 +460,11 @@ def _contrastive_backward_kernel(
         positive = allowed & (label_x[:, None] == label_y[None, :]) & (label_x[:, None] >= 0)
         g = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
         if OWN_TERM:
-            term, shifted = _softmax_term(s, max_x, logsum_x, npos_x, w_x, positive, 0)
+            if VARIANT:
+                term, shifted = _variant_term(s, max_x, logsum_x, npos_x, w_x, coef_x, wp_x, positive, 0,
+                                              VARIANT == 2)
+            else:
+                term, shifted = _softmax_term(s, max_x, logsum_x, npos_x, w_x, positive, 0)
             term = tl.where(allowed, term, 0.0)
             g += term
             if COMPUTE_GS:
@@ -348,7 +474,13 @@ def _contrastive_backward_kernel(
             logsum_y = tl.load(LOGSUM_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
             npos_y = tl.load(NPOS_Y_ptr + offs_n, mask=mask_n, other=0)
             w_y = tl.load(W_Y_ptr + offs_n * stride_wy, mask=mask_n, other=0.0).to(ACC)
-            term, shifted = _softmax_term(s, max_y, logsum_y, npos_y, w_y, positive, 1)
+            if VARIANT:
+                coef_y = tl.load(COEF_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
+                wp_y = tl.load(WP_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
+                term, shifted = _variant_term(s, max_y, logsum_y, npos_y, w_y, coef_y, wp_y, positive, 1,
+                                              VARIANT == 2)
+            else:
+                term, shifted = _softmax_term(s, max_y, logsum_y, npos_y, w_y, positive, 1)
             term = tl.where(allowed, term, 0.0)
             g += term
             if COMPUTE_GS:
@@ -592,14 +724,17 @@ class _Stats:
     """Statistics of one side: m, log S, |P| per row, and for the backward the upstream weight per row
     (stride 0: one weight for all)."""
 
-    def __init__(self, row_max: Tensor, log_sum: Tensor, n_positive: Tensor, weight: Tensor | None = None):
+    def __init__(self, row_max: Tensor, log_sum: Tensor, n_positive: Tensor, weight: Tensor | None = None,
+                 variant: int = 0, coef: Tensor | None = None, positive_weight: Tensor | None = None):
         self.max, self.log_sum, self.n_positive = row_max, log_sum, n_positive
+        # the variants (denominator code; 0: the plain op): c_i and w'_i per row
+        self.variant, self.coef, self.positive_weight = variant, coef, positive_weight
         if weight is not None:
             self.weight = weight if weight.dim() == 1 else weight.reshape(1)
             self.stride = 0 if weight.dim() == 0 or weight.shape[0] == 1 else weight.stride(0)
 
     def weighted(self, weight: Tensor) -> _Stats:
-        return _Stats(self.max, self.log_sum, self.n_positive, weight)
+        return _Stats(self.max, self.log_sum, self.n_positive, weight, self.variant, self.coef, self.positive_weight)
 
     def outputs(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.max, self.log_sum, self.n_positive
@@ -635,6 +770,58 @@ def _row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool
     return _Stats(row_max, log_sum, npos), loss
 
 
+def _variant_row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool, positive_weight: Tensor,
+                       denominator: int) -> tuple[_Stats, Tensor, Tensor]:
+    """(statistics with c_i and w'_i, row loss, mean_p s_ip) of the variants: m, S over the negatives
+    (_contrastive_forward_kernel with VARIANT), then for "per_positive" the positives' pass
+    (_positive_terms_kernel). The row loss (reference.contrastive_loss_variant; 0 without a positive):
+        "negatives"     L_i = (log S_i - gap_i / |P|) + (1 - w'_i) mean_p s_ip
+        "per_positive"  L_i = sum_p softplus(z_ip) / |P| + (1 - w'_i) mean_p s_ip,  c_i = sum_p sigmoid(z_ip) / |P|
+    (the weight term is exactly 0 for w' = 1)."""
+    x, y = rows.x, cols.x
+    n_x, dim = x.shape
+    n_y = y.shape[0]
+    acc = accumulate_dtype(x.dtype)
+    dot, acc_tl, precision = _dot_dtypes(x.dtype)
+    t = _forward_tiles(n_x, n_y, dim, x.dtype, x.device)
+    row_max, log_sum, loss, positive_mean = (empty_output((n_x,), acc, x.device) for _ in range(4))
+    npos = empty_output((n_x,), torch.int32, x.device)
+    final = t.splits == 1
+    if final:
+        part = (row_max, row_max, row_max, npos)  # not written (FINAL)
+    else:
+        part = tuple(empty_output((t.splits, n_x), d, x.device) for d in (acc, torch.float64, acc, torch.int32))
+    common = dict(BLOCK_N=t.block_n, BLOCK_D=t.block_d, SINGLE_D_CHUNK=t.block_d >= dim, DOT=dot, ACC=acc_tl,
+                  PRECISION=precision, num_warps=t.num_warps, num_stages=t.num_stages)
+    _launch(
+        _contrastive_forward_kernel, (triton.cdiv(n_x, t.block_m), t.splits),
+        x, y, x.stride(0), y.stride(0), rows.inv, cols.inv, rows.labels, cols.labels, temperature,
+        *part, row_max, log_sum, npos, loss, n_x, n_y, dim, t.n_per_split,
+        EXCLUDE_SELF=exclude_self, FINAL=final, BLOCK_M=t.block_m, VARIANT=True, POSMEAN_ptr=positive_mean,
+        **common)
+    if not final:
+        block_m = 128
+        _merge_row_stats_kernel[(triton.cdiv(n_x, block_m),)](*part, row_max, log_sum, npos, loss, n_x, t.splits,
+                                                              ACC=acc_tl, BLOCK_M=block_m, VARIANT=True,
+                                                              POSMEAN_ptr=positive_mean, num_warps=4)
+    live = npos > 0
+    count = npos.clamp_min(1).to(acc)
+    weight_term = (1 - positive_weight) * positive_mean
+    if denominator == int(Denominator.PER_POSITIVE):
+        softplus_sum, sigmoid_sum = (empty_output((n_x,), torch.float64, x.device) for _ in range(2))
+        _launch(
+            _positive_terms_kernel, (triton.cdiv(n_x, t.block_m),),
+            x, y, x.stride(0), y.stride(0), rows.inv, cols.inv, rows.labels, cols.labels, temperature,
+            row_max, log_sum, softplus_sum, sigmoid_sum, n_x, n_y, dim, EXCLUDE_SELF=exclude_self,
+            BLOCK_M=t.block_m, **common)
+        loss = torch.where(live, (softplus_sum / count).to(acc) + weight_term, 0.0)
+        coef = (sigmoid_sum / count).to(acc)
+    else:
+        loss = torch.where(live, loss + weight_term, 0.0)
+        coef = torch.ones_like(loss)
+    return _Stats(row_max, log_sum, npos, None, denominator, coef, positive_weight), loss, positive_mean
+
+
 def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_stats: _Stats | None,
                      temperature: Tensor, exclude_self: bool, g_scale: Tensor | None, gs: Tensor | None,
                      t: _Tiles, out: Tensor, final: bool) -> None:
@@ -650,7 +837,15 @@ def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_s
             return unused, unused, unused, unused, 0
         return stats.max, stats.log_sum, stats.n_positive, stats.weight, stats.stride
 
+    def variant_args(stats: _Stats | None):
+        if stats is None or not stats.variant:
+            return unused, unused
+        return stats.coef, stats.positive_weight
+
+    variant = max((st.variant for st in (own_stats, other_stats) if st is not None), default=0)
     grid = (triton.cdiv(n_x, t.block_m), t.splits, triton.cdiv(dim, t.block_do))
+    coef_x, wp_x = variant_args(own_stats)
+    coef_y, wp_y = variant_args(other_stats)
     _launch(
         _contrastive_backward_kernel, grid,
         x, y, x.stride(0), y.stride(0), own.inv, other.inv, own.dx_scale, own.labels, other.labels, temperature,
@@ -661,6 +856,7 @@ def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_s
         COMPUTE_GS=gs is not None, FINAL=final, USE_GSCALE=g_scale is not None, ROUND_BY_HAND=round_by_hand(x.dtype),
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d, BLOCK_DO=t.block_do,
         SINGLE_D_CHUNK=t.block_d >= dim, DOT=dot, ACC=acc_tl, PRECISION=precision,
+        VARIANT=variant, COEF_X_ptr=coef_x, WP_X_ptr=wp_x, COEF_Y_ptr=coef_y, WP_Y_ptr=wp_y,
         num_warps=t.num_warps, num_stages=t.num_stages)
 
 
@@ -731,6 +927,13 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
                 grad = _finish_feature_grad(own, partial, temperature)
             grads.append(grad)
         grad_rows, grad_cols = grads
+    if row_stats.variant:
+        # sum_j G_ij = w_i (1 - w'_i) in the variants (m_i = 0 for a row without negatives): the shift-free sum
+        # of the temperature gradient gets m_i w_i (1 - w'_i) back, once per row (gs_factor halves the sum of
+        # the symmetric launch, which holds every term twice)
+        shift_terms = torch.where(row_stats.n_positive > 0, row_stats.max * row_stats.weight.expand(n_rows)
+                                  * (1 - row_stats.positive_weight), 0.0)
+        gs[0] += shift_terms / gs_factor
     grad_t = empty_output((), temperature.dtype, x.device)
     _temperature_grad_kernel[(1,)](gs, temperature, grad_t, gs.numel(), gs_factor,
                                    ROUND_BY_HAND=round_by_hand(temperature.dtype), BLOCK=1024, num_warps=4)
@@ -867,5 +1070,63 @@ def symmetric_contrastive_backward(grad_rows: Tensor, grad_cols: Tensor, anchors
         return _gradients(rows, cols, row_stats, col_stats, temperature.reshape(()), exclude_self)
 
 
+@torch.library.custom_op("synthcl_fast::triton_contrastive_variant_forward", mutates_args=())
+def contrastive_variant_forward(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, candidate_labels: Tensor,
+                                temperature: Tensor, positive_weight: Tensor, denominator: int, exclude_self: bool,
+                                reduction: int, eps: float, compute_grad: bool
+                                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, row_max, row_log_sum, row_n_positive, row_coef, row_positive_mean, grad_anchors, grad_candidates,
+    grad_temperature) of the variants (backends/_ops.py)."""
+    _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, reduction, eps)
+    _check_variant(anchors, positive_weight, denominator)
+    torch._check(not (compute_grad and reduction == _NONE), lambda: "compute_grad needs a scalar loss")
+    temperature = temperature.reshape(())
+    with _device_guard(anchors):
+        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
+        stats, row_loss, positive_mean = _variant_row_stats(rows, cols, temperature, exclude_self,
+                                                            positive_weight.contiguous(), denominator)
+        outputs = (*stats.outputs(), stats.coef, positive_mean)
+        if reduction == _NONE:
+            return row_loss, *outputs, *_empty_grads(anchors, candidates, temperature)
+        loss, weight = _reduce(row_loss, stats.n_positive, reduction)
+        if not compute_grad:
+            return loss, *outputs, *_empty_grads(anchors, candidates, temperature)
+        grads = _gradients(rows, cols, stats.weighted(weight), None, temperature, exclude_self)
+    return loss, *outputs, *grads
+
+
+@torch.library.custom_op("synthcl_fast::triton_contrastive_variant_backward", mutates_args=())
+def contrastive_variant_backward(grad_rows: Tensor, anchors: Tensor, candidates: Tensor, anchor_labels: Tensor,
+                                 candidate_labels: Tensor, temperature: Tensor, positive_weight: Tensor,
+                                 row_max: Tensor, row_log_sum: Tensor, row_n_positive: Tensor, row_coef: Tensor,
+                                 denominator: int, exclude_self: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_anchors, grad_candidates, grad_temperature) of the variants for upstream weights grad_rows (R,)."""
+    _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, _NONE, eps)
+    _check_variant(anchors, positive_weight, denominator)
+    n_rows = anchors.shape[0]
+    torch._check(grad_rows.shape == (n_rows,), lambda: f"grad_rows must have shape ({n_rows},)")
+    _check_stats(n_rows, anchors.dtype, row_max, row_log_sum, row_n_positive)
+    acc = accumulate_dtype(anchors.dtype)
+    torch._check(row_coef.shape == (n_rows,) and row_coef.dtype == acc,
+                 lambda: f"row_coef must have shape ({n_rows},) and dtype {acc}, got {row_coef.dtype} "
+                         f"{tuple(row_coef.shape)}")
+    with _device_guard(anchors):
+        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
+        stats = _Stats(row_max.contiguous(), row_log_sum.contiguous(), row_n_positive.contiguous(),
+                       grad_rows.contiguous(), denominator, row_coef.contiguous(), positive_weight.contiguous())
+        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self)
+
+
+def _check_variant(anchors: Tensor, positive_weight: Tensor, denominator: int) -> None:
+    n, acc = anchors.shape[0], accumulate_dtype(anchors.dtype)
+    torch._check(denominator in (int(Denominator.NEGATIVES), int(Denominator.PER_POSITIVE)),
+                 lambda: f"denominator code must be 1 (negatives) or 2 (per_positive), got {denominator}")
+    torch._check(positive_weight.shape == (n,) and positive_weight.dtype == acc
+                 and positive_weight.device == anchors.device,
+                 lambda: f"positive_weight must have shape ({n},) and dtype {acc} on {anchors.device}, got "
+                         f"{positive_weight.dtype} {tuple(positive_weight.shape)} on {positive_weight.device}")
+
+
 register_contrastive_op(contrastive_forward, contrastive_backward, sides=1)
 register_contrastive_op(symmetric_contrastive_forward, symmetric_contrastive_backward, sides=2)
+register_variant_op(contrastive_variant_forward, contrastive_variant_backward)

@@ -1,5 +1,6 @@
 """The Triton backend's ops under the names of backends/_ops.py (TritonBackend.ops); imports triton, so it is
 imported on first use only."""
 
-from .triton_contrastive import contrastive_forward, symmetric_contrastive_forward  # noqa: F401
+from .triton_contrastive import (contrastive_forward, contrastive_variant_forward,  # noqa: F401
+                                 symmetric_contrastive_forward)
 from .triton_positive_pair import positive_pair_forward  # noqa: F401

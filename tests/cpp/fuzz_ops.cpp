@@ -21,6 +21,8 @@
 namespace {
 
 using Tensors7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensors9 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                            at::Tensor, at::Tensor>;
 using Tensors5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
@@ -100,6 +102,15 @@ int main(int argc, char** argv) {
   auto positive_pair = dispatcher.findSchemaOrThrow("synthcl_fast::positive_pair_forward", "")
                            .typed<Tensors5(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                            int64_t, double, bool, bool)>();
+  auto variant_forward =
+      dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_variant_forward", "")
+          .typed<Tensors9(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                          const at::Tensor&, const at::Tensor&, int64_t, bool, int64_t, double, bool)>();
+  auto variant_backward =
+      dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_variant_backward", "")
+          .typed<Tensors3(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                          const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool, double)>();
   int64_t accepted = 0, rejected = 0;
 
   for (int64_t it = 0; it < iterations; ++it) {
@@ -142,6 +153,37 @@ int main(int argc, char** argv) {
                                                  temperature, row_max, log_sum, n_positive, exclude_self, eps);
       require(bwd_a.sizes() == anchors.sizes() && bwd_c.sizes() == candidates.sizes(), "backward shapes", it);
       require(!valid_t || (all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t)), "non-finite backward", it);
+    } catch (const c10::Error&) {
+      ++rejected;
+    }
+
+    // The variants (denominator 1 "negatives", 2 "per_positive"; sometimes an invalid code or weight): a row with
+    // positives but no negative has a "negatives" loss of -inf (as in lightly's DCLLoss), never NaN.
+    try {
+      const int64_t denominator = fuzz.chance(0.95) ? fuzz.uniform(1, 2) : fuzz.pick<int64_t>({0, 3});
+      const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+      at::Tensor weight = 2 * at::rand({fuzz.chance(0.95) ? rows : rows + 1}, fuzz.chance(0.97) ? acc : at::kHalf);
+      auto [loss, row_max, log_sum, n_positive, coef, positive_mean, grad_a, grad_c, grad_t] = variant_forward.call(
+          anchors, candidates, anchor_labels, candidate_labels, temperature, weight, denominator, exclude_self,
+          reduction, eps, compute_grad);
+      ++accepted;
+      const int64_t n_rows = anchors.size(0);
+      const double t = temperature.item<double>();
+      const bool valid_t = std::isfinite(t) && t >= 1e-6;
+      require(loss.numel() == (reduction == 0 ? n_rows : 1), "variant loss has the wrong size", it);
+      require(coef.numel() == n_rows && positive_mean.numel() == n_rows, "variant row statistics' size", it);
+      require(!valid_t || !at::isnan(loss).any().item<bool>(), "NaN variant loss from finite inputs", it);
+      require(!valid_t || denominator == 1 || all_finite(loss), "non-finite per_positive loss", it);
+      if (compute_grad)
+        require(!valid_t || (all_finite(grad_a) && all_finite(grad_c) && all_finite(grad_t)),
+                "non-finite variant gradients", it);
+      at::Tensor grad_rows = at::randn({fuzz.chance(0.9) ? n_rows : n_rows + 1}, at::kFloat);
+      auto [bwd_a, bwd_c, bwd_t] =
+          variant_backward.call(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, weight,
+                                row_max, log_sum, n_positive, coef, denominator, exclude_self, eps);
+      require(bwd_a.sizes() == anchors.sizes() && bwd_c.sizes() == candidates.sizes(), "variant backward shapes", it);
+      require(!valid_t || (all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t)),
+              "non-finite variant backward", it);
     } catch (const c10::Error&) {
       ++rejected;
     }
