@@ -199,6 +199,7 @@ def register_variant_op(forward_op, backward_op) -> None:
         ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = compute_grad, reduction, exclude_self, eps
         ctx.denominator = denominator
         ctx.mark_non_differentiable(max_, log_sum, n_positive, coef, positive_mean, *grads)
+        ctx.set_materialize_grads(False)  # as in register_contrastive_op
         saved = (n_positive, positive_mean)
         if compute_grad:
             ctx.save_for_backward(*saved, *grads)
@@ -208,6 +209,8 @@ def register_variant_op(forward_op, backward_op) -> None:
 
     def backward(ctx, grad_loss, *_unused):
         _no_double_backward()
+        if grad_loss is None:  # only a non-differentiable output was differentiated (not materialized)
+            return (None,) * 11
         n_positive, positive_mean = ctx.saved_tensors[:2]
         weights = row_weights(grad_loss, n_positive, ctx.reduction)
         if ctx.compute_grad:
