@@ -769,12 +769,17 @@ def _variant_cases():
                 options = [f"denominator={denominator!r}"] + (["positive_weight"] if weighted else [])
                 if not _fuses(lane, options) or (weighted and plan != "auto"):
                     continue
-                # the weight changes per-row scalars only: the tile plans and the largest shape run unweighted
-                for shape, exclude_self, reduction in itertools.product(
-                        (shapes(lane)[:-1] if weighted else shapes(lane)) if plan == "auto" else PLAN_SHAPES,
-                        (False, True), ("mean", "sum", "none") if plan == "auto" and not weighted
-                        else ("mean", "none")):
-                    yield lane_param(lane, plan, denominator, weighted, shape, exclude_self, reduction)
+                # the weight changes per-row scalars only: the tile plans and the largest shape run unweighted.
+                # The reduction only scales the rows (shared Python code): it cycles over the shapes instead of
+                # multiplying them; shifted by exclude_self, so that every (reduction, exclude_self) pair runs on
+                # every lane and plan (as long as there are as many shapes as reductions).
+                reductions = ("mean", "sum", "none") if plan == "auto" and not weighted else ("mean", "none")
+                case_shapes = (shapes(lane)[:-1] if weighted else shapes(lane)) if plan == "auto" else PLAN_SHAPES
+                assert len(case_shapes) >= len(reductions)
+                for i, shape in enumerate(case_shapes):
+                    for exclude_self in (False, True):
+                        yield lane_param(lane, plan, denominator, weighted, shape, exclude_self,
+                                         reductions[(i + exclude_self) % len(reductions)])
 
 
 def _variant_row_temperature_derivatives(anchors64, candidates64, anchor_labels, candidate_labels, temperature64,
