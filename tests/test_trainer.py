@@ -321,14 +321,15 @@ def test_compare_trains_each_method_per_seed_and_tabulates(tmp_path, capsys):
     args = ["compare", *TINY_OPTIONS, "--warmup-epochs", "0", "--seeds", "0", "1", "--output-dir", str(out)]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "| simclr | 100% |" in table and "| synthcl | 100% |" in table
+    assert "| simclr | 100% | 2 |" in table and "| synthcl | 100% | 2 |" in table
     rows = json.loads((out / "compare.json").read_text())
     assert [(r["method"], r["train_fraction"], r["seeds"]) for r in rows] == [("simclr", 1.0, [0, 1]),
                                                                                ("synthcl", 1.0, [0, 1])]
     run = json.loads((out / "synthcl-frac1-seed1" / "result.json").read_text())
     assert rows[1]["probe_acc"][1] == run["probe_acc"] and run["seed"] == 1
     mean = (rows[1]["probe_acc"][0] + rows[1]["probe_acc"][1]) / 2
-    assert f"| synthcl | 100% | {100 * mean:.2f} +- " in table
+    assert f"| synthcl | 100% | 2 | {100 * mean:.2f} [" in table
+    assert table.count("includes 0") + table.count("excludes 0") == 2  # synthcl's probe and kNN differences
     # a second call reuses the finished runs: same accuracies, no training
     (out / "compare.json").unlink()
     assert main(args) == 0
