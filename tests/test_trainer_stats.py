@@ -103,3 +103,32 @@ def test_table_and_summary_report_each_difference_with_its_interval():
     assert record["knn_acc_minus_simclr_excludes_zero"] is False
     assert record["knn_acc_minus_simclr_ci_low"] == pytest.approx(knn.low)
     assert "probe_acc_minus_simclr" not in summary[("simclr", 1.0)]
+
+
+def test_study_report_writes_table_csv_json_plot_and_the_mechanism(tmp_path):
+    import json
+
+    from synthcl_fast.trainer.compare import write_study_report
+
+    rows = [row("simclr", [0, 1], [0.90, 0.92], fraction=0.1), row("synthcl", [0, 1], [0.91, 0.95], fraction=0.1),
+            row("simclr", [0, 1], [0.95, 0.96]), row("synthcl", [0, 1], [0.96, 0.96])]
+    for fraction, gaps in ((0.1, (0.2, 0.4)), (1.0, (0.1, 0.3))):
+        for seed, gap in enumerate(gaps):
+            run = tmp_path / f"synthcl-frac{fraction:g}-seed{seed}"
+            run.mkdir()
+            last = {"loss_real_rows": 4.0, "loss_synthetic_rows": 4.0 + gap, "pair_cosine": 0.8, "pair_target": 0.5,
+                    "sample_confidence": 0.5 + seed / 10, "sample_classes": 9.0, "real_confidence": 0.82}
+            (run / "metrics.json").write_text(json.dumps([{"sample_confidence": 0.1}, last]))
+    text = write_study_report(rows, tmp_path, "# a study\n\nheader")
+    assert {p.name for p in tmp_path.glob("study.*")} == {"study.md", "study.json", "study.csv", "study.png"}
+    assert (tmp_path / "study.png").read_bytes().startswith(b"\x89PNG")
+    saved = json.loads((tmp_path / "study.json").read_text())
+    mechanism = {r["train_fraction"]: r for r in saved["mechanism"]}
+    assert [r["method"] for r in saved["mechanism"]] == ["synthcl", "synthcl"]  # simclr has no generator
+    expected = stats.ttest_1samp([0.2, 0.4], 0.0).confidence_interval(0.95)
+    assert mechanism[0.1]["hardness_gap"] == pytest.approx(0.3)
+    assert mechanism[0.1]["hardness_gap_ci_low"] == pytest.approx(expected.low)
+    assert mechanism[1.0]["sample_confidence"] == pytest.approx(0.55)
+    assert "| synthcl | 10% | 2 | 0.300 [" in text
+    csv_lines = (tmp_path / "study.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,train_fraction,probe_acc,probe_acc_ci_low") and len(csv_lines) == 5

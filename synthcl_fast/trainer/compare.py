@@ -256,6 +256,55 @@ def plot_study(rows: list[CompareRow], path: Path, title: str) -> None:
     _save(figure, path)
 
 
+MECHANISM_KEYS = ("hardness_gap", "pair_cosine", "pair_target", "sample_confidence", "sample_classes",
+                  "real_confidence")
+
+
+def mechanism_summary(rows: list[CompareRow], output_dir: Path) -> list[dict]:
+    """The mechanism at the last epoch of each generator run (metrics.json in its folder), mean and 95 %
+    interval over the seeds per (method, fraction): hardness_gap = the main model's PPCL loss on the
+    synthetic rows minus on the real rows, the pair cosine of (G(z), G_ema(z)) and its target, and the pixel
+    classifier's confidence on G(z) (and on real test images) and the classes the samples cover."""
+    records = []
+    for row in rows:
+        finals = []
+        for seed in row.seeds:
+            path = Path(output_dir) / f"{row.method}-frac{row.train_fraction:g}-seed{seed}" / "metrics.json"
+            history = json.loads(path.read_text()) if path.exists() else []
+            if history and history[-1].get("sample_confidence") is not None:
+                last = dict(history[-1])
+                if last.get("loss_synthetic_rows") is not None:
+                    last["hardness_gap"] = last["loss_synthetic_rows"] - last["loss_real_rows"]
+                finals.append(last)
+        if not finals:
+            continue
+        record = {"method": row.method, "train_fraction": row.train_fraction, "runs": len(finals)}
+        for key in MECHANISM_KEYS:
+            interval = t_interval([f.get(key) for f in finals])
+            record.update({key: interval.mean, f"{key}_ci_low": interval.low, f"{key}_ci_high": interval.high})
+        records.append(record)
+    return records
+
+
+def format_mechanism_table(records: list[dict]) -> str:
+    def cell(record, key, scale=1.0, digits=3):
+        if record[key] is None or math.isnan(record[key]):
+            return "n/a"
+        if math.isnan(record[f"{key}_ci_low"]):
+            return f"{scale * record[key]:.{digits}f}"
+        return (f"{scale * record[key]:.{digits}f} [{scale * record[f'{key}_ci_low']:.{digits}f}, "
+                f"{scale * record[f'{key}_ci_high']:.{digits}f}]")
+
+    lines = ["| method | train images | runs | hardness: PPCL loss G(z) rows - real rows | pair cosine "
+             "(G(z), G_ema(z)) | its target | classifier confidence on G(z) | on real test images | classes "
+             "covered by G(z) (of 10) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['method']} | {r['train_fraction']:.0%} | {r['runs']} | {cell(r, 'hardness_gap')} | "
+                     f"{cell(r, 'pair_cosine')} | {cell(r, 'pair_target')} | {cell(r, 'sample_confidence')} | "
+                     f"{cell(r, 'real_confidence')} | {cell(r, 'sample_classes', digits=2)} |")
+    return "\n".join(lines)
+
+
 def write_study_report(rows: list[CompareRow], output_dir: Path, header: str, baseline: str = "simclr") -> str:
     """study.md (header, table), study.json (per-run results and the summary), study.csv (the summary) and
     study.png (accuracy against the fraction) in output_dir; returns the markdown."""
@@ -264,9 +313,14 @@ def write_study_report(rows: list[CompareRow], output_dir: Path, header: str, ba
 
     output_dir = Path(output_dir)
     summary = study_summary(rows, baseline)
+    mechanism = mechanism_summary(rows, output_dir)
     text = f"{header}\n\n{format_table(rows, baseline)}\n"
+    if mechanism:
+        text += ("\nThe mechanism at the last epoch (mean and 95 % t interval over the runs; per epoch in each "
+                 "run's metrics.csv and curves.png):\n\n" + format_mechanism_table(mechanism) + "\n")
     atomic_write_bytes(output_dir / "study.md", text.encode())
-    atomic_write_bytes(output_dir / "study.json", (json.dumps({"runs": [vars(r) for r in rows], "summary": summary},
+    atomic_write_bytes(output_dir / "study.json", (json.dumps({"runs": [vars(r) for r in rows], "summary": summary,
+                                                              "mechanism": mechanism},
                                                               indent=2) + "\n").encode())
     columns = list(dict.fromkeys(k for record in summary for k in record if not isinstance(record[k], list)))
     buffer = io.StringIO()
