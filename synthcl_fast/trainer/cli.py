@@ -2,6 +2,7 @@
 
     synthcl-train compare                                  # the README's main command: simclr vs synthcl, 3 seeds
     synthcl-train compare --train-fractions 1.0 0.5        # + data efficiency: each method on half the images
+    synthcl-train compare --study data-efficiency          # the study: 5 fractions x 5 seeds, intervals, a plot
     synthcl-train train --method synthcl --epochs 20 --output-dir runs/mine
     synthcl-train resume runs/mine                         # after a crash or a kill: continues exactly
     torchrun --nproc_per_node 2 -m synthcl_fast.trainer train --output-dir runs/ddp   # data parallel
