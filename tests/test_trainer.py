@@ -74,6 +74,7 @@ def test_each_method_trains_and_writes_its_outputs(tmp_path, method):
     rows = json.loads((tmp_path / "metrics.json").read_text())
     csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("epoch,step,phase,loss_contrastive") and len(csv_lines) == len(rows) + 1
+    assert "loss_synthetic_rows" in csv_lines[0] and "sample_confidence" in csv_lines[0]
     warmup, rows = rows[:-2], rows[-2:]  # the GAN warm-up epochs are numbered <= 0, the main model's from 1
     assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [8 * len(warmup) + 8,
                                                                                    8 * len(warmup) + 16]
@@ -86,6 +87,7 @@ def test_each_method_trains_and_writes_its_outputs(tmp_path, method):
 
     if method == "simclr":
         assert not warmup and [r["phase"] for r in rows] == ["simclr", "simclr"] and rows[-1]["loss_d"] is None
+        assert all(r[k] is None for r in rows for k in loop.DEVICE_METRIC_KEYS + loop.QUALITY_KEYS)
         assert not (tmp_path / "samples.png").exists()
         return
     assert [r["epoch"] for r in warmup] == [0] and warmup[0]["phase"] == "gan-warmup"
@@ -94,6 +96,16 @@ def test_each_method_trains_and_writes_its_outputs(tmp_path, method):
     assert [r["phase"] for r in rows] == ["joint", "joint"]
     assert np.isfinite(rows[1]["loss_d"]) and np.isfinite(rows[1]["loss_g_adv"])
     assert (tmp_path / "samples.png").read_bytes().startswith(PNG_MAGIC)
+    # the mechanism: PPCL per row group of the same forward (the epoch means recombine into the loss: 2N real
+    # rows and 4M synthetic rows), and the pixel classifier on G(z) in every epoch, warm-up included
+    n_real, n_fake = 2 * config.batch_size, 4 * config.synthetic_batch_size
+    assert warmup[0]["loss_real_rows"] is None and warmup[0]["loss_synthetic_rows"] is None
+    for row in rows:
+        combined = (n_real * row["loss_real_rows"] + n_fake * row["loss_synthetic_rows"]) / (n_real + n_fake)
+        assert combined == pytest.approx(row["loss_contrastive"], rel=1e-5)
+    for row in warmup + rows:
+        assert 0.1 <= row["sample_confidence"] <= 1 and 1 <= row["sample_classes"] <= 10
+        assert row["real_confidence"] == warmup[0]["real_confidence"] and 0.1 < row["real_confidence"] <= 1
     if config.hard_pairs:  # positive-pair similarity and its scheduled target, in the joint epochs only
         assert warmup[0]["pair_cosine"] is None
         assert -1 <= rows[1]["pair_cosine"] <= 1
@@ -321,14 +333,15 @@ def test_compare_trains_each_method_per_seed_and_tabulates(tmp_path, capsys):
     args = ["compare", *TINY_OPTIONS, "--warmup-epochs", "0", "--seeds", "0", "1", "--output-dir", str(out)]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "| simclr | 100% |" in table and "| synthcl | 100% |" in table
+    assert "| simclr | 100% | 2 |" in table and "| synthcl | 100% | 2 |" in table
     rows = json.loads((out / "compare.json").read_text())
     assert [(r["method"], r["train_fraction"], r["seeds"]) for r in rows] == [("simclr", 1.0, [0, 1]),
                                                                                ("synthcl", 1.0, [0, 1])]
     run = json.loads((out / "synthcl-frac1-seed1" / "result.json").read_text())
     assert rows[1]["probe_acc"][1] == run["probe_acc"] and run["seed"] == 1
     mean = (rows[1]["probe_acc"][0] + rows[1]["probe_acc"][1]) / 2
-    assert f"| synthcl | 100% | {100 * mean:.2f} +- " in table
+    assert f"| synthcl | 100% | 2 | {100 * mean:.2f} [" in table
+    assert table.count("includes 0") + table.count("excludes 0") == 2  # synthcl's probe and kNN differences
     # a second call reuses the finished runs: same accuracies, no training
     (out / "compare.json").unlink()
     assert main(args) == 0

@@ -2,6 +2,7 @@
 
     synthcl-train compare                                  # the README's main command: simclr vs synthcl, 3 seeds
     synthcl-train compare --train-fractions 1.0 0.5        # + data efficiency: each method on half the images
+    synthcl-train compare --study data-efficiency          # the study: 5 fractions x 5 seeds, intervals, a plot
     synthcl-train train --method synthcl --epochs 20 --output-dir runs/mine
     synthcl-train resume runs/mine                         # after a crash or a kill: continues exactly
     torchrun --nproc_per_node 2 -m synthcl_fast.trainer train --output-dir runs/ddp   # data parallel
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
+from .compare import STUDIES
 from .config import DATASETS, METHODS, ConfigError, TrainConfig, option_name
 from .distributed import init_distributed, shutdown_distributed
 from .loop import NonFiniteLossError, Trainer, resolve_device
@@ -98,11 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train several methods with the same seeds and tabulate")
     _add_config_options(compare)
     _add_run_options(compare)
-    compare.add_argument("--methods", nargs="+", choices=METHODS, default=["simclr", "synthcl"],
+    compare.add_argument("--methods", nargs="+", choices=METHODS,
                          help="methods to compare (default: simclr synthcl)")
-    compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
-    compare.add_argument("--train-fractions", nargs="+", type=float, default=[1.0],
+    compare.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: 0 1 2)")
+    compare.add_argument("--train-fractions", nargs="+", type=float,
                          help="shares of the training images, e.g. 1.0 0.5 for data efficiency (default: 1.0)")
+    compare.add_argument("--study", choices=sorted(STUDIES),
+                         help="a study whose methods, fractions, seeds and training settings are fixed in "
+                              "synthcl_fast/trainer/compare.py STUDIES (options given here still override); "
+                              "writes study.md/.json/.csv/.png. data-efficiency: simclr vs synthcl at 5-100 %% of "
+                              "the digits training images, 5 seeds")
     resume = commands.add_parser("resume", help="continue a run from its newest intact checkpoint")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--checkpoint", type=Path, help="a specific checkpoint file instead of the newest")
@@ -114,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = TrainConfig.load(args.config).to_dict() if args.config else {}
+    if getattr(args, "study", None):
+        values.update(STUDIES[args.study].config)
     for field in dataclasses.fields(TrainConfig):
         given = getattr(args, field.name)
         if given is not None:
@@ -128,7 +137,7 @@ def _default_output_dir(args, what: str) -> Path:
 
 
 def _run(args) -> None:
-    from .compare import compare, write_report
+    from .compare import compare, write_report, write_study_report
 
     if args.threads is not None:
         if args.threads < 1:
@@ -148,7 +157,9 @@ def _run(args) -> None:
         return
 
     config = config_from_args(args)
-    output_dir = args.output_dir or _default_output_dir(args, config.method if args.command == "train" else "compare")
+    study = STUDIES[args.study] if getattr(args, "study", None) else None
+    what = config.method if args.command == "train" else (f"study-{args.study}" if study else "compare")
+    output_dir = args.output_dir or _default_output_dir(args, what)
     kwargs["dist"] = context = init_distributed(resolve_device(config.device))
     try:
         if args.command == "train":
@@ -157,18 +168,32 @@ def _run(args) -> None:
                 print(f"run {output_dir}: linear probe {result.final['probe_acc']:.4f}, "
                       f"kNN {result.final['knn_acc']:.4f} (metrics.csv, curves.png, checkpoints/)")
             return
-        for fraction in args.train_fractions:
+        methods = args.methods or (list(study.methods) if study else ["simclr", "synthcl"])
+        seeds = args.seeds or (list(study.seeds) if study else [0, 1, 2])
+        fractions = args.train_fractions or (list(study.fractions) if study else [1.0])
+        for fraction in fractions:
             if not 0 < fraction <= 1:
                 raise ConfigError(f"--train-fractions must lie in (0, 1]; got {fraction}")
         start = time.perf_counter()
-        rows = compare(config, args.methods, args.seeds, args.train_fractions, output_dir, **kwargs)
+
+        def header(rows) -> str:
+            done = min((len(r.seeds) for r in rows), default=0)
+            title = f"synthcl-train compare --study {args.study}" if study else "synthcl-train compare"
+            return (f"# {title}\n\nDataset {config.dataset}, {config.epochs} epochs for every method "
+                    f"(+ {config.warmup_epochs} GAN warm-up epochs before them for synthcl), batch {config.batch_size}, "
+                    f"seeds {' '.join(map(str, seeds[:done]))} of {' '.join(map(str, seeds))}; accuracy on the test "
+                    f"split, mean and 95 % t interval over seeds; differences paired by seed. "
+                    f"Wall time {time.perf_counter() - start:.0f} s, torch threads {torch.get_num_threads()}. "
+                    f"Runs in {output_dir}." + (f"\n\nStudy: {study.why}." if study else ""))
+
+        def report(rows) -> str:
+            return write_study_report(rows, output_dir, header(rows)) if study else \
+                write_report(rows, output_dir, header(rows))
+
+        after_seed = (lambda rows: report(rows)) if study and context.is_main else None
+        rows = compare(config, methods, seeds, fractions, output_dir, after_seed=after_seed, **kwargs)
         if context.is_main:
-            header = (f"# synthcl-train compare\n\nDataset {config.dataset}, {config.epochs} epochs for every method "
-                      f"(+ {config.warmup_epochs} GAN warm-up epochs before them for synthcl), batch {config.batch_size}, seeds "
-                      f"{' '.join(map(str, args.seeds))}; accuracy on the test split, mean +- std over seeds. "
-                      f"Wall time {time.perf_counter() - start:.0f} s, torch threads {torch.get_num_threads()}. "
-                      f"Runs in {output_dir}.")
-            print(write_report(rows, output_dir, header))
+            print(report(rows))
     finally:
         shutdown_distributed(context)
 

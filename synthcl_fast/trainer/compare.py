@@ -1,5 +1,9 @@
 """`compare`: train several methods with the same seeds (and data fractions), then tabulate the linear-probe
-and kNN accuracy as mean +- standard deviation over the seeds.
+and kNN accuracy over the seeds, with 95 % confidence intervals, and each method's difference to the baseline
+paired by seed (runs of different methods with the same seed share the initial encoder and the data order).
+
+`compare --study data-efficiency` is the data-efficiency study (STUDIES): fixed methods, fractions, seeds and
+training settings, a table, a CSV/JSON and a plot of accuracy against the fraction of training images.
 
 Every run lives in its own folder under the comparison folder; a run that already finished there is
 reused and an interrupted one is resumed, so an interrupted comparison continues where it stopped.
@@ -10,8 +14,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import stats
 
 from .checkpoint import atomic_write_bytes
 from .config import ConfigError, TrainConfig
@@ -48,13 +56,15 @@ def _run_one(config: TrainConfig, run_dir: Path, **trainer_kwargs) -> dict:
 
 
 def compare(base: TrainConfig, methods: list[str], seeds: list[int], fractions: list[float], output_dir: Path,
-            **trainer_kwargs) -> list[CompareRow]:
-    """Train every (fraction, seed, method) into output_dir/<method>-frac<f>-seed<s>; one row per
-    (method, fraction). Runs of different methods with the same seed share the data order and initial encoder."""
+            after_seed: Callable[[list[CompareRow]], None] | None = None, **trainer_kwargs) -> list[CompareRow]:
+    """Train every (seed, fraction, method) into output_dir/<method>-frac<f>-seed<s>; one row per
+    (method, fraction). Runs of different methods with the same seed share the data order and initial encoder.
+    Seeds are the outer loop, so a comparison stopped early holds whole seeds; `after_seed(rows so far)` is
+    called after each."""
     output_dir = Path(output_dir)
     rows = {(m, f): CompareRow(m, f, [], [], [], []) for f in fractions for m in methods}
-    for fraction in fractions:
-        for seed in seeds:
+    for seed in seeds:
+        for fraction in fractions:
             for method in methods:
                 config = base.for_method(method, seed=seed, train_fraction=fraction)
                 start = time.perf_counter()
@@ -64,6 +74,8 @@ def compare(base: TrainConfig, methods: list[str], seeds: list[int], fractions: 
                 row.probe_acc.append(result.get("probe_acc"))
                 row.knn_acc.append(result.get("knn_acc"))
                 row.seconds.append(time.perf_counter() - start)
+        if after_seed is not None:
+            after_seed(list(rows.values()))
     return list(rows.values())
 
 
@@ -77,22 +89,84 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+@dataclass
+class Interval:
+    """A mean and its two-sided confidence interval [low, high] (NaN bounds with fewer than 2 values)."""
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+
+def t_interval(values: list[float], confidence: float = 0.95) -> Interval:
+    """Student's t interval of the mean: mean +- t_{(1+c)/2, n-1} * s / sqrt(n), s the sample standard
+    deviation (ddof 1). Exact for normal values; with 5 seeds t_{0.975,4} = 2.776, a half-width of
+    2.776 s / sqrt(5) = 1.24 s."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1); got {confidence}")
+    values = [v for v in values if v is not None]
+    n = len(values)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    array = np.asarray(values, dtype=np.float64)
+    mean = float(array.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * array.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def paired_difference(a: CompareRow, b: CompareRow, key: str = "probe_acc", confidence: float = 0.95) -> Interval:
+    """The mean of a - b over the seeds both rows ran (and finished), with its paired t interval: the
+    interval of the per-seed differences, which removes what the seed (initial encoder, data order) does to
+    both methods alike."""
+    b_by_seed = dict(zip(b.seeds, getattr(b, key)))
+    differences = [value - b_by_seed[seed] for seed, value in zip(a.seeds, getattr(a, key))
+                   if value is not None and b_by_seed.get(seed) is not None]
+    return t_interval(differences, confidence)
+
+
+def _pct(interval: Interval) -> str:
+    """'mean [low, high]' in percent."""
+    if interval.n == 0:
+        return "n/a"
+    if interval.n < 2:
+        return f"{100 * interval.mean:.2f}"
+    return f"{100 * interval.mean:.2f} [{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
+
+
+def _difference_cell(interval: Interval) -> str:
+    if interval.n < 2:
+        return "" if interval.n == 0 else f"{100 * interval.mean:+.2f} (1 seed)"
+    verdict = "excludes 0" if interval.excludes_zero else "includes 0"
+    return f"{100 * interval.mean:+.2f} [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}] {verdict}"
+
+
 def format_table(rows: list[CompareRow], baseline: str = "simclr") -> str:
-    """A markdown table in percent; the last column is the difference to the baseline method on all the
-    training images."""
-    reference = next((r for r in rows if r.method == baseline and r.train_fraction == 1.0), None)
-    lines = ["| method | train images | linear probe acc (%) | kNN acc (%) | probe vs "
-             f"{baseline} (all images) | per-seed probe (%) | train s/run |",
-             "|---|---|---|---|---|---|---|"]
+    """A markdown table in percent: mean and 95 % t interval over the seeds of the linear-probe and kNN
+    accuracy, and the difference to the baseline method on the same training images, paired by seed, with
+    its 95 % interval and whether that excludes zero."""
+    baselines = {r.train_fraction: r for r in rows if r.method == baseline}
+    lines = ["| method | train images | seeds | linear probe acc (%) [95 % CI] | kNN acc (%) [95 % CI] | "
+             f"probe - {baseline}, same images, paired [95 % CI] | kNN - {baseline}, paired [95 % CI] | "
+             "per-seed probe (%) | train s/run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        probe, probe_std = mean_std(row.probe_acc)
-        knn, knn_std = mean_std(row.knn_acc)
-        delta = "" if reference is None or row is reference else \
-            f"{100 * (probe - mean_std(reference.probe_acc)[0]):+.2f}"
+        reference = baselines.get(row.train_fraction)
+        compared = reference is not None and row is not reference
+        probe_delta = _difference_cell(paired_difference(row, reference, "probe_acc")) if compared else ""
+        knn_delta = _difference_cell(paired_difference(row, reference, "knn_acc")) if compared else ""
         per_seed = ", ".join("n/a" if v is None else f"{100 * v:.2f}" for v in row.probe_acc)
-        lines.append(f"| {row.method} | {row.train_fraction:.0%} | {100 * probe:.2f} +- {100 * probe_std:.2f} | "
-                     f"{100 * knn:.2f} +- {100 * knn_std:.2f} | {delta} | {per_seed} | "
-                     f"{mean_std(row.seconds)[0]:.0f} |")
+        lines.append(f"| {row.method} | {row.train_fraction:.0%} | {len(row.seeds)} | "
+                     f"{_pct(t_interval(row.probe_acc))} | {_pct(t_interval(row.knn_acc))} | {probe_delta} | "
+                     f"{knn_delta} | {per_seed} | {mean_std(row.seconds)[0]:.0f} |")
     return "\n".join(lines)
 
 
@@ -103,4 +177,156 @@ def write_report(rows: list[CompareRow], output_dir: Path, header: str) -> str:
     atomic_write_bytes(Path(output_dir) / "compare.md", text.encode())
     atomic_write_bytes(Path(output_dir) / "compare.json",
                        (json.dumps([vars(r) for r in rows], indent=2) + "\n").encode())
+    return text
+
+
+# --- the data-efficiency study ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Study:
+    """A comparison whose every setting is fixed here, before any of its results was seen."""
+    methods: tuple[str, ...]
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    config: dict = field(default_factory=dict)   # TrainConfig changes, the same for every method
+    why: str = ""
+
+
+STUDIES = {
+    "data-efficiency": Study(
+        methods=("simclr", "synthcl"),
+        fractions=(0.05, 0.1, 0.25, 0.5, 1.0),
+        seeds=(0, 1, 2, 3, 4),
+        # batch 64: the smallest fraction holds 67 digits training images (batch 128 would not fit). 15 epochs
+        # (+ synthcl's 5 GAN warm-up epochs): the budget of the 2-core machine, chosen from one timed run of
+        # each method before any study result existed. The same for every method and fraction.
+        config={"epochs": 15, "batch_size": 64, "eval_every": 5},
+        why="simclr vs synthcl at 5, 10, 25, 50 and 100 % of the digits training images (the linear probe and "
+            "kNN always use all the labeled training images), 5 seeds; ablations left out for the CPU budget"),
+}
+
+
+def study_summary(rows: list[CompareRow], baseline: str = "simclr") -> list[dict]:
+    """One record per (method, fraction): accuracy means and 95 % intervals, and the paired difference to
+    the baseline at the same fraction."""
+    baselines = {r.train_fraction: r for r in rows if r.method == baseline}
+    records = []
+    for row in rows:
+        record = {"method": row.method, "train_fraction": row.train_fraction, "seeds": row.seeds}
+        for key in ("probe_acc", "knn_acc"):
+            interval = t_interval(getattr(row, key))
+            record.update({key: interval.mean, f"{key}_ci_low": interval.low, f"{key}_ci_high": interval.high,
+                           f"{key}_per_seed": getattr(row, key)})
+            reference = baselines.get(row.train_fraction)
+            if reference is not None and reference is not row:
+                delta = paired_difference(row, reference, key)
+                record.update({f"{key}_minus_{baseline}": delta.mean, f"{key}_minus_{baseline}_ci_low": delta.low,
+                               f"{key}_minus_{baseline}_ci_high": delta.high,
+                               f"{key}_minus_{baseline}_excludes_zero": delta.excludes_zero if delta.n > 1 else None})
+        records.append(record)
+    return records
+
+
+def plot_study(rows: list[CompareRow], path: Path, title: str) -> None:
+    """Accuracy against the fraction of training images, one line per method, 95 % intervals as bars."""
+    from .plots import plt, _save
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    methods = list(dict.fromkeys(r.method for r in rows))
+    for axis, key, name in ((axes[0], "probe_acc", "linear probe"), (axes[1], "knn_acc", "kNN")):
+        for offset, method in enumerate(methods):
+            points = sorted((r.train_fraction, t_interval(getattr(r, key))) for r in rows if r.method == method)
+            points = [(f, i) for f, i in points if i.n]
+            if not points:
+                continue
+            # methods side by side (a small multiplicative shift on the log axis) so the bars do not overlap
+            x = np.array([f for f, _ in points]) * (1 + 0.04 * (offset - (len(methods) - 1) / 2))
+            mean = np.array([100 * i.mean for _, i in points])
+            half = np.array([0 if i.n < 2 else 100 * i.half_width() for _, i in points])
+            axis.errorbar(x, mean, yerr=half, marker="o", capsize=3, label=method)
+        axis.set_xscale("log")
+        fractions = sorted({r.train_fraction for r in rows})
+        axis.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+        axis.minorticks_off()
+        axis.set_xlabel("fraction of the training images used for contrastive training")
+        axis.set_ylabel(f"{name} accuracy on the test split (%)")
+        axis.set_title(f"{name}: mean over seeds, 95 % t interval", fontsize=10)
+        axis.legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    _save(figure, path)
+
+
+MECHANISM_KEYS = ("hardness_gap", "pair_cosine", "pair_target", "sample_confidence", "sample_classes",
+                  "real_confidence")
+
+
+def mechanism_summary(rows: list[CompareRow], output_dir: Path) -> list[dict]:
+    """The mechanism at the last epoch of each generator run (metrics.json in its folder), mean and 95 %
+    interval over the seeds per (method, fraction): hardness_gap = the main model's PPCL loss on the
+    synthetic rows minus on the real rows, the pair cosine of (G(z), G_ema(z)) and its target, and the pixel
+    classifier's confidence on G(z) (and on real test images) and the classes the samples cover."""
+    records = []
+    for row in rows:
+        finals = []
+        for seed in row.seeds:
+            path = Path(output_dir) / f"{row.method}-frac{row.train_fraction:g}-seed{seed}" / "metrics.json"
+            history = json.loads(path.read_text()) if path.exists() else []
+            if history and history[-1].get("sample_confidence") is not None:
+                last = dict(history[-1])
+                if last.get("loss_synthetic_rows") is not None:
+                    last["hardness_gap"] = last["loss_synthetic_rows"] - last["loss_real_rows"]
+                finals.append(last)
+        if not finals:
+            continue
+        record = {"method": row.method, "train_fraction": row.train_fraction, "runs": len(finals)}
+        for key in MECHANISM_KEYS:
+            interval = t_interval([f.get(key) for f in finals])
+            record.update({key: interval.mean, f"{key}_ci_low": interval.low, f"{key}_ci_high": interval.high})
+        records.append(record)
+    return records
+
+
+def format_mechanism_table(records: list[dict]) -> str:
+    def cell(record, key, scale=1.0, digits=3):
+        if record[key] is None or math.isnan(record[key]):
+            return "n/a"
+        if math.isnan(record[f"{key}_ci_low"]):
+            return f"{scale * record[key]:.{digits}f}"
+        return (f"{scale * record[key]:.{digits}f} [{scale * record[f'{key}_ci_low']:.{digits}f}, "
+                f"{scale * record[f'{key}_ci_high']:.{digits}f}]")
+
+    lines = ["| method | train images | runs | hardness: PPCL loss G(z) rows - real rows | pair cosine "
+             "(G(z), G_ema(z)) | its target | classifier confidence on G(z) | on real test images | classes "
+             "covered by G(z) (of 10) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['method']} | {r['train_fraction']:.0%} | {r['runs']} | {cell(r, 'hardness_gap')} | "
+                     f"{cell(r, 'pair_cosine')} | {cell(r, 'pair_target')} | {cell(r, 'sample_confidence')} | "
+                     f"{cell(r, 'real_confidence')} | {cell(r, 'sample_classes', digits=2)} |")
+    return "\n".join(lines)
+
+
+def write_study_report(rows: list[CompareRow], output_dir: Path, header: str, baseline: str = "simclr") -> str:
+    """study.md (header, table), study.json (per-run results and the summary), study.csv (the summary) and
+    study.png (accuracy against the fraction) in output_dir; returns the markdown."""
+    import csv
+    import io
+
+    output_dir = Path(output_dir)
+    summary = study_summary(rows, baseline)
+    mechanism = mechanism_summary(rows, output_dir)
+    text = f"{header}\n\n{format_table(rows, baseline)}\n"
+    if mechanism:
+        text += ("\nThe mechanism at the last epoch (mean and 95 % t interval over the runs; per epoch in each "
+                 "run's metrics.csv and curves.png):\n\n" + format_mechanism_table(mechanism) + "\n")
+    atomic_write_bytes(output_dir / "study.md", text.encode())
+    atomic_write_bytes(output_dir / "study.json", (json.dumps({"runs": [vars(r) for r in rows], "summary": summary,
+                                                              "mechanism": mechanism},
+                                                              indent=2) + "\n").encode())
+    columns = list(dict.fromkeys(k for record in summary for k in record if not isinstance(record[k], list)))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(summary)
+    atomic_write_bytes(output_dir / "study.csv", buffer.getvalue().encode())
+    plot_study(rows, output_dir / "study.png", header.splitlines()[0].lstrip("# "))
     return text

@@ -54,7 +54,18 @@ from .plots import plot_curves, plot_sample_pairs
 CHECKPOINT_FORMAT = 1
 N_SAMPLE_PAIRS = 8
 METRIC_KEYS = ("loss_contrastive", "loss_d", "loss_g_adv", "loss_pair", "pair_cosine", "pair_target")
-CSV_COLUMNS = ("epoch", "step", "phase") + METRIC_KEYS + ("probe_acc", "knn_acc", "seconds")
+# The mechanism (DESIGN.md section 1), accumulated on the device and read once per epoch (no per-step sync):
+# the main model's PPCL loss averaged over the rows of real views and over the rows of synthetic views of the
+# same forward (the method says G(z) rows are harder: higher loss).
+DEVICE_METRIC_KEYS = ("loss_real_rows", "loss_synthetic_rows")
+# once per epoch for the methods with a generator: a pixel classifier (logistic regression on the labeled
+# train split) applied to G(z) for fixed z: mean top-class probability, and exp(entropy) of the mean class
+# distribution (how many classes the samples cover, 1..n_classes); the same classifier's confidence on real
+# test images is the reference level of a generator that makes digits.
+QUALITY_KEYS = ("sample_confidence", "sample_classes", "real_confidence")
+CSV_COLUMNS = (("epoch", "step", "phase") + METRIC_KEYS + DEVICE_METRIC_KEYS + QUALITY_KEYS
+               + ("probe_acc", "knn_acc", "seconds"))
+N_QUALITY_SAMPLES = 256
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -116,7 +127,9 @@ class Trainer:
         # training position (self.epoch counts the loop's epochs from 0) and records; restored on resume
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.sums: dict[str, float] = {}
+        self.device_sums: dict[str, torch.Tensor] = {}  # DEVICE_METRIC_KEYS, summed over this epoch's steps
         self.count = 0
+        self._quality_probe = None  # (classifier, real test confidence), built on first use
         self.history: list[dict] = []
         self.snapshots: dict[int, torch.Tensor] = {}
 
@@ -194,7 +207,8 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "world_size": self.dist.world_size,
             "epoch": self.epoch, "batch": self.batch, "global_step": self.global_step,
-            "sums": dict(self.sums), "count": self.count, "history": list(self.history),
+            "sums": dict(self.sums), "count": self.count,
+            "device_sums": {k: v.double().cpu() for k, v in self.device_sums.items()}, "history": list(self.history),
             "snapshots": dict(self.snapshots),
             "modules": {name: module.state_dict() for name, module in self.modules.items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
@@ -214,6 +228,7 @@ class Trainer:
             optimizer.load_state_dict(state["optimizers"][name])
         self.epoch, self.batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
         self.sums, self.count = dict(state["sums"]), state["count"]
+        self.device_sums = {k: v.to(self.device) for k, v in state.get("device_sums", {}).items()}
         self.history, self.snapshots = list(state["history"]), dict(state["snapshots"])
         set_rng_state(state["rng"][self.dist.rank])
 
@@ -300,7 +315,13 @@ class Trainer:
         n_real, n_fake = real.shape[0], z.shape[0]
         emb = self.model(torch.cat([real_views.flatten(0, 1), synthetic_views.flatten(0, 1)]))
         real_emb, synthetic_emb = emb[:2 * n_real].view(2, n_real, -1), emb[2 * n_real:].view(4, n_fake, -1)
-        loss = losses.ppcl(real_emb, synthetic_emb, temperature=cfg.temperature)
+        # per-row losses (rows in ppcl_labels' order: 2N real views, then 4M synthetic views), whose mean is
+        # ppcl's reduction="mean" (every row has a positive); the two group means are the hardness record
+        row_loss = losses.ppcl(real_emb, synthetic_emb, temperature=cfg.temperature, reduction="none")
+        loss = row_loss.mean()
+        with torch.no_grad():
+            self._accumulate_on_device(loss_real_rows=row_loss[:2 * n_real].mean(),
+                                       loss_synthetic_rows=row_loss[2 * n_real:].mean())
         # 3. the generator's objective: realistic, hard for the main model, paired with G_ema at similarity s*
         loss_g = loss_g_adv - cfg.resolved_lambda_hard * loss
         tracked = {"loss_contrastive": loss, "loss_g_adv": loss_g_adv}
@@ -319,6 +340,45 @@ class Trainer:
         # 4. the moving-average generator
         update_ema(self.generator_ema, self.generator, cfg.ema_decay)
         return stats
+
+    def _accumulate_on_device(self, **values: torch.Tensor) -> None:
+        for key, value in values.items():
+            value = value.detach().double()
+            self.device_sums[key] = self.device_sums[key] + value if key in self.device_sums else value
+
+    def _device_means(self) -> dict[str, float | None]:
+        """This epoch's means of DEVICE_METRIC_KEYS, averaged over processes: one host sync per epoch."""
+        if not self.device_sums or not self.count:
+            return {key: None for key in DEVICE_METRIC_KEYS}
+        names = list(self.device_sums)
+        means = self.dist.mean(torch.stack([self.device_sums[n] for n in names]).float()).double() / self.count
+        return {key: None for key in DEVICE_METRIC_KEYS} | dict(zip(names, means.tolist()))
+
+    def _sample_quality(self) -> dict[str, float | None]:
+        """QUALITY_KEYS for the current G: a logistic regression on the pixels of the labeled train split
+        (at most 5000 images), applied to G(z) for N_QUALITY_SAMPLES fixed latent codes. Noise scores a low
+        confidence; a collapsed generator covers few classes; real test images give the reference."""
+        if not self.config.uses_generator:
+            return {key: None for key in QUALITY_KEYS}
+        from sklearn.linear_model import LogisticRegression
+
+        if self._quality_probe is None:
+            images, labels = self.data.train_images, self.data.train_labels
+            keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:5000]
+            pixels = images[keep].flatten(1).double().numpy()
+            classifier = LogisticRegression(max_iter=1000, C=0.1).fit(pixels, labels[keep].numpy())
+            real = classifier.predict_proba(self.data.test_images.flatten(1).double().numpy())
+            z = torch.randn(N_QUALITY_SAMPLES, self.config.latent_dim,
+                            generator=torch.Generator().manual_seed(self.config.seed + 54321)).to(self.device)
+            self._quality_probe = (classifier, float(real.max(1).mean()), z)
+        classifier, real_confidence, z = self._quality_probe
+        with torch.no_grad():
+            fake = self.generator(z).flatten(1).double().cpu().numpy()
+        proba = classifier.predict_proba(fake)
+        marginal = proba.mean(0)
+        entropy = -(marginal * np.log(np.clip(marginal, 1e-12, None))).sum()
+        return {"sample_confidence": float(proba.max(1).mean()), "sample_classes": float(np.exp(entropy)),
+                "real_confidence": real_confidence}
 
     # --- epochs ---------------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> torch.Tensor:
@@ -373,6 +433,11 @@ class Trainer:
         last = number == cfg.epochs
         row = {"epoch": number, "step": self.global_step, "phase": self.phase(self.epoch)}
         row.update({key: self.sums[key] / self.count if key in self.sums else None for key in METRIC_KEYS})
+        row.update(self._device_means())
+        if self.dist.is_main:
+            row.update(self._sample_quality())
+        else:
+            row.update({key: None for key in QUALITY_KEYS})
         row.update(probe_acc=None, knn_acc=None, seconds=seconds)
         if number > 0 and (number % cfg.eval_every == 0 or last):
             if self.dist.is_main:
@@ -384,6 +449,7 @@ class Trainer:
             self.snapshots[number] = (pairs * 255).round().to(torch.uint8).cpu()
         self.history.append(row)
         self.epoch, self.batch, self.sums, self.count = self.epoch + 1, 0, {}, 0
+        self.device_sums = {}
         self.save_checkpoint()
         if self.dist.is_main:
             self._write_metrics()

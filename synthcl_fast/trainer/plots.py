@@ -27,16 +27,20 @@ def _series(history: list[dict], key: str):
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
-    """Losses, positive-pair similarity against its target, and evaluation accuracy per epoch (the GAN
-    warm-up epochs are numbered <= 0)."""
-    figure, axes = plt.subplots(2, 2, figsize=(10, 7), layout="constrained")
+    """Losses, the mechanism (hardness of the synthetic rows, positive-pair similarity against its target,
+    sample quality) and evaluation accuracy per epoch (the GAN warm-up epochs are numbered <= 0)."""
+    figure, axes = plt.subplots(3, 2, figsize=(10, 10), layout="constrained")
     panels = [
         (axes[0, 0], "contrastive loss", [("loss_contrastive", "PPCL / NT-Xent")]),
         (axes[0, 1], "GAN losses", [("loss_d", "D (hinge)"), ("loss_g_adv", "G adversarial"),
                                     ("loss_pair", "positive pair")]),
-        (axes[1, 0], "positive pair cosine G(z) vs G_ema(z)", [("pair_cosine", "measured"),
+        (axes[1, 0], "hardness: main model's PPCL loss per row", [("loss_synthetic_rows", "G(z) / G_ema(z) rows"),
+                                                                  ("loss_real_rows", "real rows")]),
+        (axes[1, 1], "positive pair cosine G(z) vs G_ema(z)", [("pair_cosine", "measured"),
                                                               ("pair_target", "target s*")]),
-        (axes[1, 1], "accuracy on the test split", [("probe_acc", "linear probe"), ("knn_acc", "kNN")]),
+        (axes[2, 0], "sample quality: pixel classifier on G(z)", [("sample_confidence", "confidence on G(z)"),
+                                                                  ("real_confidence", "confidence on real test")]),
+        (axes[2, 1], "accuracy on the test split", [("probe_acc", "linear probe"), ("knn_acc", "kNN")]),
     ]
     for axis, name, curves in panels:
         drawn = False
@@ -51,6 +55,12 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
             axis.legend(fontsize=8)
         else:
             axis.text(0.5, 0.5, "not used by this method", ha="center", va="center", transform=axis.transAxes)
+    x, y = _series(history, "sample_classes")
+    if x:  # classes covered by the samples, 1..n_classes, on its own scale
+        twin = axes[2, 0].twinx()
+        twin.plot(x, y, color="tab:green", linestyle="--", label="classes covered (exp entropy)")
+        twin.set_ylabel("classes covered", fontsize=8)
+        twin.legend(fontsize=8, loc="lower right")
     figure.suptitle(title)
     _save(figure, path)
 
