@@ -183,7 +183,8 @@ def _run(args) -> None:
                     f"(+ {config.warmup_epochs} GAN warm-up epochs before them for synthcl), batch {config.batch_size}, "
                     f"seeds {' '.join(map(str, seeds[:done]))} of {' '.join(map(str, seeds))}; accuracy on the test "
                     f"split, mean and 95 % t interval over seeds; differences paired by seed. "
-                    f"Wall time {time.perf_counter() - start:.0f} s, torch threads {torch.get_num_threads()}. "
+                    f"Wall time of this call {time.perf_counter() - start:.0f} s (runs finished by an earlier call are "
+                    f"reused, not retrained), torch threads {torch.get_num_threads()}. "
                     f"Runs in {output_dir}." + (f"\n\nStudy: {study.why}." if study else ""))
 
         def report(rows) -> str:
