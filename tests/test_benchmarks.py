@@ -154,11 +154,20 @@ def test_run_all_smoke_suite_report_plot_profile(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
     with open(tmp_path / "benchmarks.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+        all_rows = list(csv.DictReader(f))
+    assert len({r["run_id"] for r in all_rows}) == 1
+    # the contention suite: the fused kernel at 1 and the default threads and the reference, quiet and loaded
+    contention = [r for r in all_rows if r["suite"] == "contention"]
+    threads = torch.get_num_threads()
+    assert sorted(r["implementation"] for r in contention) == sorted(
+        f"{name}/{n} thread{'s' if n > 1 else ''}/{load}" for name, n in {("cpu", 1), ("cpu", threads),
+                                                                          ("reference", threads)}
+        for load in ("quiet", "one busy process"))
+    assert all(r["status"] == "ok" and float(r["median_ms"]) > 0 for r in contention)
+    rows = [r for r in all_rows if r["suite"] != "contention"]
     expected = [(c.name, name) for c in C.cases("cpu", "smoke") for name in C.implementations(c, "cpu")
                 if name != "compiled"]
     assert sorted((r["case"], r["implementation"]) for r in rows) == sorted(expected)
-    assert len({r["run_id"] for r in rows}) == 1
     for row in rows:
         assert row["commit"] and row["torch"] and row["cpu"] and row["load_1m"]
         if row["status"] == "ok":

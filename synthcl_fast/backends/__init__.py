@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from .. import reference
-from ._ops import accumulate_dtype, denominator_code, mode_code, reduction_code
+from ._ops import accumulate_dtype, assume_constant_result, denominator_code, mode_code, reduction_code
 
 BACKEND_ENV = "SYNTHCL_FAST_BACKEND"
 
@@ -229,7 +229,7 @@ def _auto_backend(device: torch.device, dtype: torch.dtype) -> Backend:
 
 # Under torch.compile, read in plain Python and taken as a constant: torch 2.4's dynamo cannot constant-fold
 # os.environ.get of a missing key (a graph break, "constant fold exception: KeyError").
-@torch.compiler.assume_constant_result
+@assume_constant_result  # without importing dynamo on a CPU user's first call
 def backend_override() -> str:
     """The backend named by SYNTHCL_FAST_BACKEND, or "auto"."""
     return os.environ.get(BACKEND_ENV, "auto")

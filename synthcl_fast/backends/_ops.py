@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import enum
 
+import sys
+
 import torch
 
 
@@ -85,6 +87,17 @@ def mode_code(name: str) -> int:
 
 
 STATS_PER_SIDE = 3  # (max, log_sum, n_positive)
+
+
+def assume_constant_result(fn):
+    """torch.compiler.assume_constant_result without its `import torch._dynamo`: that import pulls in sympy
+    and triton (~150 MB of resident memory) on the first CPU call. The decorator only sets this attribute
+    (torch 2.4 .. 2.14), which dynamo reads when it meets the function; tests/test_compile.py's fullgraph
+    tests fail if a torch release changes that."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:

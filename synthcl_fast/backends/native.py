@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ._ops import register_contrastive_op, register_positive_pair_op, register_variant_op
+from ._ops import assume_constant_result, register_contrastive_op, register_positive_pair_op, register_variant_op
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CPU_SOURCES = ("bindings.cpp", "contrastive_cpu.cpp", "positive_pair_cpu.cpp")
@@ -78,21 +78,10 @@ _UNLOADED = object()
 _load_result: object = _UNLOADED
 
 
-def _assume_constant_result(fn):
-    """torch.compiler.assume_constant_result without its `import torch._dynamo`: that import pulls in sympy
-    and triton (~150 MB of resident memory) on the first CPU call. The decorator only sets this attribute
-    (torch 2.4 .. 2.14), which dynamo reads when it meets the function; tests/test_compile.py's fullgraph
-    tests fail if a torch release changes that."""
-    if "torch._dynamo" in sys.modules:
-        return torch.compiler.assume_constant_result(fn)
-    fn._dynamo_marked_constant = True
-    return fn
-
-
 # Under torch.compile, dynamo calls this in plain Python and treats the result as a constant, instead of
 # tracing into the loading and the torch.library registrations (which it cannot trace: a graph break).
 # (It would also trace straight through a functools.cache wrapper, so the result is cached by hand.)
-@_assume_constant_result
+@assume_constant_result
 def load_error() -> str | None:
     """Loads the extension once; returns None on success, else why it is unavailable."""
     global _load_result
