@@ -239,14 +239,16 @@ SYNTHCL_FAST_INLINE T row_max_impl(const T* s, int64_t n) {
 
 // Sums of one row segment against the shift (the row's max): the terms below the max, summed in T (each < 1, so
 // that a sum near 1 is never rounded at 1's spacing), how many terms equal the max (exactly 1 each), the
-// positive gap sum_p (s_p - shift) and |P|. NaN terms reach `rest` (NaN == 0 is false).
+// positive gap sum_p (s_p - shift) and |P|. NaN terms reach `rest` (NaN == 0 is false). kNegativesOnly (the
+// variants' denominator): `rest` and `n_max` count the negatives only (shifted <= 0 for them; a positive's
+// shifted may be > 0 and is never exponentiated).
 template <typename T>
 struct RowSums {
   T rest = 0, gap = 0;
   int64_t n_max = 0, n_positive = 0;
 };
 
-template <typename T>
+template <bool kNegativesOnly, typename T>
 SYNTHCL_FAST_INLINE void row_sums_impl(const T* s, int64_t n, T shift, const int64_t* labels, int64_t label,
                                        RowSums<T>& out) {
   T rest = 0, gap = 0;
@@ -255,8 +257,9 @@ SYNTHCL_FAST_INLINE void row_sums_impl(const T* s, int64_t n, T shift, const int
   for (int64_t j = 0; j < n; ++j) {
     const T shifted = s[j] - shift;
     const bool positive = labels[j] == label && labels[j] >= 0;
-    const bool at_max = shifted == T(0);
-    rest += at_max ? T(0) : exp_nonpositive(shifted);
+    const bool skipped = kNegativesOnly && positive;
+    const bool at_max = !skipped && shifted == T(0);
+    rest += (skipped || at_max) ? T(0) : exp_nonpositive(skipped ? T(0) : shifted);
     n_max += at_max ? 1 : 0;
     gap += positive ? shifted : T(0);
     n_positive += positive ? 1 : 0;
@@ -336,29 +339,6 @@ SYNTHCL_FAST_INLINE T row_max_negatives_impl(const T* s, int64_t n, const int64_
   return m;
 }
 
-// row_sums over the negatives: `rest` and `n_max` count the negatives only (shifted <= 0 for them; a positive's
-// shifted may be > 0 and is never exponentiated); the positive gap and |P| as in row_sums.
-template <typename T>
-SYNTHCL_FAST_INLINE void row_sums_negatives_impl(const T* s, int64_t n, T shift, const int64_t* labels, int64_t label,
-                                                 RowSums<T>& out) {
-  T rest = 0, gap = 0;
-  int64_t n_max = 0, n_positive = 0;
-#pragma omp simd reduction(+ : rest, gap, n_max, n_positive)
-  for (int64_t j = 0; j < n; ++j) {
-    const T shifted = s[j] - shift;
-    const bool positive = labels[j] == label && labels[j] >= 0;
-    const bool at_max = !positive && shifted == T(0);
-    rest += (positive || at_max) ? T(0) : exp_nonpositive(positive ? T(0) : shifted);
-    n_max += at_max ? 1 : 0;
-    gap += positive ? shifted : T(0);
-    n_positive += positive ? 1 : 0;
-  }
-  out.rest += rest;
-  out.gap += gap;
-  out.n_max += n_max;
-  out.n_positive += n_positive;
-}
-
 // The variants' G_j in place of s_j (x_j = s_j - m - log S = s_j - lse_Neg; x_j <= 0 for a negative):
 //   negative:  w coef e^{x_j}                          (coef: 1 for "negatives"; c_i for "per_positive")
 //   positive:  w (pos_scale sigmoid(x_j) - pos_weight) (pos_scale: 0, or 1/|P| for "per_positive";
@@ -387,11 +367,11 @@ SYNTHCL_FAST_CLONES float row_max(const float* s, int64_t n) { return row_max_im
 SYNTHCL_FAST_CLONES double row_max(const double* s, int64_t n) { return row_max_impl(s, n); }
 SYNTHCL_FAST_CLONES void row_sums(const float* s, int64_t n, float shift, const int64_t* labels, int64_t label,
                                   RowSums<float>& out) {
-  row_sums_impl(s, n, shift, labels, label, out);
+  row_sums_impl<false>(s, n, shift, labels, label, out);
 }
 SYNTHCL_FAST_CLONES void row_sums(const double* s, int64_t n, double shift, const int64_t* labels, int64_t label,
                                   RowSums<double>& out) {
-  row_sums_impl(s, n, shift, labels, label, out);
+  row_sums_impl<false>(s, n, shift, labels, label, out);
 }
 SYNTHCL_FAST_CLONES float row_gradient(float* s, int64_t n, float row_max, float row_log_sum, float w,
                                        float positive_weight, const int64_t* labels, int64_t label) {
@@ -420,11 +400,11 @@ SYNTHCL_FAST_CLONES double row_max_negatives(const double* s, int64_t n, const i
 }
 SYNTHCL_FAST_CLONES void row_sums_negatives(const float* s, int64_t n, float shift, const int64_t* labels,
                                             int64_t label, RowSums<float>& out) {
-  row_sums_negatives_impl(s, n, shift, labels, label, out);
+  row_sums_impl<true>(s, n, shift, labels, label, out);
 }
 SYNTHCL_FAST_CLONES void row_sums_negatives(const double* s, int64_t n, double shift, const int64_t* labels,
                                             int64_t label, RowSums<double>& out) {
-  row_sums_negatives_impl(s, n, shift, labels, label, out);
+  row_sums_impl<true>(s, n, shift, labels, label, out);
 }
 SYNTHCL_FAST_CLONES float row_gradient_variant(float* s, int64_t n, float row_max, float row_log_sum, float w,
                                                float coef, float pos_scale, float pos_weight, const int64_t* labels,

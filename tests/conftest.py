@@ -80,6 +80,16 @@ def labels_with_positives(n_rows: int, max_group: int, generator: torch.Generato
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and one thread is immune to a busy machine's oversubscription
+    (the trainer's tests use it for every test: pytestmark = pytest.mark.usefixtures("one_torch_thread"))."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def generator():
     return torch.Generator().manual_seed(1234)
 

@@ -22,12 +22,7 @@ from synthcl_fast.trainer.evaluate import evaluate  # noqa: E402
 PROBE_MARGIN, KNN_MARGIN = 0.15, 0.18
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("method", ["simclr", "synthcl"])
