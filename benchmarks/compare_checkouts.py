@@ -10,8 +10,9 @@ so each runs its own kernels, compiled on first use (a prebuilt synthcl_fast._C 
 SYNTHCL_FAST_FORCE_JIT=1); the inputs and the step (forward + backward, `cases.make_step`) come from this
 checkout's benchmarks/cases.py for both. Workers alternate, one timed call each per round (never two at
 once), so slow drifts of the machine fall on both alike. --before-env / --after-env set environment variables
-of one side only (the same checkout twice with SYNTHCL_FAST_NATIVE=1 on one side compares the build flags). Prints the median per checkout and the ratio, and
-appends rows (suite "checkouts", implementation "cpu@<commit>/<threads>t") to --results-csv if given.
+of one side only (the same checkout twice with SYNTHCL_FAST_NATIVE=1 on one side compares the build flags).
+Prints the median per checkout and the ratio, and appends rows (suite "checkouts", implementation
+"cpu@<commit>/<threads>t") to --results-csv if given.
 """
 
 from __future__ import annotations

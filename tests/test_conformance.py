@@ -1043,7 +1043,7 @@ def _every_op(lane, rng):
     labels = torch.arange(24, device=lane.device) // 3
     t = torch.tensor(0.2, device=lane.device, requires_grad=True)
     b = lane.name
-    return {
+    ops = {
         "contrastive_loss": lambda r: L.contrastive_loss(torch.cat([z1, z2]), temperature=t, reduction=r, backend=b),
         "nt_xent": lambda r: L.nt_xent(z1, z2, negatives=g, temperature=t, reduction=r, backend=b),
         "supcon": lambda r: L.supcon(torch.cat([z1, z2]), labels, temperature=t, reduction=r, backend=b),
@@ -1052,7 +1052,14 @@ def _every_op(lane, rng):
         "clip_loss": lambda r: L.clip_loss(z1, z2, logit_scale=1 / t, reduction=r, backend=b),
         "clip_loss one way": lambda r: L.clip_loss(z1, z2, logit_scale=5.0, symmetric=False, reduction=r, backend=b),
         "positive_pair_loss": lambda r: L.positive_pair_loss(z1, z2, t, reduction=r, backend=b),
-    }, (z1, z2, g, t)
+    }
+    # the variant ops, where the lane computes them (the others raise: tests/test_variants.py)
+    if _fuses(lane, ["denominator='negatives'", "positive_weight"]):
+        ops["dcl (DCLW)"] = lambda r: L.dcl(z1, z2, temperature=t, sigma=0.5, reduction=r, backend=b)
+    if _fuses(lane, ["denominator='per_positive'"]):
+        ops["per_positive"] = lambda r: L.contrastive_loss(torch.cat([z1, z2]), anchor_labels=labels, temperature=t,
+                                                           denominator="per_positive", reduction=r, backend=b)
+    return ops, (z1, z2, g, t)
 
 
 @pytest.mark.parametrize("lane", [lane_param(lane) for lane in LANES])
