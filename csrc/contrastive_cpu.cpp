@@ -222,17 +222,30 @@ at::Tensor logits(const Problem<acc_t>& p, at::Tensor& buffer, const at::Tensor&
 #define SYNTHCL_FAST_INLINE inline __attribute__((always_inline))
 
 // The max of a row segment, skipping NaN. Written as 16 running lanes (an element-wise max the compiler
-// vectorizes): GCC does not vectorize a max reduction without -ffast-math.
-template <typename T>
-SYNTHCL_FAST_INLINE T row_max_impl(const T* s, int64_t n) {
+// vectorizes): GCC does not vectorize a max reduction without -ffast-math. kNegativesOnly (the variants, which
+// leave the positives out of the log-sum-exp): over the negatives only, so that a positive far above every
+// negative cannot shift their sum into underflow (labels / label are read only then).
+template <bool kNegativesOnly, typename T>
+SYNTHCL_FAST_INLINE T row_max_impl(const T* s, int64_t n, const int64_t* labels = nullptr, int64_t label = 0) {
   constexpr int kLanes = 16;
+  constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
+  const auto value = [&](int64_t j) {
+    if constexpr (kNegativesOnly) return labels[j] == label && labels[j] >= 0 ? kMinusInf : s[j];
+    return s[j];
+  };
   T lanes[kLanes];
-  for (int k = 0; k < kLanes; ++k) lanes[k] = -std::numeric_limits<T>::infinity();
+  for (int k = 0; k < kLanes; ++k) lanes[k] = kMinusInf;
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) lanes[k] = s[j + k] > lanes[k] ? s[j + k] : lanes[k];
-  T m = -std::numeric_limits<T>::infinity();
-  for (; j < n; ++j) m = s[j] > m ? s[j] : m;
+    for (int k = 0; k < kLanes; ++k) {
+      const T x = value(j + k);
+      lanes[k] = x > lanes[k] ? x : lanes[k];
+    }
+  T m = kMinusInf;
+  for (; j < n; ++j) {
+    const T x = value(j);
+    m = x > m ? x : m;
+  }
   for (int k = 0; k < kLanes; ++k) m = lanes[k] > m ? lanes[k] : m;
   return m;
 }
@@ -314,31 +327,6 @@ SYNTHCL_FAST_INLINE T row_gradient_both_impl(T* s, int64_t n, T row_max, T row_l
   return gs;
 }
 
-// The variants leave the positives out of the log-sum-exp: the max and the sums run over the negatives
-// Neg(i) = N(i) \ P(i) only (a positive far above every negative must not shift the sum into underflow).
-template <typename T>
-SYNTHCL_FAST_INLINE T row_max_negatives_impl(const T* s, int64_t n, const int64_t* labels, int64_t label) {
-  constexpr int kLanes = 16;
-  constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
-  T lanes[kLanes];
-  for (int k = 0; k < kLanes; ++k) lanes[k] = kMinusInf;
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) {
-      const bool positive = labels[j + k] == label && labels[j + k] >= 0;
-      const T x = positive ? kMinusInf : s[j + k];
-      lanes[k] = x > lanes[k] ? x : lanes[k];
-    }
-  T m = kMinusInf;
-  for (; j < n; ++j) {
-    const bool positive = labels[j] == label && labels[j] >= 0;
-    const T x = positive ? kMinusInf : s[j];
-    m = x > m ? x : m;
-  }
-  for (int k = 0; k < kLanes; ++k) m = lanes[k] > m ? lanes[k] : m;
-  return m;
-}
-
 // The variants' G_j in place of s_j (x_j = s_j - m - log S = s_j - lse_Neg; x_j <= 0 for a negative):
 //   negative:  w coef e^{x_j}                          (coef: 1 for "negatives"; c_i for "per_positive")
 //   positive:  w (pos_scale sigmoid(x_j) - pos_weight) (pos_scale: 0, or 1/|P| for "per_positive";
@@ -363,8 +351,8 @@ SYNTHCL_FAST_INLINE T row_gradient_variant_impl(T* s, int64_t n, T row_max, T ro
 }
 
 // The compiled entry points (one per type and instruction set).
-SYNTHCL_FAST_CLONES float row_max(const float* s, int64_t n) { return row_max_impl(s, n); }
-SYNTHCL_FAST_CLONES double row_max(const double* s, int64_t n) { return row_max_impl(s, n); }
+SYNTHCL_FAST_CLONES float row_max(const float* s, int64_t n) { return row_max_impl<false>(s, n); }
+SYNTHCL_FAST_CLONES double row_max(const double* s, int64_t n) { return row_max_impl<false>(s, n); }
 SYNTHCL_FAST_CLONES void row_sums(const float* s, int64_t n, float shift, const int64_t* labels, int64_t label,
                                   RowSums<float>& out) {
   row_sums_impl<false>(s, n, shift, labels, label, out);
@@ -393,10 +381,10 @@ SYNTHCL_FAST_CLONES double row_gradient_both(double* s, int64_t n, double row_ma
 }
 
 SYNTHCL_FAST_CLONES float row_max_negatives(const float* s, int64_t n, const int64_t* labels, int64_t label) {
-  return row_max_negatives_impl(s, n, labels, label);
+  return row_max_impl<true>(s, n, labels, label);
 }
 SYNTHCL_FAST_CLONES double row_max_negatives(const double* s, int64_t n, const int64_t* labels, int64_t label) {
-  return row_max_negatives_impl(s, n, labels, label);
+  return row_max_impl<true>(s, n, labels, label);
 }
 SYNTHCL_FAST_CLONES void row_sums_negatives(const float* s, int64_t n, float shift, const int64_t* labels,
                                             int64_t label, RowSums<float>& out) {
@@ -993,6 +981,15 @@ std::pair<at::Tensor, at::Tensor> input_gradients(Gradients grads, const at::Ten
           normalize_backward<acc_t>(dv, v, norm_c, eps, candidates.scalar_type())};
 }
 
+// The variant's denominator code (1 = "negatives", 2 = "per_positive") and positive_weight ((R,) in the
+// accumulation type, contiguous): checked here, as every caller of the op could pass anything.
+void check_variant(int64_t denominator, const at::Tensor& positive_weight, const at::Tensor& anchors) {
+  TORCH_CHECK(denominator == 1 || denominator == 2,
+              "denominator code must be 1 (negatives) or 2 (per_positive), got ", denominator);
+  check_vector(positive_weight, "positive_weight", anchors.size(0), accumulate_type(anchors.scalar_type()));
+  check_same_device(positive_weight, anchors, "positive_weight");
+}
+
 // The forward of the plain op (denominator 0, positive_weight undefined) and of its variants.
 struct ForwardOutputs {
   at::Tensor loss, max, log_sum, n_positive, coef, positive_mean, grad_anchors, grad_candidates, grad_temperature;
@@ -1003,6 +1000,7 @@ ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candida
                             const at::Tensor& positive_weight, int64_t denominator, bool exclude_self,
                             int64_t reduction, double eps, bool compute_grad) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
+  if (positive_weight.defined()) check_variant(denominator, positive_weight, anchors);  // the variant op
   check_reduction(reduction);
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
   const std::optional<double> valid_inv_t = inverse_temperature(temperature);
@@ -1075,15 +1073,6 @@ contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates,
   return {o.loss, o.max, o.log_sum, o.n_positive, o.grad_anchors, o.grad_candidates, o.grad_temperature};
 }
 
-// The variant's denominator code (1 = "negatives", 2 = "per_positive") and positive_weight ((R,) in the
-// accumulation type, contiguous): checked here, as every caller of the op could pass anything.
-void check_variant(int64_t denominator, const at::Tensor& positive_weight, const at::Tensor& anchors) {
-  TORCH_CHECK(denominator == 1 || denominator == 2,
-              "denominator code must be 1 (negatives) or 2 (per_positive), got ", denominator);
-  check_vector(positive_weight, "positive_weight", anchors.size(0), accumulate_type(anchors.scalar_type()));
-  check_same_device(positive_weight, anchors, "positive_weight");
-}
-
 // The variants (synthcl_fast/reference.py, contrastive_loss_variant, with beta = tau_plus = 0). Returns (loss,
 // row_max, row_log_sum, row_n_positive, row_coef, row_positive_mean, grad_anchors, grad_candidates,
 // grad_temperature): m and S over the negatives, c_i ("per_positive"; 1 otherwise) and mean_p s_ip (for the
@@ -1093,8 +1082,6 @@ contrastive_variant_forward_cpu(const at::Tensor& anchors, const at::Tensor& can
                                 const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
                                 const at::Tensor& temperature, const at::Tensor& positive_weight, int64_t denominator,
                                 bool exclude_self, int64_t reduction, double eps, bool compute_grad) {
-  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
-  check_variant(denominator, positive_weight, anchors);
   ForwardOutputs o = forward_impl(anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight,
                                   denominator, exclude_self, reduction, eps, compute_grad);
   return {o.loss, o.max, o.log_sum, o.n_positive, o.coef, o.positive_mean, o.grad_anchors, o.grad_candidates,
@@ -1110,6 +1097,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& row_n_positive, const at::Tensor& row_coef, int64_t denominator, bool exclude_self,
     double eps) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
+  if (positive_weight.defined()) check_variant(denominator, positive_weight, anchors);  // the variant op
   const int64_t n_rows = anchors.size(0);
   const auto acc = accumulate_type(anchors.scalar_type());
   check_vector(row_max, "row_max", n_rows, acc);
@@ -1166,8 +1154,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cpu(
     const at::Tensor& positive_weight, const at::Tensor& row_max, const at::Tensor& row_log_sum,
     const at::Tensor& row_n_positive, const at::Tensor& row_coef, int64_t denominator, bool exclude_self,
     double eps) {
-  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
-  check_variant(denominator, positive_weight, anchors);
   return backward_impl(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight,
                        row_max, row_log_sum, row_n_positive, row_coef, denominator, exclude_self, eps);
 }
