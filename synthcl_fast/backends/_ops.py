@@ -46,7 +46,6 @@ dL_i/dw'_i = -mean_p s_ip (computed here, in the autograd registration).
 from __future__ import annotations
 
 import enum
-
 import sys
 
 import torch

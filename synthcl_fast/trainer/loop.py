@@ -129,7 +129,7 @@ class Trainer:
         self.sums: dict[str, float] = {}
         self.device_sums: dict[str, torch.Tensor] = {}  # DEVICE_METRIC_KEYS, summed over this epoch's steps
         self.count = 0
-        self._quality_probe = None  # (classifier, real test confidence), built on first use
+        self._quality_probe = None  # (classifier, its confidence on real test images, fixed z), built on first use
         self.history: list[dict] = []
         self.snapshots: dict[int, torch.Tensor] = {}
 
