@@ -34,6 +34,18 @@ TORCH_LIBRARY(synthcl_fast, m) {
       "Tensor candidate_labels, Tensor temperature, Tensor positive_weight, Tensor row_max, Tensor row_log_sum, "
       "Tensor row_n_positive, Tensor row_coef, int denominator, bool exclude_self, float eps) -> "
       "(Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
+  // Hard negatives and debiasing (HCL): per row lse_Neg (1 + beta) s, lse_Neg beta s and lse_P s (row_lse, (R, 3)),
+  // mean_P s, |Neg|, |P|, and per set the reference and log-sum the backward recomputes each softmax from; the
+  // loss is formed from them in Python (synthcl_fast/reference.py, hard_negative_row_loss).
+  m.def(
+      "hard_negative_stats_forward(Tensor anchors, Tensor candidates, Tensor anchor_labels, Tensor candidate_labels, "
+      "Tensor temperature, float beta, bool exclude_self, float eps) -> (Tensor row_lse, Tensor row_positive_mean, "
+      "Tensor row_n_negative, Tensor row_n_positive, Tensor row_reference, Tensor row_log_sum)");
+  m.def(
+      "hard_negative_stats_backward(Tensor grad_lse, Tensor grad_positive_mean, Tensor anchors, Tensor candidates, "
+      "Tensor anchor_labels, Tensor candidate_labels, Tensor temperature, float beta, Tensor row_n_negative, "
+      "Tensor row_n_positive, Tensor row_reference, Tensor row_log_sum, bool exclude_self, float eps) -> "
+      "(Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
   m.def(
       "positive_pair_forward(Tensor a, Tensor b, Tensor target, int mode, int reduction, float eps, "
       "bool compute_grad_a, bool compute_grad_b) -> "

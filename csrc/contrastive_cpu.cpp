@@ -1158,6 +1158,313 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cpu(
                        row_max, row_log_sum, row_n_positive, row_coef, denominator, exclude_self, eps);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Hard negatives and debiasing (HCL; synthcl_fast/reference.py, hard_negative_row_stats): the row statistics
+//
+//     X0_i = lse_{Neg(i)} (1 + beta) s_ij     X1_i = lse_{Neg(i)} beta s_ij     X2_i = lse_{P(i)} s_ij
+//     Y_i  = mean_{P(i)} s_ij                 n_i = |Neg(i)|                    |P(i)|
+//
+// from which Python forms the loss (reference.hard_negative_row_loss, the same code for every backend), with
+// autograd through it. Each X_k is kept as (r_k, log S_k): r_k the raw max of s over its set (the min for a
+// negative scale c_k), S_k = sum e^{c_k (s_j - r_k)}, so that c_k (s_j - r_k) is formed from the difference of
+// two logits of the same tile and every exponent is <= 0. The gradient, for upstream g_ik = dLoss/dX_ik and
+// h_i = dLoss/dY_i:
+//
+//     G_ij = g_i0 c_0 e^{c_0 (s_ij - r_i0) - log S_i0} + g_i1 c_1 e^{c_1 (s_ij - r_i1) - log S_i1}   j in Neg(i)
+//     G_ij = g_i2 e^{(s_ij - r_i2) - log S_i2} + h_i / |P(i)|                                       j in P(i)
+//     dLoss/dt = -(1/t) sum_ij G_ij s_ij,  sum_j G_ij = g_i0 c_0 + g_i1 c_1 + g_i2 + h_i (over nonempty sets)
+// ---------------------------------------------------------------------------------------------------------
+
+constexpr int kHardSets = 3;  // X0, X1 over the negatives; X2 over the positives
+
+template <typename acc_t>
+struct HardScales {
+  acc_t c[kHardSets];
+  explicit HardScales(double beta) : c{static_cast<acc_t>(1 + beta), static_cast<acc_t>(beta), acc_t(1)} {}
+};
+
+// Running statistics of a block's rows (indexed by tile row): per set the reference r and sum S (0: empty so
+// far), the positives' sum of s and both counts.
+template <typename acc_t>
+struct HardRunning {
+  std::vector<acc_t> ref;     // (rows, 3)
+  std::vector<double> sum;    // (rows, 3)
+  std::vector<double> positive_sum;
+  std::vector<int64_t> n_negative, n_positive;
+  explicit HardRunning(int64_t rows)
+      : ref(rows * kHardSets), sum(rows * kHardSets), positive_sum(rows), n_negative(rows), n_positive(rows) {}
+  void reset() {
+    std::fill(sum.begin(), sum.end(), 0.0);
+    std::fill(positive_sum.begin(), positive_sum.end(), 0.0);
+    std::fill(n_negative.begin(), n_negative.end(), 0);
+    std::fill(n_positive.begin(), n_positive.end(), 0);
+  }
+};
+
+// Online update of the running statistics with one tile (self column of tile row i: self0 + i).
+template <typename acc_t>
+void update_hard_stats(const acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_labels, const int64_t* col_labels,
+                       int64_t self0, const HardScales<acc_t>& scales, HardRunning<acc_t>& run) {
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  for (int64_t i = 0; i < bm; ++i) {
+    const acc_t* s = tile + i * tn;
+    const int64_t self = self0 + i, label = row_labels[i];
+    const auto positive = [&](int64_t j) { return col_labels[j] == label && col_labels[j] >= 0; };
+    // the tile's extremes (NaN skipped: the sums below are NaN then)
+    acc_t negative_max = -kInf, negative_min = kInf, positive_max = -kInf;
+    for (int64_t j = 0; j < tn; ++j) {
+      if (j == self) continue;
+      const acc_t x = s[j];
+      if (positive(j)) {
+        positive_max = x > positive_max ? x : positive_max;
+        run.positive_sum[i] += static_cast<double>(x);
+        ++run.n_positive[i];
+      } else {
+        negative_max = x > negative_max ? x : negative_max;
+        negative_min = x < negative_min ? x : negative_min;
+        ++run.n_negative[i];
+      }
+    }
+    acc_t* ref = run.ref.data() + i * kHardSets;
+    double* sum = run.sum.data() + i * kHardSets;
+    const acc_t tile_ref[kHardSets] = {scales.c[0] >= 0 ? negative_max : negative_min,
+                                       scales.c[1] >= 0 ? negative_max : negative_min, positive_max};
+    bool live[kHardSets];
+    for (int k = 0; k < kHardSets; ++k) {
+      // the new reference: the extreme in the direction of c_k of the old one and the tile's
+      const bool tile_has = tile_ref[k] == tile_ref[k] && std::abs(tile_ref[k]) != kInf;
+      if (tile_has) {
+        const bool seen = sum[k] != 0.0;
+        const acc_t next = !seen ? tile_ref[k]
+                                 : (scales.c[k] >= 0 ? std::max(ref[k], tile_ref[k]) : std::min(ref[k], tile_ref[k]));
+        if (seen && next != ref[k]) sum[k] *= std::exp(static_cast<double>(scales.c[k] * (ref[k] - next)));
+        ref[k] = next;
+      }
+      live[k] = tile_has || sum[k] != 0.0;  // a set with only NaN logits so far keeps sum 0 and gets NaN below
+    }
+    acc_t part[kHardSets] = {0, 0, 0};
+    for (int64_t j = 0; j < tn; ++j) {
+      if (j == self) continue;
+      if (positive(j)) {
+        part[2] += live[2] ? exp_nonpositive(s[j] - ref[2]) : s[j] - s[j];  // NaN for a NaN logit
+      } else {
+        part[0] += live[0] ? exp_nonpositive(scales.c[0] * (s[j] - ref[0])) : s[j] - s[j];
+        part[1] += live[1] ? exp_nonpositive(scales.c[1] * (s[j] - ref[1])) : s[j] - s[j];
+      }
+    }
+    for (int k = 0; k < kHardSets; ++k) sum[k] += static_cast<double>(part[k]);
+  }
+}
+
+struct HardStats {
+  at::Tensor lse, positive_mean, n_negative, n_positive, ref, log_sum;
+};
+
+template <typename acc_t>
+HardStats hard_forward(const Problem<acc_t>& p, const HardScales<acc_t>& scales) {
+  const BlockPlan plan = block_plan<acc_t>(p.n_rows, p.n_cols);
+  auto opts = p.v.options();
+  HardStats out{empty_output({p.n_rows, kHardSets}, opts), empty_output({p.n_rows}, opts),
+                empty_output({p.n_rows}, opts.dtype(at::kInt)), empty_output({p.n_rows}, opts.dtype(at::kInt)),
+                empty_output({p.n_rows, kHardSets}, opts), empty_output({p.n_rows, kHardSets}, opts)};
+  const int64_t groups = n_groups(plan.n_blocks, 0, p.n_rows * p.n_cols * p.dim);
+  for_each_group(groups, [&](int64_t g) {
+    const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
+    at::Tensor strip = empty_output({plan.block_rows * plan.tile_cols}, opts);
+    HardRunning<acc_t> run(plan.block_rows);
+    for (int64_t b = b_lo; b < b_hi; ++b) {
+      const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
+      run.reset();
+      const at::Tensor u_block = p.u.narrow(0, r0, bm);
+      for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
+        const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
+        at::Tensor tile = logits(p, strip, u_block, p.v.narrow(0, c0, tn));
+        update_hard_stats(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
+                          p.exclude_self ? r0 - c0 : kNoSelf, scales, run);
+      }
+      acc_t* lse = out.lse.data_ptr<acc_t>() + r0 * kHardSets;
+      acc_t* ref = out.ref.data_ptr<acc_t>() + r0 * kHardSets;
+      acc_t* log_sum = out.log_sum.data_ptr<acc_t>() + r0 * kHardSets;
+      for (int64_t i = 0; i < bm; ++i) {
+        for (int k = 0; k < kHardSets; ++k) {
+          const double sum = run.sum[i * kHardSets + k];
+          const bool empty = (k == 2 ? run.n_positive[i] : run.n_negative[i]) == 0;
+          const acc_t r = empty ? acc_t(0) : run.ref[i * kHardSets + k];  // an empty set: X = -inf, r unused
+          ref[i * kHardSets + k] = r;
+          log_sum[i * kHardSets + k] = static_cast<acc_t>(std::log(sum));
+          lse[i * kHardSets + k] = empty ? -std::numeric_limits<acc_t>::infinity()
+                                         : scales.c[k] * r + static_cast<acc_t>(std::log(sum));
+        }
+        const int64_t npos = run.n_positive[i];
+        out.positive_mean.data_ptr<acc_t>()[r0 + i] =
+            npos > 0 ? static_cast<acc_t>(run.positive_sum[i] / static_cast<double>(npos)) : acc_t(0);
+        out.n_negative.data_ptr<int32_t>()[r0 + i] = static_cast<int32_t>(run.n_negative[i]);
+        out.n_positive.data_ptr<int32_t>()[r0 + i] = static_cast<int32_t>(npos);
+      }
+    }
+  });
+  return out;
+}
+
+// Overwrites the tile with G (above); returns sum_ij G_ij (s_ij - rho_i), rho_i a reference of the row.
+template <typename acc_t>
+double hard_gradient_tile(acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_labels, const int64_t* col_labels,
+                          int64_t self0, const HardScales<acc_t>& scales, const acc_t* grad_lse,
+                          const acc_t* grad_mean, const acc_t* ref, const acc_t* log_sum, const int32_t* n_positive,
+                          const int32_t* n_negative) {
+  double total = 0;
+  for (int64_t i = 0; i < bm; ++i) {
+    acc_t* s = tile + i * tn;
+    const int64_t self = self0 + i, label = row_labels[i];
+    const acc_t* r = ref + i * kHardSets;
+    const acc_t* ls = log_sum + i * kHardSets;
+    const bool has_negative = n_negative[i] > 0, has_positive = n_positive[i] > 0;
+    // coefficients of each set's softmax (0 for an empty set, whose exponent is never formed)
+    const acc_t a0 = has_negative ? grad_lse[i * kHardSets] * scales.c[0] : acc_t(0);
+    const acc_t a1 = has_negative ? grad_lse[i * kHardSets + 1] * scales.c[1] : acc_t(0);
+    const acc_t a2 = has_positive ? grad_lse[i * kHardSets + 2] : acc_t(0);
+    const acc_t a3 = has_positive ? grad_mean[i] / static_cast<acc_t>(n_positive[i]) : acc_t(0);
+    const acc_t rho = has_negative ? r[0] : r[2];
+    acc_t gs = 0;
+    for (int64_t j = 0; j < tn; ++j) {
+      if (j == self) {
+        s[j] = 0;
+        continue;
+      }
+      const acc_t x = s[j];
+      acc_t g;
+      if (col_labels[j] == label && col_labels[j] >= 0) {
+        g = a2 * exp_nonpositive((x - r[2]) - ls[2]) + a3;
+      } else {
+        g = a0 == acc_t(0) ? acc_t(0) : a0 * exp_nonpositive(scales.c[0] * (x - r[0]) - ls[0]);
+        g += a1 == acc_t(0) ? acc_t(0) : a1 * exp_nonpositive(scales.c[1] * (x - r[1]) - ls[1]);
+      }
+      gs += g * (x - rho);
+      s[j] = g;
+    }
+    total += static_cast<double>(gs);
+  }
+  return total;
+}
+
+template <typename acc_t>
+Gradients hard_backward(const Problem<acc_t>& p, const HardScales<acc_t>& scales, const acc_t* grad_lse,
+                        const acc_t* grad_mean, const acc_t* ref, const acc_t* log_sum, const int32_t* n_positive,
+                        const int32_t* n_negative) {
+  const BlockPlan plan = block_plan<acc_t>(p.n_rows, p.n_cols);
+  auto opts = p.v.options();
+  const int64_t groups = n_groups(plan.n_blocks, p.n_cols * p.dim * int64_t(sizeof(acc_t)),
+                                  p.n_rows * p.n_cols * p.dim);
+  at::Tensor grad_u = at::zeros({p.n_rows, p.dim}, opts);
+  PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
+  GroupSums gs(groups);
+  for_each_group(groups, [&](int64_t g) {
+    const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
+    at::Tensor strip = empty_output({plan.block_rows * plan.tile_cols}, opts);
+    for (int64_t b = b_lo; b < b_hi; ++b) {
+      const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
+      const at::Tensor u_block = p.u.narrow(0, r0, bm);
+      at::Tensor grad_u_block = grad_u.narrow(0, r0, bm);
+      for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
+        const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
+        const at::Tensor v_tile = p.v.narrow(0, c0, tn);
+        at::Tensor tile = logits(p, strip, u_block, v_tile);
+        gs.values[g] += hard_gradient_tile(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0,
+                                           p.candidate_labels + c0, p.exclude_self ? r0 - c0 : kNoSelf, scales,
+                                           grad_lse + r0 * kHardSets, grad_mean + r0, ref + r0 * kHardSets,
+                                           log_sum + r0 * kHardSets, n_positive + r0, n_negative + r0);
+        grad_u_block.addmm_(tile, v_tile);
+        grad_v.of(g).narrow(0, c0, tn).addmm_(tile.t(), u_block, /*beta=*/1, /*alpha=*/p.inv_t);
+      }
+      // rho_i sum_j G_ij, the part of sum_ij G_ij s_ij taken out of the tiles' sums (closed form)
+      double common = 0;
+      for (int64_t i = r0; i < r0 + bm; ++i) {
+        const bool has_negative = n_negative[i] > 0, has_positive = n_positive[i] > 0;
+        const double rho = static_cast<double>(has_negative ? ref[i * kHardSets] : ref[i * kHardSets + 2]);
+        double row_sum = 0;
+        if (has_negative) row_sum += double(grad_lse[i * kHardSets]) * scales.c[0] +
+                                     double(grad_lse[i * kHardSets + 1]) * scales.c[1];
+        if (has_positive) row_sum += double(grad_lse[i * kHardSets + 2]) + double(grad_mean[i]);
+        common += rho * row_sum;
+      }
+      gs.values[g] += common;
+    }
+  });
+  return Gradients{{grad_u}, grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
+}
+
+// Returns (row_lse (R, 3), row_positive_mean, row_n_negative, row_n_positive, row_reference (R, 3),
+// row_log_sum (R, 3)): X0, X1, X2 and Y above, both counts, and what the backward needs to recompute each
+// softmax. An empty set has X = -inf. An invalid temperature gives NaN statistics (as contrastive_forward).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_forward_cpu(
+    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+    const at::Tensor& candidate_labels, const at::Tensor& temperature, double beta, bool exclude_self, double eps) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
+  TORCH_CHECK(std::isfinite(beta), "beta must be finite, got ", beta);
+  const std::optional<double> valid_inv_t = inverse_temperature(temperature);
+  auto [u, norm_a] = normalize_rows(anchors, eps);
+  auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
+  at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
+  HardStats out;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "hard_negative_stats_forward_cpu", [&] {
+    Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0), v.size(0),
+                        u.size(1), exclude_self,
+                        static_cast<scalar_t>(valid_inv_t.value_or(kStandInInverseTemperature))};
+    out = hard_forward(p, HardScales<scalar_t>(beta));
+  });
+  if (!valid_inv_t) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    for (at::Tensor* t : {&out.lse, &out.positive_mean, &out.ref, &out.log_sum}) t->fill_(nan);
+  }
+  return {out.lse, out.positive_mean, out.n_negative, out.n_positive, out.ref, out.log_sum};
+}
+
+// grad_lse (R, 3) = dLoss/dX, grad_positive_mean (R,) = dLoss/dY. Returns (grad_anchors, grad_candidates,
+// grad_temperature).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_backward_cpu(
+    const at::Tensor& grad_lse, const at::Tensor& grad_positive_mean, const at::Tensor& anchors,
+    const at::Tensor& candidates, const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
+    const at::Tensor& temperature, double beta, const at::Tensor& row_n_negative, const at::Tensor& row_n_positive,
+    const at::Tensor& row_reference, const at::Tensor& row_log_sum, bool exclude_self, double eps) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
+  TORCH_CHECK(std::isfinite(beta), "beta must be finite, got ", beta);
+  const int64_t n_rows = anchors.size(0);
+  const auto acc = accumulate_type(anchors.scalar_type());
+  for (const auto& [t, name] : {std::pair{&grad_lse, "grad_lse"}, {&row_reference, "row_reference"},
+                                {&row_log_sum, "row_log_sum"}}) {
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == n_rows && t->size(1) == kHardSets, name, " must have shape (", n_rows,
+                ", ", kHardSets, "), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == acc, name, " must have dtype ", acc, ", got ", t->scalar_type());
+  }
+  check_vector(grad_positive_mean, "grad_positive_mean", n_rows, acc);
+  check_vector(row_n_negative, "row_n_negative", n_rows, at::kInt);
+  check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
+  const std::optional<double> valid_inv_t = inverse_temperature(temperature);
+  const double inv_t = valid_inv_t.value_or(kStandInInverseTemperature);
+  auto [u, norm_a] = normalize_rows(anchors, eps);
+  auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
+  at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
+  at::Tensor g_lse = grad_lse.contiguous(), g_mean = grad_positive_mean.contiguous();
+  at::Tensor ref = row_reference.contiguous(), log_sum = row_log_sum.contiguous();
+  at::Tensor n_neg = row_n_negative.contiguous(), n_pos = row_n_positive.contiguous();
+  at::Tensor grad_anchors, grad_candidates;
+  double sum_gs = 0;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "hard_negative_stats_backward_cpu", [&] {
+    Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0), v.size(0),
+                        u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
+    Gradients grads = hard_backward(p, HardScales<scalar_t>(beta), g_lse.data_ptr<scalar_t>(),
+                                    g_mean.data_ptr<scalar_t>(), ref.data_ptr<scalar_t>(),
+                                    log_sum.data_ptr<scalar_t>(), n_pos.data_ptr<int32_t>(),
+                                    n_neg.data_ptr<int32_t>());
+    sum_gs = grads.sum_gs;
+    std::tie(grad_anchors, grad_candidates) =
+        input_gradients<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, eps);
+  });
+  at::Tensor grad_temperature = at::full({}, -inv_t * sum_gs, temperature.options());
+  if (!valid_inv_t) poison_gradients({&grad_anchors, &grad_candidates, &grad_temperature});
+  return {grad_anchors, grad_candidates, grad_temperature};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(synthcl_fast, CPU, m) {
@@ -1165,6 +1472,8 @@ TORCH_LIBRARY_IMPL(synthcl_fast, CPU, m) {
   m.impl("contrastive_backward", &contrastive_backward_cpu);
   m.impl("contrastive_variant_forward", &contrastive_variant_forward_cpu);
   m.impl("contrastive_variant_backward", &contrastive_variant_backward_cpu);
+  m.impl("hard_negative_stats_forward", &hard_negative_stats_forward_cpu);
+  m.impl("hard_negative_stats_backward", &hard_negative_stats_backward_cpu);
 }
 
 }  // namespace synthcl_fast

@@ -125,8 +125,8 @@ def contrastive_loss(anchors, candidates=None, anchor_labels=None, candidate_lab
 
     Variants (formulas in synthcl_fast/reference.py, contrastive_loss_variant; Neg(i): the candidates in the
     denominator that are not positives; the cpu and triton backends fuse the denominators and positive_weight,
-    no backend fuses beta / tau_plus yet, and "auto" materializes the logits for what is not fused:
-    synthcl_fast.variants):
+    the cpu backend also beta / tau_plus (with "all" or "negatives"), and "auto" materializes the logits for what
+    is not fused: synthcl_fast.variants):
 
         denominator="all"           L_i = log(sum_P e^s + Ng_i) - w_i mean_P s     (Ng_i = sum_Neg e^s: the plain op)
         denominator="negatives"     L_i = log Ng_i - w_i mean_P s                  (DCL: positives out of the sum)

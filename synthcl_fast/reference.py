@@ -300,30 +300,68 @@ def _masked_logsumexp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(empty, torch.full_like(empty, float("-inf"), dtype=x.dtype), torch.logsumexp(safe, dim=1))
 
 
-def log_negative_mass(logits, positive, negative, temperature, beta=0.0, tau_plus=0.0):
-    """(R,) log Ng_i of the formulas above (log E_i when beta == tau_plus == 0); -inf for rows without negatives.
+def hard_negative_row_stats(logits, positive, negative, beta=0.0):
+    """The row statistics the HCL estimate is formed from (fused: the hard_negative_stats op, backends/_ops.py):
+    (lse_{Neg(i)} (1 + beta) s_ij, lse_{Neg(i)} beta s_ij, lse_{P(i)} s_ij, mean_{P(i)} s_ij, n_i, |P(i)|);
+    an empty set's log-sum-exp is -inf, its mean 0."""
+    n_negative, n_positive = negative.sum(dim=1), positive.sum(dim=1)
+    positive_mean = torch.where(positive, logits, torch.zeros_like(logits)).sum(dim=1) / n_positive.clamp_min(1)
+    return (_masked_logsumexp((1 + beta) * logits, negative), _masked_logsumexp(beta * logits, negative),
+            _masked_logsumexp(logits, positive), positive_mean, n_negative, n_positive)
 
-    logits (R, K) = s; positive, negative: (R, K) masks of P(i) and Neg(i); temperature: t (float or 0-d tensor).
-    """
+
+def log_negative_mass_from_stats(lse_hard, lse_soft, lse_positive, n_negative, n_positive, temperature, beta=0.0,
+                                 tau_plus=0.0):
+    """(R,) log Ng_i of the formulas above from the row statistics (hard_negative_row_stats); -inf for rows
+    without negatives. Shared by the reference and the fused backends, which differentiate through it."""
     if beta == 0.0 and tau_plus == 0.0:
-        return _masked_logsumexp(logits, negative)
-    n_negative = negative.sum(dim=1).to(logits.dtype)
+        return lse_hard  # lse_Neg s
+    n = n_negative.to(lse_hard.dtype)
     has_negative = n_negative > 0
-    log_n = torch.log(n_negative.clamp_min(1))
-    log_h = log_n + _masked_logsumexp((1 + beta) * logits, negative) - _masked_logsumexp(beta * logits, negative)
-    log_h = torch.where(has_negative, log_h, torch.zeros_like(log_h))
+    log_n = torch.log(n.clamp_min(1))
+    # rows without negatives: -inf - -inf is NaN; replaced (with a zero gradient) before it spreads
+    log_h = torch.where(has_negative, log_n + lse_hard - torch.where(has_negative, lse_soft, 0.0), 0.0)
     log_estimate = log_h
     if tau_plus > 0:
-        n_positive = positive.sum(dim=1).to(logits.dtype)
-        log_m = _masked_logsumexp(logits, positive) - torch.log(n_positive.clamp_min(1))
+        has_positive = n_positive > 0
+        log_m = torch.where(has_positive, lse_positive, 0.0) - torch.log(n_positive.clamp_min(1).to(lse_hard.dtype))
         # log(H - tau_plus n M) = log H + log(1 - e^{d}),  d = log(tau_plus n M) - log H  (H <= tau_plus n M: -inf)
         d = math.log(tau_plus) + log_n + log_m - log_h
         below = d < 0
         log_difference = log_h + torch.log1p(-torch.exp(torch.where(below, d, torch.full_like(d, -1.0))))
         log_estimate = torch.where(below, log_difference, torch.full_like(d, float("-inf"))) - math.log1p(-tau_plus)
-    log_floor = log_n - 1 / torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+    log_floor = log_n - 1 / torch.as_tensor(temperature, dtype=lse_hard.dtype, device=lse_hard.device)
     log_ng = torch.maximum(log_estimate, log_floor)
     return torch.where(has_negative, log_ng, torch.full_like(log_ng, float("-inf")))
+
+
+def log_negative_mass(logits, positive, negative, temperature, beta=0.0, tau_plus=0.0):
+    """(R,) log Ng_i of the formulas above (log E_i when beta == tau_plus == 0); -inf for rows without negatives.
+
+    logits (R, K) = s; positive, negative: (R, K) masks of P(i) and Neg(i); temperature: t (float or 0-d tensor).
+    """
+    lse_hard, lse_soft, lse_positive, _, n_negative, n_positive = hard_negative_row_stats(logits, positive, negative,
+                                                                                          beta)
+    return log_negative_mass_from_stats(lse_hard, lse_soft, lse_positive, n_negative, n_positive, temperature, beta,
+                                        tau_plus)
+
+
+def hard_negative_row_loss(lse_hard, lse_soft, lse_positive, positive_mean, n_negative, n_positive, temperature,
+                           beta, tau_plus, denominator, positive_weight=None):
+    """(R,) L_i of the denominators "all" and "negatives" from the row statistics (hard_negative_row_stats):
+    0 for rows without a positive. The fused backends form their beta / tau_plus losses with this code."""
+    has_positive = n_positive > 0
+    log_ng = log_negative_mass_from_stats(lse_hard, lse_soft, lse_positive, n_negative, n_positive, temperature,
+                                          beta, tau_plus)
+    if denominator == "all":
+        # (rows without a positive get 0 in place of -inf: logaddexp(-inf, -inf) has a NaN derivative)
+        log_denominator = torch.logaddexp(torch.where(has_positive, lse_positive, 0.0), log_ng)
+    elif denominator == "negatives":
+        log_denominator = log_ng
+    else:
+        raise ValueError(f"denominator must be 'all' or 'negatives' here, got {denominator!r}")
+    weighted_mean = positive_mean if positive_weight is None else positive_weight * positive_mean
+    return torch.where(has_positive, log_denominator - weighted_mean, torch.zeros_like(log_denominator))
 
 
 def contrastive_loss_variant(
@@ -367,29 +405,20 @@ def contrastive_loss_variant(
     has_positive = n_positive > 0
     count = n_positive.clamp_min(1).to(logits.dtype)
 
-    log_ng = log_negative_mass(logits, positive, negative, temperature, beta, tau_plus)
-    if denominator == "all":
-        # (rows without a positive get 0 in place of -inf: logaddexp(-inf, -inf) has a NaN derivative)
-        log_positive_mass = torch.where(has_positive, _masked_logsumexp(logits, positive), torch.zeros_like(log_ng))
-        log_denominator = torch.logaddexp(log_positive_mass, log_ng)
-    elif denominator == "negatives":
-        log_denominator = log_ng
+    if denominator in ("all", "negatives"):
+        row_loss = hard_negative_row_loss(*hard_negative_row_stats(logits, positive, negative, beta), temperature,
+                                          beta, tau_plus, denominator, positive_weight)
     elif denominator == "per_positive":
-        # log(e^{s_ip} + Ng_i) = s_ip + softplus(log Ng_i - s_ip): the softplus kept apart from s_ip (added back
-        # below as mean_p s_ip), else a loss far below s_ip ~ 1/t would be rounded away at s_ip's spacing
+        # L_i = mean_p log(e^{s_ip} + Ng_i) - w_i mean_p s_ip = mean_p softplus(log Ng_i - s_ip) + (1 - w_i) mean_p s_ip:
+        # the softplus kept apart from s_ip, else a loss far below s_ip ~ 1/t would be rounded away at s_ip's spacing
+        log_ng = log_negative_mass(logits, positive, negative, temperature, beta, tau_plus)
         per_pair = torch.logaddexp(log_ng[:, None] - logits, torch.zeros_like(logits))
-        log_denominator = torch.where(positive, per_pair, torch.zeros_like(per_pair)).sum(dim=1) / count
+        softplus_mean = torch.where(positive, per_pair, torch.zeros_like(per_pair)).sum(dim=1) / count
+        positive_mean = torch.where(positive, logits, torch.zeros_like(logits)).sum(dim=1) / count
+        weight = 1.0 if positive_weight is None else positive_weight
+        row_loss = torch.where(has_positive, softplus_mean + (1 - weight) * positive_mean, torch.zeros_like(log_ng))
     else:
         raise ValueError(f"denominator must be 'all', 'negatives' or 'per_positive', got {denominator!r}")
-    positive_mean = torch.where(positive, logits, torch.zeros_like(logits)).sum(dim=1) / count
-    if denominator == "per_positive":  # L_i = mean_p softplus(log Ng_i - s_ip) + (1 - w_i) mean_p s_ip
-        weight = 1.0 if positive_weight is None else positive_weight
-        row_loss = log_denominator + (1 - weight) * positive_mean
-    else:
-        if positive_weight is not None:
-            positive_mean = positive_weight * positive_mean
-        row_loss = log_denominator - positive_mean
-    row_loss = torch.where(has_positive, row_loss, torch.zeros_like(row_loss))
     return reduce_rows(row_loss, has_positive, reduction)
 
 

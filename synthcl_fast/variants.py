@@ -15,12 +15,16 @@ backends/_ops.py); `auto` takes it when it fuses every option in use, else the r
 backend that does not raises BackendUnavailableError naming the option (backend_for_variant). Fused now:
 
     cpu      denominator="negatives" / "per_positive", with or without positive_weight
-             (csrc/contrastive_cpu.cpp, the general plan also for the symmetric problems)
+             (csrc/contrastive_cpu.cpp, the general plan also for the symmetric problems); beta and tau_plus
+             with denominator "all" or "negatives" (the hard_negative_stats op: the row statistics fused, the
+             loss formed from them by reference.hard_negative_row_loss)
     triton   the same (backends/triton_contrastive.py: the forward kernel's VARIANT statistics, a positives' pass for
              "per_positive", the backward kernel's _variant_term)
     cuda     none: csrc/contrastive_cuda.cu has no variant kernel, so backend="cuda" names the option it lacks
 
-positive_weight is fused only with a denominator other than "all" (the plain op's kernels carry no weight).
+positive_weight is fused only with a denominator other than "all" (the plain op's kernels carry no weight), or
+with beta / tau_plus; beta / tau_plus are not fused with denominator="per_positive" (its per-pair softplus
+needs a pass of its own over the positives with the estimate).
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ from .backends import BACKEND_ENV, BACKENDS, Backend, BackendUnavailableError, r
 
 # Option names (as ContrastiveVariant.options() spells them) that each fused backend computes.
 _DENOMINATORS = frozenset({"denominator='negatives'", "denominator='per_positive'", "positive_weight"})
-FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": _DENOMINATORS, "triton": _DENOMINATORS, "cuda": frozenset()}
+_HARD_NEGATIVES = frozenset({"beta", "tau_plus"})
+FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": _DENOMINATORS | _HARD_NEGATIVES, "triton": _DENOMINATORS,
+                                            "cuda": frozenset()}
+# Combinations no backend fuses although it fuses each option (named so in the error)
 WEIGHT_WITHOUT_DENOMINATOR = "positive_weight with denominator='all'"
+HARD_PER_POSITIVE = "beta / tau_plus with denominator='per_positive'"
 
 
 @dataclass(frozen=True)
@@ -73,8 +81,12 @@ def backend_for_variant(backend: str, device: torch.device, dtype: torch.dtype,
     if chosen.name == "reference":
         return chosen
     missing = [option for option in variant.options() if option not in FUSED_OPTIONS.get(chosen.name, ())]
-    if variant.denominator == "all" and variant.positive_weight is not None and "positive_weight" not in missing:
+    hard = [option for option in ("beta", "tau_plus") if option in variant.options()]
+    if variant.denominator == "all" and variant.positive_weight is not None and not hard \
+            and "positive_weight" not in missing:
         missing.append(WEIGHT_WITHOUT_DENOMINATOR)
+    if variant.denominator == "per_positive" and hard and not set(hard) & set(missing):
+        missing.append(HARD_PER_POSITIVE)
     if not missing:
         return chosen
     requested = os.environ.get(BACKEND_ENV, "auto") if backend == "auto" else backend

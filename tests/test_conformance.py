@@ -922,6 +922,171 @@ def test_variant_opcheck(lane, dtype, rng):
                                    reduction_code(reduction), 1e-8, compute_grad))
 
 
+# ------------------------------------------------ hard negatives and debiasing (HCL: beta, tau_plus; issue 15)
+
+# (beta, tau_plus): hard weights alone, debiasing alone, both, a negative beta, and beta < -1 (a negative scale
+# 1 + beta: the negatives' min is the reference of its log-sum-exp)
+HARD_SETTINGS = [(1.0, 0.0), (0.0, 0.1), (0.5, 0.1), (-0.5, 0.2), (-1.7, 0.05)]
+
+
+def _hard_cases():
+    for lane in LANES:
+        if not _fuses(lane, ["beta", "tau_plus"]):
+            continue
+        for (beta, tau_plus), denominator in itertools.product(HARD_SETTINGS, ("all", "negatives")):
+            # the shapes cycle over the settings and the reductions over the shapes, as in _variant_cases
+            for i, shape in enumerate(shapes(lane)):
+                if (i + HARD_SETTINGS.index((beta, tau_plus))) % 2:
+                    continue
+                for exclude_self in (False, True):
+                    reduction = ("mean", "sum", "none")[(i + exclude_self) % 3]
+                    yield lane_param(lane, denominator, beta, tau_plus, shape, exclude_self, reduction,
+                                     denominator == "all" and i % 3 == 0)
+
+
+@pytest.mark.parametrize("lane,denominator,beta,tau_plus,shape,exclude_self,reduction,weighted",
+                         list(_hard_cases()))
+def test_hard_negative_op(lane, denominator, beta, tau_plus, shape, exclude_self, reduction, weighted, rng):
+    """Negatives weighted by e^{beta s} (HCL) and the debiased estimate (tau_plus), with the denominators "all"
+    (Robinson et al.'s loss) and "negatives", with and without a per-row weight on the positive term, against
+    contrastive_loss_variant in float64: values and the gradients of the features, the temperature and the
+    weight. Candidates 0 and K - 1 are never positive (every row has a negative)."""
+    n_rows, n_cols, dim = shape
+    dtype = lane.exact_dtype
+    anchors, anchors64 = _pair(lane, torch.randn(n_rows, dim, generator=rng), dtype)
+    candidates, candidates64 = _pair(lane, torch.randn(n_cols, dim, generator=rng), dtype)
+    anchor_labels, candidate_labels = _labels(rng, n_rows, 0, 4, lane), _labels(rng, n_cols, -1, 4, lane)
+    candidate_labels[0] = candidate_labels[-1] = -1
+    t = 0.05 + 0.5 * float(torch.rand((), generator=rng))
+    acc = dtype if dtype == torch.float64 else torch.float32
+    temperature, temperature64 = _pair(lane, torch.tensor(t), acc)
+    inputs, inputs64 = [anchors, candidates, temperature], [anchors64, candidates64, temperature64]
+    variant = {"denominator": denominator, "beta": beta, "tau_plus": tau_plus}
+    weight = weight64 = None
+    if weighted:
+        weight, weight64 = _pair(lane, 2 * torch.rand(n_rows, generator=rng), acc)
+        inputs.append(weight)
+        inputs64.append(weight64)
+    actual = L.contrastive_loss(anchors, candidates, anchor_labels, candidate_labels, temperature=temperature,
+                                exclude_self=exclude_self, reduction=reduction, backend=lane.name,
+                                positive_weight=weight, **variant)
+    expected = ref.contrastive_loss_variant(anchors64, candidates64, anchor_labels, candidate_labels,
+                                            temperature=temperature64, exclude_self=exclude_self,
+                                            reduction=reduction, positive_weight=weight64, **variant)
+    tols = lane.tolerances(dtype)
+    floors = cancellation_floors(
+        [anchors64, candidates64], t, reduction, tols[1], dtype,
+        _variant_row_temperature_derivatives(anchors64, candidates64, anchor_labels, candidate_labels,
+                                             temperature64, exclude_self,
+                                             positive_weight=None if weight64 is None else weight64.detach(),
+                                             **variant))
+    compare(actual, expected, inputs, inputs64, tols,
+            f"hard negatives {variant} weighted={weighted} {shape} {dtype} t={t:.3f}", rng,
+            grad_floors=lambda upstream: floors(upstream) + [0.0])
+
+
+def _hard_dtype_cases():
+    for lane in LANES:
+        if _fuses(lane, ["beta", "tau_plus"]):
+            for dtype, (reduction, t) in itertools.product(lane.dtypes, (("mean", 0.05), ("none", 0.5))):
+                yield lane_param(lane, dtype, reduction, t)
+
+
+@pytest.mark.parametrize("lane,dtype,reduction,t", list(_hard_dtype_cases()))
+def test_hard_negative_dtypes(lane, dtype, reduction, t, rng):
+    """Every dtype of the lane on NT-Xent's self-candidates with class labels (several positives per row), the
+    debiased hard-negative loss against float64 on the same (rounded) inputs."""
+    n_rows, dim = 37, 40
+    anchors, anchors64 = _pair(lane, torch.randn(n_rows, dim, generator=rng), dtype)
+    labels = _labels(rng, n_rows, 0, 8, lane)
+    temperature, temperature64 = _pair(lane, torch.tensor(t), torch.float64 if dtype == torch.float64
+                                       else torch.float32)
+    variant = {"beta": 1.0, "tau_plus": 0.1}
+    actual = L.contrastive_loss(anchors, None, labels, temperature=temperature, reduction=reduction,
+                                backend=lane.name, **variant)
+    expected = ref.contrastive_loss_variant(anchors64, None, labels, temperature=temperature64,
+                                            reduction=reduction, **variant)
+    compare(actual, expected, [anchors, temperature], [anchors64, temperature64], lane.tolerances(dtype),
+            f"hard negatives {dtype} {reduction} t={t}", rng,
+            grad_floors=cancellation_floors(
+                [anchors64], t, reduction, lane.tolerances(dtype)[1], dtype,
+                _variant_row_temperature_derivatives(anchors64, anchors64, labels, labels, temperature64, True,
+                                                     **variant)))
+
+
+@pytest.mark.parametrize("lane", [lane_param(lane) for lane in LANES if _fuses(lane, ["beta", "tau_plus"])])
+def test_hard_negative_extremes(lane, rng):
+    """Log space at the edges: t = 1e-4 with each positive ~3000 above its negatives and beta = 2 (exponents
+    of 3 (s - m) ~ -3e4 would flush any e^{s} formed directly); the floor n e^{-1/t} taken when the debiased
+    estimate falls below it (tau_plus near 1); rows without a positive (0) or without a negative (-inf, as
+    contrastive_loss_variant)."""
+    dtype = lane.exact_dtype
+    base = torch.randn(6, 8, generator=rng, dtype=torch.float64)
+    x = torch.cat([base, base + 1e-3 * torch.randn(6, 8, generator=rng, dtype=torch.float64)])
+    labels = torch.arange(6).repeat(2).to(lane.device)
+    cases = [(x, labels, dict(temperature=1e-4, beta=2.0, tau_plus=0.1)),
+             (x, labels, dict(temperature=0.5, beta=0.5, tau_plus=0.9)),
+             (torch.randn(5, 4, generator=rng, dtype=torch.float64),
+              torch.tensor([0, 0, 0, 1, 2], device=lane.device), dict(temperature=0.3, beta=1.0, tau_plus=0.2)),
+             (torch.randn(4, 4, generator=rng, dtype=torch.float64), torch.zeros(4, dtype=torch.long,
+                                                                                  device=lane.device),
+              dict(temperature=0.3, beta=1.0, tau_plus=0.2))]
+    for (features, row_labels, kwargs), denominator in itertools.product(cases, ("all", "negatives")):
+        low, x64 = _pair(lane, features, dtype)
+        actual = L.contrastive_loss(low, None, row_labels, backend=lane.name, denominator=denominator,
+                                    reduction="none", **kwargs)
+        expected = ref.contrastive_loss_variant(x64, None, row_labels, denominator=denominator, reduction="none",
+                                                **kwargs)
+        what = _what(f"{denominator} {kwargs}")
+        assert torch.equal(torch.isfinite(actual), torch.isfinite(expected)), f"{what}: {actual} vs {expected}"
+        assert torch.equal(actual[~torch.isfinite(expected)], expected[~torch.isfinite(expected)].to(actual.dtype))
+        finite = torch.isfinite(expected)
+        assert_close(actual[finite], expected[finite], lane.tolerances(dtype)[0], f"{what} value")
+
+
+@pytest.mark.parametrize("lane", [lane_param(lane) for lane in LANES if torch.float64 in lane.dtypes
+                                  and _fuses(lane, ["beta", "tau_plus", "positive_weight"])])
+def test_hard_negative_gradcheck(lane, rng):
+    """Finite differences in float64 through the fused statistics and the loss formed from them."""
+    def leaf(*shape):
+        return torch.randn(*shape, generator=rng, dtype=torch.float64).to(lane.device).requires_grad_()
+
+    anchor_labels = torch.tensor([0, 1, 2, 0, 5, 1], device=lane.device)
+    candidate_labels = torch.tensor([0, 1, 2, 0, -1, 1, 2, 2, 0], device=lane.device)
+    for denominator, reduction in itertools.product(("all", "negatives"), ("mean", "none")):
+        def loss(a, c, t, w):
+            return L.contrastive_loss(a, c, anchor_labels, candidate_labels, temperature=t, exclude_self=True,
+                                      reduction=reduction, backend=lane.name, denominator=denominator,
+                                      beta=0.7, tau_plus=0.1, positive_weight=w)
+        t = torch.tensor(0.4, dtype=torch.float64, device=lane.device, requires_grad=True)
+        w = (1 + torch.rand(6, generator=rng, dtype=torch.float64)).to(lane.device).requires_grad_()
+        assert torch.autograd.gradcheck(loss, (leaf(6, 4), leaf(9, 4), t, w), fast_mode=True), denominator
+
+
+@pytest.mark.parametrize("lane,dtype", [lane_param(lane, d) for lane in FUSED for d in lane.dtypes
+                                        if _fuses(lane, ["beta", "tau_plus"])])
+def test_hard_negative_opcheck(lane, dtype, rng):
+    """Schema, fake and autograd registrations of the hard_negative_stats op and of its backward."""
+    from synthcl_fast.backends._ops import accumulate_dtype
+
+    ops, device, acc = lane.backend.ops(), lane.device, accumulate_dtype(dtype)
+    a = torch.randn(7, 5, generator=rng).to(device, dtype).requires_grad_()
+    c = torch.randn(9, 5, generator=rng).to(device, dtype).requires_grad_()
+    a_labels = torch.tensor([0, 1, 2, 0, 1, 3, 2], device=device)
+    c_labels = torch.tensor([0, -1, 2, 0, 1, 1, 2, 3, -1], device=device)
+    t = torch.tensor(0.3, dtype=acc, device=device, requires_grad=True)
+    for beta, exclude_self in ((0.5, False), (-1.5, True)):
+        torch.library.opcheck(ops.hard_negative_stats_forward, (a, c, a_labels, c_labels, t, beta, exclude_self,
+                                                                1e-8))
+    _, _, n_negative, n_positive, reference, log_sum = ops.hard_negative_stats_forward(
+        a.detach(), c.detach(), a_labels, c_labels, t.detach(), 0.5, False, 1e-8)
+    grad_lse = torch.randn(7, 3, generator=rng).to(device, acc)
+    grad_mean = torch.randn(7, generator=rng).to(device, acc)
+    torch.library.opcheck(ops.hard_negative_stats_backward,
+                          (grad_lse, grad_mean, a.detach(), c.detach(), a_labels, c_labels, t.detach(), 0.5,
+                           n_negative, n_positive, reference, log_sum, False, 1e-8))
+
+
 # ---------------------------------------------------------------------------------- operators and compile
 
 @pytest.mark.parametrize("lane,dtype", [lane_param(lane, d) for lane in FUSED for d in lane.dtypes])
@@ -1059,6 +1224,10 @@ def _every_op(lane, rng):
     if _fuses(lane, ["denominator='per_positive'"]):
         ops["per_positive"] = lambda r: L.contrastive_loss(torch.cat([z1, z2]), anchor_labels=labels, temperature=t,
                                                            denominator="per_positive", reduction=r, backend=b)
+    if _fuses(lane, ["beta", "tau_plus"]):
+        ops["nt_xent (HCL)"] = lambda r: L.nt_xent(z1, z2, negatives=g, temperature=t, beta=1.0, tau_plus=0.1,
+                                                   reduction=r, backend=b)
+        ops["info_nce (HCL)"] = lambda r: L.info_nce(z1, z2, temperature=t, beta=0.5, reduction=r, backend=b)
     return ops, (z1, z2, g, t)
 
 

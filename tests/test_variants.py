@@ -11,7 +11,8 @@ import synthcl_fast.losses as L
 from conftest import assert_close, fused_cpu_backends
 from synthcl_fast import reference as ref
 from synthcl_fast.backends import BACKEND_ENV, BackendUnavailableError
-from synthcl_fast.variants import FUSED_OPTIONS, WEIGHT_WITHOUT_DENOMINATOR, ContrastiveVariant, backend_for_variant
+from synthcl_fast.variants import (FUSED_OPTIONS, HARD_PER_POSITIVE, WEIGHT_WITHOUT_DENOMINATOR, ContrastiveVariant,
+                                   backend_for_variant)
 
 VARIANT_OPTIONS = {
     "denominator='negatives'": {"denominator": "negatives"},
@@ -19,6 +20,8 @@ VARIANT_OPTIONS = {
     "beta": {"beta": 0.5},
     "tau_plus": {"tau_plus": 0.1},
     "positive_weight": {"positive_weight": 0.5},
+    "beta, positive_weight": {"beta": 0.5, "positive_weight": 0.5},
+    "per_positive, tau_plus": {"denominator": "per_positive", "tau_plus": 0.1},
 }
 
 
@@ -32,8 +35,12 @@ def _unfused(backend, kwargs):
     variant = ContrastiveVariant(**{**kwargs, "positive_weight": torch.ones(10) if "positive_weight" in kwargs
                                     else None})
     missing = [o for o in variant.options() if o not in FUSED_OPTIONS[backend]]
-    if variant.denominator == "all" and variant.positive_weight is not None and "positive_weight" not in missing:
+    hard = {"beta", "tau_plus"} & set(variant.options())
+    if variant.denominator == "all" and variant.positive_weight is not None and "positive_weight" not in missing \
+            and not hard:
         missing.append(WEIGHT_WITHOUT_DENOMINATOR)
+    if variant.denominator == "per_positive" and hard and not hard & set(missing):
+        missing.append(HARD_PER_POSITIVE)
     return missing
 
 
@@ -76,10 +83,23 @@ def test_auto_takes_the_fused_backend_where_it_fuses_the_variant(generator, monk
         monkeypatch.delenv(BACKEND_ENV)
 
 
-def test_cpu_fuses_the_denominators(generator):
+def test_cpu_fuses_the_denominators_and_hard_negatives(generator):
     """The options the CPU kernels compute (csrc/contrastive_cpu.cpp); the rest stay with the reference."""
-    assert FUSED_OPTIONS["cpu"] == {"denominator='negatives'", "denominator='per_positive'", "positive_weight"}
+    assert FUSED_OPTIONS["cpu"] == {"denominator='negatives'", "denominator='per_positive'", "positive_weight",
+                                    "beta", "tau_plus"}
     assert FUSED_OPTIONS["cuda"] == frozenset()
+
+
+def test_hard_negatives_with_per_positive_are_not_fused(generator):
+    """beta / tau_plus with PML's per-positive denominator: the reference under auto, refused by name where
+    the backend fuses each option alone."""
+    x, labels = inputs(generator)
+    for backend in fused_cpu_backends():
+        if {"beta", "denominator='per_positive'"} <= FUSED_OPTIONS[backend]:
+            with pytest.raises(BackendUnavailableError, match=re.escape(HARD_PER_POSITIVE)):
+                L.contrastive_loss(x, None, labels, backend=backend, denominator="per_positive", beta=0.5)
+    assert torch.equal(L.contrastive_loss(x, None, labels, denominator="per_positive", beta=0.5),
+                       ref.contrastive_loss_variant(x, None, labels, denominator="per_positive", beta=0.5))
 
 
 def test_weight_alone_is_not_fused(generator):

@@ -110,6 +110,9 @@ class FusedBackend(Backend):
     def contrastive_variant(self, anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
                             reduction, eps, variant):
         """The op with a variant's options (synthcl_fast.variants), where FUSED_OPTIONS lists them all."""
+        if variant.beta != 0.0 or variant.tau_plus != 0.0:
+            return self._hard_negative_variant(anchors, candidates, anchor_labels, candidate_labels, temperature,
+                                               exclude_self, reduction, eps, variant)
         weight = variant.positive_weight
         if weight is None:
             weight = torch.ones(anchors.shape[0], dtype=accumulate_dtype(anchors.dtype), device=anchors.device)
@@ -117,6 +120,18 @@ class FusedBackend(Backend):
             anchors, candidates, anchor_labels, candidate_labels, temperature, weight,
             denominator_code(variant.denominator), exclude_self, reduction_code(reduction), eps,
             gradient_in_forward(reduction, anchors, candidates, temperature))[0]
+
+    def _hard_negative_variant(self, anchors, candidates, anchor_labels, candidate_labels, temperature,
+                               exclude_self, reduction, eps, variant):
+        """HCL's hard / debiased negatives (beta, tau_plus; denominator "all" or "negatives"): the row
+        statistics from the fused hard_negative_stats op, the loss from them by the reference's own per-row
+        code (reference.hard_negative_row_loss), differentiated by autograd through both."""
+        lse, positive_mean, n_negative, n_positive, _, _ = self.ops().hard_negative_stats_forward(
+            anchors, candidates, anchor_labels, candidate_labels, temperature, variant.beta, exclude_self, eps)
+        row_loss = reference.hard_negative_row_loss(
+            lse[:, 0], lse[:, 1], lse[:, 2], positive_mean, n_negative, n_positive, temperature, variant.beta,
+            variant.tau_plus, variant.denominator, variant.positive_weight)
+        return reference.reduce_rows(row_loss, n_positive > 0, reduction)
 
     def positive_pair(self, a, b, target, mode, reduction, eps):
         grad_enabled = torch.is_grad_enabled()

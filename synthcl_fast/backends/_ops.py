@@ -39,6 +39,19 @@ dtype (ones for none); coef: c_i = mean_p sigmoid(lse_Neg(i) - s_ip) for per_pos
 positive_mean: mean_p s_ip (0 without positives), which gives positive_weight its gradient,
 dL_i/dw'_i = -mean_p s_ip (computed here, in the autograd registration).
 
+    hard_negative_stats_forward(anchors, candidates, anchor_labels, candidate_labels, temperature, beta,
+                                exclude_self, eps)
+        -> (lse (R, 3), positive_mean, n_negative, n_positive, reference (R, 3), log_sum (R, 3))
+    hard_negative_stats_backward(grad_lse, grad_positive_mean, anchors, candidates, anchor_labels,
+                                 candidate_labels, temperature, beta, n_negative, n_positive, reference, log_sum,
+                                 exclude_self, eps)
+        -> (grad_anchors, grad_candidates, grad_temperature)
+
+the row statistics of hard-negative reweighting and debiasing (HCL; beta / tau_plus): lse over Neg(i) of
+(1 + beta) s and of beta s, lse over P(i) of s (-inf for an empty set), mean_p s_ip, |Neg(i)| and |P(i)|
+(int32); reference and log_sum per set let the backward recompute each softmax (csrc/contrastive_cpu.cpp
+states the gradient). The loss is formed from the statistics in torch (reference.hard_negative_row_loss).
+
     positive_pair_forward(a, b, target, mode, reduction, eps, compute_grad_a, compute_grad_b)
         -> (loss, cosine, grad_a, grad_b, grad_target)          (gradients always in forward: one pass)
 """
@@ -238,6 +251,51 @@ def register_variant_op(forward_op, backward_op) -> None:
         grad_anchors, grad_candidates, grad_temperature = grads
         return (grad_anchors, grad_candidates, None, None, grad_temperature, grad_weight, None, None, None, None,
                 None)
+
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+
+HARD_SETS = 3  # hard_negative_stats: lse over Neg of (1 + beta) s, of beta s, and lse over P of s
+
+
+def register_hard_negative_op(forward_op, backward_op) -> None:
+    """Fake and autograd implementations of a backend's hard_negative_stats_forward and _backward ops: the row
+    statistics (lse, mean_P s) are differentiable, the loss is formed from them by torch code
+    (reference.hard_negative_row_loss), so autograd chains its gradient into the op's backward."""
+    name = _qualname(forward_op)
+
+    @torch.library.register_fake(name)
+    def _(anchors, candidates, anchor_labels, candidate_labels, temperature, beta, exclude_self, eps):
+        n_rows, acc = anchors.shape[0], accumulate_dtype(anchors.dtype)
+        per_set = anchors.new_empty((n_rows, HARD_SETS), dtype=acc)
+        counts = anchors.new_empty((n_rows,), dtype=torch.int32)
+        return (per_set, anchors.new_empty((n_rows,), dtype=acc), counts, torch.empty_like(counts),
+                torch.empty_like(per_set), torch.empty_like(per_set))
+
+    @torch.library.register_fake(_qualname(backward_op))
+    def _(grad_lse, grad_positive_mean, anchors, candidates, anchor_labels, candidate_labels, temperature, *_rest):
+        return _fake_input_grads(anchors, candidates, temperature)
+
+    def setup_context(ctx, inputs, output):
+        anchors, candidates, anchor_labels, candidate_labels, temperature, beta, exclude_self, eps = inputs
+        _, _, n_negative, n_positive, reference, log_sum = output
+        ctx.beta, ctx.exclude_self, ctx.eps = beta, exclude_self, eps
+        ctx.mark_non_differentiable(n_negative, n_positive, reference, log_sum)
+        ctx.save_for_backward(anchors, candidates, anchor_labels, candidate_labels, temperature, n_negative,
+                              n_positive, reference, log_sum)
+
+    def backward(ctx, grad_lse, grad_positive_mean, *_unused):
+        _no_double_backward()
+        anchors, candidates, anchor_labels, candidate_labels, temperature, n_negative, n_positive, reference, \
+            log_sum = ctx.saved_tensors
+        acc = accumulate_dtype(anchors.dtype)
+        grad_lse = torch.zeros_like(reference) if grad_lse is None else grad_lse.to(acc).contiguous()
+        grad_positive_mean = (anchors.new_zeros((anchors.shape[0],), dtype=acc) if grad_positive_mean is None
+                              else grad_positive_mean.to(acc).contiguous())
+        grad_anchors, grad_candidates, grad_temperature = backward_op(
+            grad_lse, grad_positive_mean, anchors, candidates, anchor_labels, candidate_labels, temperature,
+            ctx.beta, n_negative, n_positive, reference, log_sum, ctx.exclude_self, ctx.eps)
+        return grad_anchors, grad_candidates, None, None, grad_temperature, None, None, None
 
     torch.library.register_autograd(name, backward, setup_context=setup_context)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ._ops import assume_constant_result, register_contrastive_op, register_positive_pair_op, register_variant_op
+from ._ops import (assume_constant_result, register_contrastive_op, register_hard_negative_op,
+                   register_positive_pair_op, register_variant_op)
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CPU_SOURCES = ("bindings.cpp", "contrastive_cpu.cpp", "positive_pair_cpu.cpp")
@@ -107,6 +108,7 @@ def _load() -> str | None:
     ops = torch.ops.synthcl_fast
     register_contrastive_op(ops.contrastive_forward, ops.contrastive_backward, sides=1)
     register_variant_op(ops.contrastive_variant_forward, ops.contrastive_variant_backward)
+    register_hard_negative_op(ops.hard_negative_stats_forward, ops.hard_negative_stats_backward)
     register_positive_pair_op(ops.positive_pair_forward)
     return None
 
