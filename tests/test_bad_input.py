@@ -117,6 +117,21 @@ def test_compiled_ops_check_their_arguments():
     with pytest.raises(RuntimeError, match="row_coef"):
         ops.contrastive_variant_backward(torch.ones(4), a, c, la, lc, t, w, torch.zeros(4), torch.zeros(4),
                                          torch.ones(4, dtype=torch.int32), torch.ones(3), 1, False, 1e-12)
+    # the hard-negative statistics op: beta, and each per-row input of its backward, named
+    with pytest.raises(RuntimeError, match="beta"):
+        ops.hard_negative_stats_forward(a, c, la, lc, t, float("inf"), False, 1e-12)
+    stats = ops.hard_negative_stats_forward(a, c, la, lc, t, 0.5, False, 1e-12)
+    n_negative, n_positive, reference, log_sum = stats[2:]
+    good = dict(grad_lse=torch.ones(4, 3), grad_positive_mean=torch.ones(4), row_n_negative=n_negative,
+                row_n_positive=n_positive, row_reference=reference, row_log_sum=log_sum)
+    for name, bad in (("grad_lse", torch.ones(4, 2)), ("grad_positive_mean", torch.ones(5)),
+                      ("row_n_negative", n_negative.float()), ("row_reference", reference.double()),
+                      ("row_log_sum", torch.ones(3, 3))):
+        args = {**good, name: bad}
+        with pytest.raises(RuntimeError, match=name):
+            ops.hard_negative_stats_backward(args["grad_lse"], args["grad_positive_mean"], a, c, la, lc, t, 0.5,
+                                             args["row_n_negative"], args["row_n_positive"], args["row_reference"],
+                                             args["row_log_sum"], False, 1e-12)
 
 
 def test_auto_warns_once_when_it_falls_back_to_the_reference(monkeypatch):

@@ -25,6 +25,7 @@ using Tensors9 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::
                             at::Tensor, at::Tensor>;
 using Tensors5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using Tensors6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 struct Fuzzer {
   std::mt19937_64 rng;
@@ -111,6 +112,15 @@ int main(int argc, char** argv) {
           .typed<Tensors3(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                           const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool, double)>();
+  auto hard_forward =
+      dispatcher.findSchemaOrThrow("synthcl_fast::hard_negative_stats_forward", "")
+          .typed<Tensors6(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                          const at::Tensor&, double, bool, double)>();
+  auto hard_backward =
+      dispatcher.findSchemaOrThrow("synthcl_fast::hard_negative_stats_backward", "")
+          .typed<Tensors3(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                          const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&,
+                          const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double)>();
   int64_t accepted = 0, rejected = 0;
 
   for (int64_t it = 0; it < iterations; ++it) {
@@ -184,6 +194,37 @@ int main(int argc, char** argv) {
       require(bwd_a.sizes() == anchors.sizes() && bwd_c.sizes() == candidates.sizes(), "variant backward shapes", it);
       require(!valid_t || (all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t)),
               "non-finite variant backward", it);
+    } catch (const c10::Error&) {
+      ++rejected;
+    }
+
+    // HCL's row statistics (beta any finite value, sometimes not finite; a mis-shaped upstream sometimes): an
+    // empty set's log-sum-exp is -inf, a nonempty one finite; never NaN from finite inputs.
+    try {
+      const double beta = fuzz.chance(0.97) ? fuzz.pick<double>({0.0, 0.5, 2.0, -0.5, -1.5})
+                                            : std::numeric_limits<double>::quiet_NaN();
+      auto [lse, positive_mean, n_negative, n_positive, reference, log_sum] = hard_forward.call(
+          anchors, candidates, anchor_labels, candidate_labels, temperature, beta, exclude_self, eps);
+      ++accepted;
+      const int64_t n_rows = anchors.size(0);
+      const double t = temperature.item<double>();
+      const bool valid_t = std::isfinite(t) && t >= 1e-6;
+      require(lse.sizes() == at::IntArrayRef({n_rows, 3}) && positive_mean.numel() == n_rows,
+              "hard statistics' size", it);
+      if (valid_t) {
+        at::Tensor nonempty = at::stack({n_negative > 0, n_negative > 0, n_positive > 0}, 1);
+        require(at::isfinite(lse).eq(nonempty).all().item<bool>(), "hard statistics: finite iff nonempty", it);
+        require(!at::isnan(lse).any().item<bool>() && all_finite(positive_mean), "NaN hard statistics", it);
+      }
+      const auto acc = lse.scalar_type();
+      at::Tensor grad_lse = at::randn({fuzz.chance(0.9) ? n_rows : n_rows + 1, 3}, acc);
+      auto [bwd_a, bwd_c, bwd_t] =
+          hard_backward.call(grad_lse, at::randn({n_rows}, acc), anchors, candidates, anchor_labels,
+                             candidate_labels, temperature, beta, n_negative, n_positive, reference, log_sum,
+                             exclude_self, eps);
+      require(bwd_a.sizes() == anchors.sizes() && bwd_c.sizes() == candidates.sizes(), "hard backward shapes", it);
+      require(!valid_t || (all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t)),
+              "non-finite hard backward", it);
     } catch (const c10::Error&) {
       ++rejected;
     }
