@@ -405,6 +405,117 @@ SYNTHCL_FAST_CLONES double row_gradient_variant(double* s, int64_t n, double row
   return row_gradient_variant_impl(s, n, row_max, row_log_sum, w, coef, pos_scale, pos_weight, labels, label);
 }
 
+// HCL's row statistics (hard_negative_stats, below): one row segment's extremes and counts ...
+template <typename T>
+struct HardExtremes {
+  T negative_max, negative_min, positive_max;
+  double positive_sum = 0;
+  int64_t n_negative = 0, n_positive = 0;
+};
+
+template <typename T>
+SYNTHCL_FAST_INLINE void hard_extremes_impl(const T* s, int64_t n, const int64_t* labels, int64_t label,
+                                            HardExtremes<T>& out) {
+  constexpr int kLanes = 16;  // running lanes, as in row_max_impl (NaN skipped)
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  T neg_max[kLanes], neg_min[kLanes], pos_max[kLanes];
+  for (int k = 0; k < kLanes; ++k) neg_max[k] = pos_max[k] = -kInf, neg_min[k] = kInf;
+  T positive_sum = 0;
+  int64_t n_positive = 0;
+  int64_t j = 0;
+  const auto visit = [&](int64_t jj, int k) {
+    const T x = s[jj];
+    const bool positive = labels[jj] == label && labels[jj] >= 0;
+    const T as_negative_max = positive ? -kInf : x, as_negative_min = positive ? kInf : x;
+    const T as_positive = positive ? x : -kInf;
+    neg_max[k] = as_negative_max > neg_max[k] ? as_negative_max : neg_max[k];
+    neg_min[k] = as_negative_min < neg_min[k] ? as_negative_min : neg_min[k];
+    pos_max[k] = as_positive > pos_max[k] ? as_positive : pos_max[k];
+    positive_sum += positive ? x : T(0);
+    n_positive += positive ? 1 : 0;
+  };
+  for (; j + kLanes <= n; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) visit(j + k, k);
+  for (; j < n; ++j) visit(j, 0);
+  for (int k = 0; k < kLanes; ++k) {
+    out.negative_max = neg_max[k] > out.negative_max ? neg_max[k] : out.negative_max;
+    out.negative_min = neg_min[k] < out.negative_min ? neg_min[k] : out.negative_min;
+    out.positive_max = pos_max[k] > out.positive_max ? pos_max[k] : out.positive_max;
+  }
+  out.positive_sum += static_cast<double>(positive_sum);
+  out.n_positive += n_positive;
+  out.n_negative += n - n_positive;
+}
+
+// ... its sums against the references: part[k] += sum_{set k} e^{c_k (s_j - r_k)} (every exponent <= 0)
+template <typename T>
+SYNTHCL_FAST_INLINE void hard_sums_impl(const T* s, int64_t n, const int64_t* labels, int64_t label, const T* c,
+                                        const T* r, T* part) {
+  const T c0 = c[0], c1 = c[1], r0 = r[0], r1 = r[1], r2 = r[2];
+  T p0 = 0, p1 = 0, p2 = 0;
+#pragma omp simd reduction(+ : p0, p1, p2)
+  for (int64_t j = 0; j < n; ++j) {
+    const T x = s[j];
+    const bool positive = labels[j] == label && labels[j] >= 0;
+    const T e0 = exp_nonpositive(positive ? T(0) : c0 * (x - r0));
+    const T e1 = exp_nonpositive(positive ? T(0) : c1 * (x - r1));
+    const T e2 = exp_nonpositive(positive ? x - r2 : T(0));
+    p0 += positive ? T(0) : e0;
+    p1 += positive ? T(0) : e1;
+    p2 += positive ? e2 : T(0);
+  }
+  part[0] += p0;
+  part[1] += p1;
+  part[2] += p2;
+}
+
+// ... and its gradient G_j in place of s_j (a: the sets' coefficients, a[3] = h / |P|; l: log S per set);
+// returns sum_j G_j (s_j - rho).
+template <typename T>
+SYNTHCL_FAST_INLINE T hard_gradient_impl(T* s, int64_t n, const int64_t* labels, int64_t label, const T* c,
+                                         const T* r, const T* l, const T* a, T rho) {
+  const T c0 = c[0], c1 = c[1], r0 = r[0], r1 = r[1], r2 = r[2], l0 = l[0], l1 = l[1], l2 = l[2];
+  const T a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+  T gs = 0;
+#pragma omp simd reduction(+ : gs)
+  for (int64_t j = 0; j < n; ++j) {
+    const T x = s[j];
+    const bool positive = labels[j] == label && labels[j] >= 0;
+    const T e0 = exp_nonpositive(positive ? T(0) : c0 * (x - r0) - l0);
+    const T e1 = exp_nonpositive(positive ? T(0) : c1 * (x - r1) - l1);
+    const T e2 = exp_nonpositive(positive ? (x - r2) - l2 : T(0));
+    const T g = positive ? a2 * e2 + a3 : a0 * e0 + a1 * e1;
+    gs += g * (x - rho);
+    s[j] = g;
+  }
+  return gs;
+}
+
+SYNTHCL_FAST_CLONES void hard_extremes(const float* s, int64_t n, const int64_t* labels, int64_t label,
+                                       HardExtremes<float>& out) {
+  hard_extremes_impl(s, n, labels, label, out);
+}
+SYNTHCL_FAST_CLONES void hard_extremes(const double* s, int64_t n, const int64_t* labels, int64_t label,
+                                       HardExtremes<double>& out) {
+  hard_extremes_impl(s, n, labels, label, out);
+}
+SYNTHCL_FAST_CLONES void hard_sums(const float* s, int64_t n, const int64_t* labels, int64_t label, const float* c,
+                                   const float* r, float* part) {
+  hard_sums_impl(s, n, labels, label, c, r, part);
+}
+SYNTHCL_FAST_CLONES void hard_sums(const double* s, int64_t n, const int64_t* labels, int64_t label, const double* c,
+                                   const double* r, double* part) {
+  hard_sums_impl(s, n, labels, label, c, r, part);
+}
+SYNTHCL_FAST_CLONES float hard_gradient(float* s, int64_t n, const int64_t* labels, int64_t label, const float* c,
+                                        const float* r, const float* l, const float* a, float rho) {
+  return hard_gradient_impl(s, n, labels, label, c, r, l, a, rho);
+}
+SYNTHCL_FAST_CLONES double hard_gradient(double* s, int64_t n, const int64_t* labels, int64_t label, const double* c,
+                                         const double* r, const double* l, const double* a, double rho) {
+  return hard_gradient_impl(s, n, labels, label, c, r, l, a, rho);
+}
+
 // Running statistics of rows (arrays indexed by the tile's row): max m, sum of exp(s - m), positive gap
 // sum_p (s_p - m), |P|. S is summed in float64: in float32 every term added to a running S near 1 (the max's
 // own term) would round at 1.2e-7 of S, most of a small loss log S ~ S - 1.
@@ -1209,49 +1320,38 @@ void update_hard_stats(const acc_t* tile, int64_t bm, int64_t tn, const int64_t*
   for (int64_t i = 0; i < bm; ++i) {
     const acc_t* s = tile + i * tn;
     const int64_t self = self0 + i, label = row_labels[i];
-    const auto positive = [&](int64_t j) { return col_labels[j] == label && col_labels[j] >= 0; };
-    // the tile's extremes (NaN skipped: the sums below are NaN then)
-    acc_t negative_max = -kInf, negative_min = kInf, positive_max = -kInf;
-    for (int64_t j = 0; j < tn; ++j) {
-      if (j == self) continue;
-      const acc_t x = s[j];
-      if (positive(j)) {
-        positive_max = x > positive_max ? x : positive_max;
-        run.positive_sum[i] += static_cast<double>(x);
-        ++run.n_positive[i];
-      } else {
-        negative_max = x > negative_max ? x : negative_max;
-        negative_min = x < negative_min ? x : negative_min;
-        ++run.n_negative[i];
-      }
-    }
+    if (tn == 1 && self == 0) continue;  // the tile holds only the excluded self column
+    HardExtremes<acc_t> tile_stats{-kInf, kInf, -kInf};  // NaN skipped: the sums below are NaN then
+    for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+      hard_extremes(s + a, b - a, col_labels + a, label, tile_stats);
+    });
+    run.positive_sum[i] += tile_stats.positive_sum;
+    run.n_positive[i] += tile_stats.n_positive;
+    run.n_negative[i] += tile_stats.n_negative;
     acc_t* ref = run.ref.data() + i * kHardSets;
     double* sum = run.sum.data() + i * kHardSets;
-    const acc_t tile_ref[kHardSets] = {scales.c[0] >= 0 ? negative_max : negative_min,
-                                       scales.c[1] >= 0 ? negative_max : negative_min, positive_max};
-    bool live[kHardSets];
+    const acc_t tile_ref[kHardSets] = {scales.c[0] >= 0 ? tile_stats.negative_max : tile_stats.negative_min,
+                                       scales.c[1] >= 0 ? tile_stats.negative_max : tile_stats.negative_min,
+                                       tile_stats.positive_max};
+    acc_t shift[kHardSets];
     for (int k = 0; k < kHardSets; ++k) {
-      // the new reference: the extreme in the direction of c_k of the old one and the tile's
-      const bool tile_has = tile_ref[k] == tile_ref[k] && std::abs(tile_ref[k]) != kInf;
-      if (tile_has) {
-        const bool seen = sum[k] != 0.0;
+      // the new reference: the extreme in the direction of c_k of the old one and the tile's; while a set has
+      // no finite logit yet, 0 (its terms are NaN then, or it has none)
+      const bool seen = sum[k] != 0.0;
+      if (std::abs(tile_ref[k]) != kInf) {
         const acc_t next = !seen ? tile_ref[k]
                                  : (scales.c[k] >= 0 ? std::max(ref[k], tile_ref[k]) : std::min(ref[k], tile_ref[k]));
         if (seen && next != ref[k]) sum[k] *= std::exp(static_cast<double>(scales.c[k] * (ref[k] - next)));
         ref[k] = next;
+      } else if (!seen) {
+        ref[k] = 0;
       }
-      live[k] = tile_has || sum[k] != 0.0;  // a set with only NaN logits so far keeps sum 0 and gets NaN below
+      shift[k] = ref[k];
     }
     acc_t part[kHardSets] = {0, 0, 0};
-    for (int64_t j = 0; j < tn; ++j) {
-      if (j == self) continue;
-      if (positive(j)) {
-        part[2] += live[2] ? exp_nonpositive(s[j] - ref[2]) : s[j] - s[j];  // NaN for a NaN logit
-      } else {
-        part[0] += live[0] ? exp_nonpositive(scales.c[0] * (s[j] - ref[0])) : s[j] - s[j];
-        part[1] += live[1] ? exp_nonpositive(scales.c[1] * (s[j] - ref[1])) : s[j] - s[j];
-      }
-    }
+    for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
+      hard_sums(s + a, b - a, col_labels + a, label, scales.c, shift, part);
+    });
     for (int k = 0; k < kHardSets; ++k) sum[k] += static_cast<double>(part[k]);
   }
 }
@@ -1317,31 +1417,21 @@ double hard_gradient_tile(acc_t* tile, int64_t bm, int64_t tn, const int64_t* ro
     acc_t* s = tile + i * tn;
     const int64_t self = self0 + i, label = row_labels[i];
     const acc_t* r = ref + i * kHardSets;
-    const acc_t* ls = log_sum + i * kHardSets;
     const bool has_negative = n_negative[i] > 0, has_positive = n_positive[i] > 0;
-    // coefficients of each set's softmax (0 for an empty set, whose exponent is never formed)
-    const acc_t a0 = has_negative ? grad_lse[i * kHardSets] * scales.c[0] : acc_t(0);
-    const acc_t a1 = has_negative ? grad_lse[i * kHardSets + 1] * scales.c[1] : acc_t(0);
-    const acc_t a2 = has_positive ? grad_lse[i * kHardSets + 2] : acc_t(0);
-    const acc_t a3 = has_positive ? grad_mean[i] / static_cast<acc_t>(n_positive[i]) : acc_t(0);
+    // coefficients of each set's softmax (0 for an empty set: its log S is -inf and its exponent never formed)
+    const acc_t a[4] = {has_negative ? grad_lse[i * kHardSets] * scales.c[0] : acc_t(0),
+                        has_negative ? grad_lse[i * kHardSets + 1] * scales.c[1] : acc_t(0),
+                        has_positive ? grad_lse[i * kHardSets + 2] : acc_t(0),
+                        has_positive ? grad_mean[i] / static_cast<acc_t>(n_positive[i]) : acc_t(0)};
+    const acc_t l[kHardSets] = {has_negative ? log_sum[i * kHardSets] : acc_t(0),
+                                has_negative ? log_sum[i * kHardSets + 1] : acc_t(0),
+                                has_positive ? log_sum[i * kHardSets + 2] : acc_t(0)};
     const acc_t rho = has_negative ? r[0] : r[2];
     acc_t gs = 0;
-    for (int64_t j = 0; j < tn; ++j) {
-      if (j == self) {
-        s[j] = 0;
-        continue;
-      }
-      const acc_t x = s[j];
-      acc_t g;
-      if (col_labels[j] == label && col_labels[j] >= 0) {
-        g = a2 * exp_nonpositive((x - r[2]) - ls[2]) + a3;
-      } else {
-        g = a0 == acc_t(0) ? acc_t(0) : a0 * exp_nonpositive(scales.c[0] * (x - r[0]) - ls[0]);
-        g += a1 == acc_t(0) ? acc_t(0) : a1 * exp_nonpositive(scales.c[1] * (x - r[1]) - ls[1]);
-      }
-      gs += g * (x - rho);
-      s[j] = g;
-    }
+    for_each_allowed(0, tn, self, [&](int64_t lo, int64_t hi) {
+      gs += hard_gradient(s + lo, hi - lo, col_labels + lo, label, scales.c, r, l, a, rho);
+    });
+    if (self >= 0 && self < tn) s[self] = 0;
     total += static_cast<double>(gs);
   }
   return total;
