@@ -124,9 +124,9 @@ def contrastive_loss(anchors, candidates=None, anchor_labels=None, candidate_lab
     """The general contrastive op.
 
     Variants (formulas in synthcl_fast/reference.py, contrastive_loss_variant; Neg(i): the candidates in the
-    denominator that are not positives; the cpu and triton backends fuse the denominators and positive_weight,
-    the cpu backend also beta / tau_plus (with "all" or "negatives"), and "auto" materializes the logits for what
-    is not fused: synthcl_fast.variants):
+    denominator that are not positives; the cpu and triton backends fuse the denominators, positive_weight and
+    beta / tau_plus (with "all" or "negatives"), and "auto" materializes the logits for what is not fused:
+    synthcl_fast.variants):
 
         denominator="all"           L_i = log(sum_P e^s + Ng_i) - w_i mean_P s     (Ng_i = sum_Neg e^s: the plain op)
         denominator="negatives"     L_i = log Ng_i - w_i mean_P s                  (DCL: positives out of the sum)

@@ -19,7 +19,8 @@ backend that does not raises BackendUnavailableError naming the option (backend_
              with denominator "all" or "negatives" (the hard_negative_stats op: the row statistics fused, the
              loss formed from them by reference.hard_negative_row_loss)
     triton   the same (backends/triton_contrastive.py: the forward kernel's VARIANT statistics, a positives' pass for
-             "per_positive", the backward kernel's _variant_term)
+             "per_positive", the backward kernel's _variant_term; beta / tau_plus: _hard_stats_kernel and the
+             backward kernel's _hard_term)
     cuda     none: csrc/contrastive_cuda.cu has no variant kernel, so backend="cuda" names the option it lacks
 
 positive_weight is fused only with a denominator other than "all" (the plain op's kernels carry no weight), or
@@ -39,8 +40,8 @@ from .backends import BACKEND_ENV, BACKENDS, Backend, BackendUnavailableError, r
 # Option names (as ContrastiveVariant.options() spells them) that each fused backend computes.
 _DENOMINATORS = frozenset({"denominator='negatives'", "denominator='per_positive'", "positive_weight"})
 _HARD_NEGATIVES = frozenset({"beta", "tau_plus"})
-FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": _DENOMINATORS | _HARD_NEGATIVES, "triton": _DENOMINATORS,
-                                            "cuda": frozenset()}
+FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": _DENOMINATORS | _HARD_NEGATIVES,
+                                            "triton": _DENOMINATORS | _HARD_NEGATIVES, "cuda": frozenset()}
 # Combinations no backend fuses although it fuses each option (named so in the error)
 WEIGHT_WITHOUT_DENOMINATOR = "positive_weight with denominator='all'"
 HARD_PER_POSITIVE = "beta / tau_plus with denominator='per_positive'"

@@ -925,8 +925,11 @@ def test_variant_opcheck(lane, dtype, rng):
 # ------------------------------------------------ hard negatives and debiasing (HCL: beta, tau_plus; issue 15)
 
 # (beta, tau_plus): hard weights alone, debiasing alone, both, a negative beta, and beta < -1 (a negative scale
-# 1 + beta: the negatives' min is the reference of its log-sum-exp)
-HARD_SETTINGS = [(1.0, 0.0), (0.0, 0.1), (0.5, 0.1), (-0.5, 0.2), (-1.7, 0.05)]
+# 1 + beta: the negatives' min is the reference of its log-sum-exp). The debiased estimate H - tau_plus n M is
+# ill-conditioned where it nearly cancels (its relative error grows as 1 / (1 - tau_plus n M / H), from any
+# rounding of the logits, float64 reference or not); a negative beta (weights on the easy negatives: small H)
+# makes that common at random inputs, so tau_plus is tested with beta >= 0 (the HCL setting).
+HARD_SETTINGS = [(1.0, 0.0), (0.0, 0.1), (0.5, 0.1), (-0.5, 0.0), (-1.7, 0.0)]
 
 
 def _hard_cases():

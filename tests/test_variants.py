@@ -83,10 +83,10 @@ def test_auto_takes_the_fused_backend_where_it_fuses_the_variant(generator, monk
         monkeypatch.delenv(BACKEND_ENV)
 
 
-def test_cpu_fuses_the_denominators_and_hard_negatives(generator):
-    """The options the CPU kernels compute (csrc/contrastive_cpu.cpp); the rest stay with the reference."""
-    assert FUSED_OPTIONS["cpu"] == {"denominator='negatives'", "denominator='per_positive'", "positive_weight",
-                                    "beta", "tau_plus"}
+def test_cpu_and_triton_fuse_the_denominators_and_hard_negatives(generator):
+    """The options the CPU and Triton kernels compute; the cuda kernels none (the reference runs them)."""
+    every = {"denominator='negatives'", "denominator='per_positive'", "positive_weight", "beta", "tau_plus"}
+    assert FUSED_OPTIONS["cpu"] == FUSED_OPTIONS["triton"] == every
     assert FUSED_OPTIONS["cuda"] == frozenset()
 
 

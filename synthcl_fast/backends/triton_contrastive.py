@@ -54,6 +54,7 @@ tensor, so a learnable temperature never recompiles; eps is passed as two float3
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +62,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._ops import Denominator, Reduction, accumulate_dtype, register_contrastive_op, register_variant_op
+from ._ops import (Denominator, Reduction, accumulate_dtype, register_contrastive_op, register_hard_negative_op,
+                   register_variant_op)
 from .triton_common import TL_DTYPES, cast_output, inverse_temperature, reduce_rows, round_by_hand
 from .triton_support import (empty_output, fp32_precision, next_power_of_2, plan_multiprocessors,
                              half_dot_operand, split_float, tile_overrides)
@@ -153,6 +155,16 @@ def _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stri
 
 
 @triton.jit
+def _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF: tl.constexpr):
+    """(allowed, positive) of a tile: N(i) (in the matrix, and not the self pair when EXCLUDE_SELF) and P(i)
+    (allowed, same label, label >= 0)."""
+    allowed = mask_m[:, None] & mask_n[None, :]
+    if EXCLUDE_SELF:
+        allowed = allowed & (offs_m[:, None] != offs_n[None, :])
+    return allowed, allowed & (label_x[:, None] == label_y[None, :]) & (label_x[:, None] >= 0)
+
+
+@triton.jit
 def _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
                      LOSS_ptr):
     """m, log S, |P| and L_i = log S - gap / |P| (0 without a positive). An empty denominator (R = K = 1 with
@@ -224,10 +236,7 @@ def _contrastive_forward_kernel(
         label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
         s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n,
                          col_scale, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
-        allowed = mask_m[:, None] & mask_n[None, :]
-        if EXCLUDE_SELF:
-            allowed = allowed & (offs_m[:, None] != offs_n[None, :])
-        positive = allowed & (label_x[:, None] == label_y[None, :]) & (label_x[:, None] >= 0)
+        allowed, positive = _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF)
         if VARIANT:
             # the positives out of the sum and of its max (a positive far above the negatives must not shift
             # their terms into underflow); the gap is kept relative to the shift, 0 until a negative is seen
@@ -264,6 +273,92 @@ def _contrastive_forward_kernel(
         tl.store(PART_SUMEXP_ptr + offs_part, row_sumexp, mask=mask_m)
         tl.store(PART_GAP_ptr + offs_part, row_gap, mask=mask_m)
         tl.store(PART_NPOS_ptr + offs_part, row_npos, mask=mask_m)
+
+
+@triton.jit
+def _hard_stats_kernel(
+        X_ptr, Y_ptr, stride_x, stride_y, INV_X_ptr, INV_Y_ptr, LABEL_X_ptr, LABEL_Y_ptr, T_ptr, SCALES_ptr,
+        LSE_ptr, POSMEAN_ptr, NNEG_ptr, NPOS_ptr, REF_ptr, LOGSUM_ptr, n_x, n_y, dim,
+        EXCLUDE_SELF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        SINGLE_D_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """HCL's row statistics (the hard_negative_stats op; csrc/contrastive_cpu.cpp states them and their
+    gradient) of rows [pid*BLOCK_M, +BLOCK_M) over all the columns: for each set k (Neg(i) with the scale
+    c_0 = 1 + beta, Neg(i) with c_1 = beta, P(i) with 1), online over the column tiles, the reference r_k (the
+    max of s over the set; the min for a negative scale) and S_k = sum e^{c_k (s - r_k)} in float64; then
+    LSE (R, 3) = c_k r_k + log S_k (-inf for an empty set), REF (r_k, 0 for an empty set), LOGSUM (log S_k),
+    POSMEAN = mean_p s_ip, NNEG = |Neg(i)|, NPOS = |P(i)|. One program per row block (no column splits)."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < n_x
+    row_scale = inverse_temperature(T_ptr, ACC) * tl.load(INV_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
+    label_x = tl.load(LABEL_X_ptr + offs_m, mask=mask_m, other=-1)
+    c0 = tl.load(SCALES_ptr).to(ACC)
+    c1 = tl.load(SCALES_ptr + 1).to(ACC)
+    x_tile = 0.0
+    if SINGLE_D_CHUNK:
+        x_tile = _load_rows(X_ptr, stride_x, offs_m, mask_m, 0, dim, BLOCK_D).to(DOT)
+    negative_max = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
+    negative_min = tl.full([BLOCK_M], float("inf"), dtype=ACC)
+    positive_max = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
+    ref0 = tl.zeros([BLOCK_M], dtype=ACC)
+    ref1 = tl.zeros([BLOCK_M], dtype=ACC)
+    ref2 = tl.zeros([BLOCK_M], dtype=ACC)
+    sum0 = tl.zeros([BLOCK_M], dtype=tl.float64)
+    sum1 = tl.zeros([BLOCK_M], dtype=tl.float64)
+    sum2 = tl.zeros([BLOCK_M], dtype=tl.float64)
+    positive_sum = tl.zeros([BLOCK_M], dtype=tl.float64)
+    n_negative = tl.zeros([BLOCK_M], dtype=tl.int32)
+    n_positive = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for start_n in range(0, n_y, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_y
+        col_scale = tl.load(INV_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC)
+        label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
+        s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n,
+                         col_scale, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
+        allowed, positive = _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF)
+        negative = allowed & ~positive
+        negative_max = tl.maximum(negative_max, tl.max(tl.where(negative, s, float("-inf")), axis=1))
+        negative_min = tl.minimum(negative_min, tl.min(tl.where(negative, s, float("inf")), axis=1))
+        positive_max = tl.maximum(positive_max, tl.max(tl.where(positive, s, float("-inf")), axis=1))
+        # the new references (0 while a set has no element: its sum is still 0), the earlier terms moved to them
+        new0 = tl.where(c0 >= 0, negative_max, negative_min)
+        new1 = tl.where(c1 >= 0, negative_max, negative_min)
+        new0 = tl.where(tl.abs(new0) == float("inf"), 0.0, new0)
+        new1 = tl.where(tl.abs(new1) == float("inf"), 0.0, new1)
+        new2 = tl.where(positive_max == float("-inf"), 0.0, positive_max)
+        sum0 = tl.where(sum0 == 0, 0.0, sum0 * tl.exp((c0 * (ref0 - new0)).to(tl.float64)))
+        sum1 = tl.where(sum1 == 0, 0.0, sum1 * tl.exp((c1 * (ref1 - new1)).to(tl.float64)))
+        sum2 = tl.where(sum2 == 0, 0.0, sum2 * tl.exp((ref2 - new2).to(tl.float64)))
+        ref0, ref1, ref2 = new0, new1, new2
+        e0 = tl.exp(tl.where(negative, c0 * (s - ref0[:, None]), 0.0))
+        e1 = tl.exp(tl.where(negative, c1 * (s - ref1[:, None]), 0.0))
+        e2 = tl.exp(tl.where(positive, s - ref2[:, None], 0.0))
+        sum0 += tl.sum(tl.where(negative, e0, 0.0).to(tl.float64), axis=1)
+        sum1 += tl.sum(tl.where(negative, e1, 0.0).to(tl.float64), axis=1)
+        sum2 += tl.sum(tl.where(positive, e2, 0.0).to(tl.float64), axis=1)
+        positive_sum += tl.sum(tl.where(positive, s, 0.0).to(tl.float64), axis=1)
+        n_negative += tl.sum(negative.to(tl.int32), axis=1)
+        n_positive += tl.sum(positive.to(tl.int32), axis=1)
+    has_negative = n_negative > 0
+    has_positive = n_positive > 0
+    # log S (-inf for an empty set, as the CPU kernels; the log of 0 itself is not taken)
+    log0 = tl.where(has_negative, tl.log(tl.where(has_negative, sum0, 1.0)), float("-inf")).to(ACC)
+    log1 = tl.where(has_negative, tl.log(tl.where(has_negative, sum1, 1.0)), float("-inf")).to(ACC)
+    log2 = tl.where(has_positive, tl.log(tl.where(has_positive, sum2, 1.0)), float("-inf")).to(ACC)
+    offs3 = offs_m * 3
+    tl.store(LSE_ptr + offs3, tl.where(has_negative, c0 * ref0 + log0, float("-inf")), mask=mask_m)
+    tl.store(LSE_ptr + offs3 + 1, tl.where(has_negative, c1 * ref1 + log1, float("-inf")), mask=mask_m)
+    tl.store(LSE_ptr + offs3 + 2, tl.where(has_positive, ref2 + log2, float("-inf")), mask=mask_m)
+    tl.store(REF_ptr + offs3, ref0, mask=mask_m)
+    tl.store(REF_ptr + offs3 + 1, ref1, mask=mask_m)
+    tl.store(REF_ptr + offs3 + 2, ref2, mask=mask_m)
+    tl.store(LOGSUM_ptr + offs3, log0, mask=mask_m)
+    tl.store(LOGSUM_ptr + offs3 + 1, log1, mask=mask_m)
+    tl.store(LOGSUM_ptr + offs3 + 2, log2, mask=mask_m)
+    tl.store(POSMEAN_ptr + offs_m, (positive_sum / tl.maximum(n_positive, 1).to(tl.float64)).to(ACC), mask=mask_m)
+    tl.store(NNEG_ptr + offs_m, n_negative, mask=mask_m)
+    tl.store(NPOS_ptr + offs_m, n_positive, mask=mask_m)
 
 
 @triton.jit
@@ -333,10 +428,7 @@ def _positive_terms_kernel(
         label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
         s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n,
                          col_scale, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
-        allowed = mask_m[:, None] & mask_n[None, :]
-        if EXCLUDE_SELF:
-            allowed = allowed & (offs_m[:, None] != offs_n[None, :])
-        positive = allowed & (label_x[:, None] == label_y[None, :]) & (label_x[:, None] >= 0)
+        allowed, positive = _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF)
         z = (log_sum[:, None] - (s - row_max[:, None])).to(tl.float64)
         e = tl.exp(-tl.abs(z))
         log1p_e = tl.where(e < 1e-3, e * (1.0 - e * (0.5 - e / 3.0)), tl.log(1.0 + e))
@@ -373,6 +465,40 @@ def _variant_term(s, row_max, log_sum, n_positive, weight, coef, positive_weight
         positive_term += tl.where(x <= 0, e / (1.0 + e), 1.0 / (1.0 + e)) * inv_npos
     term = weight * tl.where(positive, positive_term, coef * e)
     return tl.where(valid, term, 0.0), shifted
+
+
+@triton.jit
+def _load_hard_stats(REF_ptr, LOGSUM_ptr, A_ptr, SCALES_ptr, offs, mask, ACC: tl.constexpr):
+    """Per row of one side (hard_negative_stats, VARIANT 3): the references and log-sums of the three sets
+    (REF, LOGSUM: 3 per row; empty sets 0) and the coefficients a (A: 4 per row), and the scales c_0, c_1."""
+    o3, o4 = offs * 3, offs * 4
+    return (tl.load(REF_ptr + o3, mask=mask, other=0.0).to(ACC), tl.load(REF_ptr + o3 + 1, mask=mask, other=0.0).to(ACC),
+            tl.load(REF_ptr + o3 + 2, mask=mask, other=0.0).to(ACC),
+            tl.load(LOGSUM_ptr + o3, mask=mask, other=0.0).to(ACC),
+            tl.load(LOGSUM_ptr + o3 + 1, mask=mask, other=0.0).to(ACC),
+            tl.load(LOGSUM_ptr + o3 + 2, mask=mask, other=0.0).to(ACC),
+            tl.load(A_ptr + o4, mask=mask, other=0.0).to(ACC), tl.load(A_ptr + o4 + 1, mask=mask, other=0.0).to(ACC),
+            tl.load(A_ptr + o4 + 2, mask=mask, other=0.0).to(ACC), tl.load(A_ptr + o4 + 3, mask=mask, other=0.0).to(ACC),
+            tl.load(SCALES_ptr).to(ACC), tl.load(SCALES_ptr + 1).to(ACC))
+
+
+@triton.jit
+def _hard_term(s, r0, r1, r2, l0, l1, l2, a0, a1, a2, a3, c0, c1, positive, AXIS: tl.constexpr):
+    """(G, s - r_0) of the hard-negative statistics (csrc/contrastive_cpu.cpp, hard_negative_stats):
+        negative: a_0 e^{c_0 (s - r_0) - log S_0} + a_1 e^{c_1 (s - r_1) - log S_1}
+        positive: a_2 e^{(s - r_2) - log S_2} + a_3                       (every exponent <= 0)
+    a: the upstream gradients times c_k (0 for an empty set), a_3 = dLoss/dmean_P s / |P|. AXIS as in
+    _softmax_term."""
+    if AXIS == 0:
+        r0, r1, r2, l0, l1, l2 = r0[:, None], r1[:, None], r2[:, None], l0[:, None], l1[:, None], l2[:, None]
+        a0, a1, a2, a3 = a0[:, None], a1[:, None], a2[:, None], a3[:, None]
+    else:
+        r0, r1, r2, l0, l1, l2 = r0[None, :], r1[None, :], r2[None, :], l0[None, :], l1[None, :], l2[None, :]
+        a0, a1, a2, a3 = a0[None, :], a1[None, :], a2[None, :], a3[None, :]
+    e0 = tl.exp(tl.where(positive, 0.0, c0 * (s - r0) - l0))
+    e1 = tl.exp(tl.where(positive, 0.0, c1 * (s - r1) - l1))
+    e2 = tl.exp(tl.where(positive, (s - r2) - l2, 0.0))
+    return tl.where(positive, a2 * e2 + a3, a0 * e0 + a1 * e1), s - r0
 
 
 @triton.jit
@@ -415,7 +541,8 @@ def _contrastive_backward_kernel(
     each term shifted by the max of the statistics it comes from. USE_GSCALE (float16): G is divided by
     max|w| before it is rounded to float16 for the product (w ~ 1/R would underflow float16) and the product
     multiplied back. VARIANT (1 "negatives", 2 "per_positive"): G of _variant_term, with each side's c and w'
-    (COEF_*, WP_*)."""
+    (COEF_*, WP_*). VARIANT 3 (hard_negative_stats): G of _hard_term, each side's statistics in MAX_* (the
+    references, 3 per row), LOGSUM_* (3 per row), W_* (the coefficients, 4 per row) and COEF_* (c_0, c_1)."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     pid_d = tl.program_id(2).to(tl.int64)
@@ -434,7 +561,10 @@ def _contrastive_backward_kernel(
         logsum_x = tl.load(LOGSUM_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
         npos_x = tl.load(NPOS_X_ptr + offs_m, mask=mask_m, other=0)
         w_x = tl.load(W_X_ptr + offs_m * stride_wx, mask=mask_m, other=0.0).to(ACC)
-        if VARIANT:
+        if VARIANT == 3:
+            r0x, r1x, r2x, l0x, l1x, l2x, a0x, a1x, a2x, a3x, c0, c1 = _load_hard_stats(
+                MAX_X_ptr, LOGSUM_X_ptr, W_X_ptr, COEF_X_ptr, offs_m, mask_m, ACC)
+        elif VARIANT:
             coef_x = tl.load(COEF_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
             wp_x = tl.load(WP_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
     if USE_GSCALE:
@@ -454,13 +584,13 @@ def _contrastive_backward_kernel(
         label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
         s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n,
                          mask_n, inv_y, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
-        allowed = mask_m[:, None] & mask_n[None, :]
-        if EXCLUDE_SELF:
-            allowed = allowed & (offs_m[:, None] != offs_n[None, :])
-        positive = allowed & (label_x[:, None] == label_y[None, :]) & (label_x[:, None] >= 0)
+        allowed, positive = _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF)
         g = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
         if OWN_TERM:
-            if VARIANT:
+            if VARIANT == 3:
+                term, shifted = _hard_term(s, r0x, r1x, r2x, l0x, l1x, l2x, a0x, a1x, a2x, a3x, c0, c1, positive,
+                                           0)
+            elif VARIANT:
                 term, shifted = _variant_term(s, max_x, logsum_x, npos_x, w_x, coef_x, wp_x, positive, 0,
                                               VARIANT == 2)
             else:
@@ -469,7 +599,15 @@ def _contrastive_backward_kernel(
             g += term
             if COMPUTE_GS:
                 gs += tl.sum(term * tl.where(allowed, shifted, 0.0), axis=1)
-        if OTHER_TERM:
+        if OTHER_TERM and VARIANT == 3:
+            r0y, r1y, r2y, l0y, l1y, l2y, a0y, a1y, a2y, a3y, c0y, c1y = _load_hard_stats(
+                MAX_Y_ptr, LOGSUM_Y_ptr, W_Y_ptr, COEF_Y_ptr, offs_n, mask_n, ACC)
+            term, shifted = _hard_term(s, r0y, r1y, r2y, l0y, l1y, l2y, a0y, a1y, a2y, a3y, c0y, c1y, positive, 1)
+            term = tl.where(allowed, term, 0.0)
+            g += term
+            if COMPUTE_GS:
+                gs += tl.sum(term * tl.where(allowed, shifted, 0.0), axis=1)
+        elif OTHER_TERM:
             max_y = tl.load(MAX_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
             logsum_y = tl.load(LOGSUM_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
             npos_y = tl.load(NPOS_Y_ptr + offs_n, mask=mask_n, other=0)
@@ -727,10 +865,11 @@ class _Stats:
     def __init__(self, row_max: Tensor, log_sum: Tensor, n_positive: Tensor, weight: Tensor | None = None,
                  variant: int = 0, coef: Tensor | None = None, positive_weight: Tensor | None = None):
         self.max, self.log_sum, self.n_positive = row_max, log_sum, n_positive
-        # the variants (denominator code; 0: the plain op): c_i and w'_i per row
+        # the variants (denominator code; 0: the plain op): c_i and w'_i per row. VARIANT 3 (hard negatives):
+        # max and log_sum (R, 3) per set, weight (R, 4) the coefficients a, coef the scales (c_0, c_1)
         self.variant, self.coef, self.positive_weight = variant, coef, positive_weight
         if weight is not None:
-            self.weight = weight if weight.dim() == 1 else weight.reshape(1)
+            self.weight = weight if weight.dim() == 1 else weight.reshape(-1 if weight.dim() == 2 else 1)
             self.stride = 0 if weight.dim() == 0 or weight.shape[0] == 1 else weight.stride(0)
 
     def weighted(self, weight: Tensor) -> _Stats:
@@ -840,7 +979,7 @@ def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_s
     def variant_args(stats: _Stats | None):
         if stats is None or not stats.variant:
             return unused, unused
-        return stats.coef, stats.positive_weight
+        return stats.coef, stats.positive_weight if stats.variant != 3 else unused
 
     variant = max((st.variant for st in (own_stats, other_stats) if st is not None), default=0)
     grid = (triton.cdiv(n_x, t.block_m), t.splits, triton.cdiv(dim, t.block_do))
@@ -930,9 +1069,15 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
     if row_stats.variant:
         # sum_j G_ij = w_i (1 - w'_i) in the variants (m_i = 0 for a row without negatives): the shift-free sum
         # of the temperature gradient gets m_i w_i (1 - w'_i) back, once per row (gs_factor halves the sum of
-        # the symmetric launch, which holds every term twice)
-        shift_terms = torch.where(row_stats.n_positive > 0, row_stats.max * row_stats.weight.expand(n_rows)
-                                  * (1 - row_stats.positive_weight), 0.0)
+        # the symmetric launch, which holds every term twice). Hard negatives: sum_j G_ij = a_0 + a_1 + a_2 +
+        # a_3 |P| (0 for the empty sets), shifted by r_0.
+        if row_stats.variant == 3:
+            a = row_stats.weight.view(n_rows, 4)
+            row_sums = a[:, 0] + a[:, 1] + a[:, 2] + a[:, 3] * row_stats.n_positive.to(a.dtype)
+            shift_terms = row_stats.max[:, 0] * row_sums
+        else:
+            shift_terms = torch.where(row_stats.n_positive > 0, row_stats.max * row_stats.weight.expand(n_rows)
+                                      * (1 - row_stats.positive_weight), 0.0)
         gs[0] += shift_terms / gs_factor
     grad_t = empty_output((), temperature.dtype, x.device)
     _temperature_grad_kernel[(1,)](gs, temperature, grad_t, gs.numel(), gs_factor,
@@ -1117,6 +1262,78 @@ def contrastive_variant_backward(grad_rows: Tensor, anchors: Tensor, candidates:
         return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self)
 
 
+def _hard_row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool, scales: Tensor):
+    """The outputs of hard_negative_stats_forward (_hard_stats_kernel), one program per row block."""
+    x, y = rows.x, cols.x
+    n_x, dim = x.shape
+    acc = accumulate_dtype(x.dtype)
+    dot, acc_tl, precision = _dot_dtypes(x.dtype)
+    t = _forward_tiles(n_x, y.shape[0], dim, x.dtype, x.device)
+    lse, ref, log_sum = (empty_output((n_x, 3), acc, x.device) for _ in range(3))
+    positive_mean = empty_output((n_x,), acc, x.device)
+    n_negative, n_positive = (empty_output((n_x,), torch.int32, x.device) for _ in range(2))
+    _launch(
+        _hard_stats_kernel, (triton.cdiv(n_x, t.block_m),),
+        x, y, x.stride(0), y.stride(0), rows.inv, cols.inv, rows.labels, cols.labels, temperature, scales,
+        lse, positive_mean, n_negative, n_positive, ref, log_sum, n_x, y.shape[0], dim,
+        EXCLUDE_SELF=exclude_self, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d,
+        SINGLE_D_CHUNK=t.block_d >= dim, DOT=dot, ACC=acc_tl, PRECISION=precision, num_warps=t.num_warps,
+        num_stages=t.num_stages)
+    return lse, positive_mean, n_negative, n_positive, ref, log_sum
+
+
+def _hard_scales(beta: float, anchors: Tensor) -> Tensor:
+    """(c_0, c_1) = (1 + beta, beta) as a device tensor (floats are never tl.constexpr: no recompile per beta)."""
+    return torch.tensor([1.0 + beta, beta], dtype=accumulate_dtype(anchors.dtype), device=anchors.device)
+
+
+@torch.library.custom_op("synthcl_fast::triton_hard_negative_stats_forward", mutates_args=())
+def hard_negative_stats_forward(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, candidate_labels: Tensor,
+                                temperature: Tensor, beta: float, exclude_self: bool, eps: float
+                                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(row_lse (R, 3), row_positive_mean, row_n_negative, row_n_positive, row_reference (R, 3), row_log_sum
+    (R, 3)) of HCL's statistics (backends/_ops.py)."""
+    _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, _NONE, eps)
+    torch._check(math.isfinite(beta), lambda: f"beta must be finite, got {beta}")
+    with _device_guard(anchors):
+        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
+        return _hard_row_stats(rows, cols, temperature.reshape(()), exclude_self, _hard_scales(beta, anchors))
+
+
+@torch.library.custom_op("synthcl_fast::triton_hard_negative_stats_backward", mutates_args=())
+def hard_negative_stats_backward(grad_lse: Tensor, grad_positive_mean: Tensor, anchors: Tensor, candidates: Tensor,
+                                 anchor_labels: Tensor, candidate_labels: Tensor, temperature: Tensor, beta: float,
+                                 row_n_negative: Tensor, row_n_positive: Tensor, row_reference: Tensor,
+                                 row_log_sum: Tensor, exclude_self: bool, eps: float
+                                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_anchors, grad_candidates, grad_temperature) for dLoss/dlse (R, 3) and dLoss/dmean_P s (R,): the
+    backward kernel's VARIANT 3 (_hard_term), rows and columns as for the plain op."""
+    _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, _NONE, eps)
+    torch._check(math.isfinite(beta), lambda: f"beta must be finite, got {beta}")
+    n, acc = anchors.shape[0], accumulate_dtype(anchors.dtype)
+    for t, name, shape, dtype in ((grad_lse, "grad_lse", (n, 3), acc), (grad_positive_mean, "grad_positive_mean",
+                                                                         (n,), acc),
+                                  (row_n_negative, "row_n_negative", (n,), torch.int32),
+                                  (row_n_positive, "row_n_positive", (n,), torch.int32),
+                                  (row_reference, "row_reference", (n, 3), acc),
+                                  (row_log_sum, "row_log_sum", (n, 3), acc)):
+        torch._check(t.shape == shape and t.dtype == dtype,
+                     lambda: f"{name} must have shape {shape} and dtype {dtype}, got {t.dtype} {tuple(t.shape)}")
+    has_negative, has_positive = row_n_negative > 0, row_n_positive > 0
+    # the coefficients of each set's softmax (0 for an empty set) and its log-sum (-inf there: read as 0)
+    coefficients = torch.stack([torch.where(has_negative, grad_lse[:, 0] * (1.0 + beta), 0.0),
+                                torch.where(has_negative, grad_lse[:, 1] * beta, 0.0),
+                                torch.where(has_positive, grad_lse[:, 2], 0.0),
+                                torch.where(has_positive, grad_positive_mean / row_n_positive.clamp_min(1), 0.0)],
+                               dim=1).to(acc).contiguous()
+    log_sum = row_log_sum.masked_fill(row_log_sum == float("-inf"), 0.0).contiguous()
+    with _device_guard(anchors):
+        rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
+        stats = _Stats(row_reference.contiguous(), log_sum, row_n_positive.contiguous(), coefficients, 3,
+                       _hard_scales(beta, anchors))
+        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self)
+
+
 def _check_variant(anchors: Tensor, positive_weight: Tensor, denominator: int) -> None:
     n, acc = anchors.shape[0], accumulate_dtype(anchors.dtype)
     torch._check(denominator in (int(Denominator.NEGATIVES), int(Denominator.PER_POSITIVE)),
@@ -1130,3 +1347,4 @@ def _check_variant(anchors: Tensor, positive_weight: Tensor, denominator: int) -
 register_contrastive_op(contrastive_forward, contrastive_backward, sides=1)
 register_contrastive_op(symmetric_contrastive_forward, symmetric_contrastive_backward, sides=2)
 register_variant_op(contrastive_variant_forward, contrastive_variant_backward)
+register_hard_negative_op(hard_negative_stats_forward, hard_negative_stats_backward)

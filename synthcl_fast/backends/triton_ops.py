@@ -2,5 +2,6 @@
 imported on first use only."""
 
 from .triton_contrastive import (contrastive_forward, contrastive_variant_forward,  # noqa: F401
+                                 hard_negative_stats_backward, hard_negative_stats_forward,
                                  symmetric_contrastive_forward)
 from .triton_positive_pair import positive_pair_forward  # noqa: F401
