@@ -41,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_CSV = ROOT / "benchmarks" / "results" / "benchmarks.csv"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
-TEMPERATURE = {"nt_xent": 0.1, "nt_xent_negatives": 0.1, "supcon": 0.1, "ppcl": 0.1, "info_nce": 0.07}
+TEMPERATURE = {"nt_xent": 0.1, "nt_xent_negatives": 0.1, "supcon": 0.1, "ppcl": 0.1, "info_nce": 0.07, "dcl": 0.1,
+               "hcl": 0.5}
+HCL_BETA, HCL_TAU_PLUS = 1.0, 0.1  # Robinson et al.'s CIFAR-10 setting (t = 0.5)
 CLIP_LOGIT_SCALE = 1 / 0.07
 PAIR_TARGET = 0.5
 SUPCON_CLASSES = 10
@@ -64,6 +66,8 @@ FAMILY_IMPLEMENTATIONS = {
     "info_nce": ("reference", "compiled", "lightly", "pml", "inf_cl"),
     "clip": ("reference", "compiled", "open_clip", "inf_cl"),
     "positive_pair": ("reference", "compiled"),
+    "dcl": ("reference", "compiled", "lightly"),
+    "hcl": ("reference", "compiled"),
 }
 # R x K fp32 buffers each materializing implementation holds at its peak during forward + backward, measured
 # with synthcl_fast.benchmarking.peak_memory_bytes at R = 1024 on the CPU and rounded up (every run's measured
@@ -89,6 +93,8 @@ class Case:
     info_nce           R queries, K = R keys + `queue` negatives
     clip               B = R image-text pairs, symmetric (both directions)
     positive_pair      R pairs of rows (memory-bound: no R x K work)
+    dcl                NT-Xent's rows with the positive out of the denominator (DCL), K = R
+    hcl                NT-Xent's rows with HCL's hard, debiased negatives (beta = 1, tau_plus = 0.1), K = R
     """
 
     family: str
@@ -100,7 +106,7 @@ class Case:
     def __post_init__(self):
         if self.family not in FAMILY_IMPLEMENTATIONS:
             raise ValueError(f"unknown case family {self.family!r}; one of {sorted(FAMILY_IMPLEMENTATIONS)}")
-        multiple = {"nt_xent": 2, "nt_xent_negatives": 8, "ppcl": 12}.get(self.family, 1)
+        multiple = {"nt_xent": 2, "nt_xent_negatives": 8, "ppcl": 12, "dcl": 2, "hcl": 2}.get(self.family, 1)
         if self.rows % multiple:
             raise ValueError(f"{self.family}: rows must be a multiple of {multiple}, got {self.rows}")
 
@@ -152,7 +158,7 @@ def cases(device_type: str = "cpu", sweep: str = "default") -> list[Case]:
     if sweep == "smoke":
         return [Case("nt_xent", 64, 32), Case("nt_xent", 128, 32), Case("nt_xent_negatives", 64, 32),
                 Case("supcon", 64, 32), Case("ppcl", 96, 32), Case("info_nce", 16, 32, queue=256),
-                Case("clip", 32, 32), Case("positive_pair", 256, 32)]
+                Case("clip", 32, 32), Case("positive_pair", 256, 32), Case("dcl", 64, 32), Case("hcl", 64, 32)]
     full = sweep == "full"
     nt_xent = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] if full else [512, 2048, 8192]
     sizes = {
@@ -162,6 +168,8 @@ def cases(device_type: str = "cpu", sweep: str = "default") -> list[Case]:
         "info_nce": [64, 256, 1024] if full else [256],
         "clip": [1024, 4096, 16384] if full else [4096],
         "positive_pair": [4096, 65536, 1 << 20] if full else [65536],
+        "dcl": [512, 2048, 8192] if full else [2048],
+        "hcl": [512, 2048, 8192] if full else [2048],
     }
     out = [Case("nt_xent", n, 128, dtype) for n in nt_xent]
     for family, family_sizes in sizes.items():
@@ -277,7 +285,7 @@ def make_inputs(case: Case, device: torch.device | str, seed: int = 0) -> dict:
         return x.requires_grad_(grad)
 
     n, dim = case.rows, case.dim
-    if case.family == "nt_xent":
+    if case.family in ("nt_xent", "dcl", "hcl"):
         return {"z1": randn(n // 2, dim), "z2": randn(n // 2, dim)}
     if case.family == "nt_xent_negatives":  # generated rows come from G: they carry gradient
         return {"z1": randn(n // 2, dim), "z2": randn(n // 2, dim), "negatives": randn(n // 8, dim)}
@@ -317,6 +325,11 @@ def make_loss(case: Case, implementation: str, device: torch.device | str = "cpu
         loss = ClipLoss()
         return lambda x: loss(F.normalize(x["image"], dim=-1), F.normalize(x["text"], dim=-1), x["logit_scale"])
     t = TEMPERATURE[family]
+    if implementation == "lightly" and family == "dcl":
+        from lightly.loss import DCLLoss
+
+        loss = DCLLoss(temperature=t)
+        return lambda x: loss(x["z1"], x["z2"])
     if implementation == "lightly":
         from lightly.loss import NTXentLoss
 
@@ -370,7 +383,10 @@ def make_loss(case: Case, implementation: str, device: torch.device | str = "cpu
 
 
 LOSS_FUNCTIONS = {"nt_xent": "nt_xent", "nt_xent_negatives": "nt_xent", "supcon": "supcon", "ppcl": "ppcl",
-                  "info_nce": "info_nce", "clip": "clip_loss", "positive_pair": "positive_pair_loss"}
+                  "info_nce": "info_nce", "clip": "clip_loss", "positive_pair": "positive_pair_loss", "dcl": "dcl",
+                  "hcl": "nt_xent"}
+# the reference's textbook forms of the variants (written independently of the general op)
+REFERENCE_FUNCTIONS = {"dcl": "dcl", "hcl": "hard_negative_nt_xent"}
 
 
 def _synthcl_loss(case: Case, implementation: str):
@@ -380,15 +396,16 @@ def _synthcl_loss(case: Case, implementation: str):
 
     family = case.family
     if implementation in FUSED:
-        module, kw = L, {"backend": implementation}
+        fn, kw = getattr(L, LOSS_FUNCTIONS[family]), {"backend": implementation}
     else:
-        module, kw = ref, {}
-    fn = getattr(module, LOSS_FUNCTIONS[family])
+        fn, kw = getattr(ref, REFERENCE_FUNCTIONS.get(family, LOSS_FUNCTIONS[family])), {}
     if implementation == "compiled":
         fn = _compiled(fn)
     t = TEMPERATURE.get(family)
-    if family == "nt_xent":
+    if family in ("nt_xent", "dcl"):
         return lambda x: fn(x["z1"], x["z2"], temperature=t, **kw)
+    if family == "hcl":
+        return lambda x: fn(x["z1"], x["z2"], temperature=t, beta=HCL_BETA, tau_plus=HCL_TAU_PLUS, **kw)
     if family == "nt_xent_negatives":
         return lambda x: fn(x["z1"], x["z2"], temperature=t, negatives=x["negatives"], **kw)
     if family == "supcon":

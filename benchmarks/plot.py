@@ -26,7 +26,8 @@ ORDER = ["cpu", "triton", "cuda", "reference", "compiled", "lightly", "pml", "so
 STYLE = {name: (f"C{i}", "o-" if name in C.FUSED else "s--") for i, name in enumerate(ORDER)}
 TITLES = {"nt_xent": "NT-Xent (K = R)", "nt_xent_negatives": "NT-Xent + R/8 generated", "supcon": "SupCon, 10 classes",
           "ppcl": "PPCL (2N real + 4M synthetic)", "info_nce": "InfoNCE, R queries vs R keys + queue", "clip": "CLIP symmetric",
-          "positive_pair": "positive pair"}
+          "positive_pair": "positive pair", "dcl": "DCL (positive out of the sum)",
+          "hcl": "HCL (beta 1, tau+ 0.1)"}
 
 
 def plot(rows: list[dict], out: Path) -> Path:

@@ -22,7 +22,7 @@ from synthcl_fast.benchmarking import peak_memory_bytes  # noqa: E402
 CPU = torch.device("cpu")
 SMALL = [C.Case("nt_xent", 24, 16), C.Case("nt_xent_negatives", 32, 16), C.Case("supcon", 30, 16),
          C.Case("ppcl", 36, 16), C.Case("info_nce", 8, 16, queue=40), C.Case("clip", 12, 16),
-         C.Case("positive_pair", 20, 16)]
+         C.Case("positive_pair", 20, 16), C.Case("dcl", 24, 16), C.Case("hcl", 24, 16)]
 
 
 def _runnable(case):
