@@ -132,3 +132,18 @@ def test_study_report_writes_table_csv_json_plot_and_the_mechanism(tmp_path):
     assert "| synthcl | 10% | 2 | 0.300 [" in text
     csv_lines = (tmp_path / "study.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,train_fraction,probe_acc,probe_acc_ci_low") and len(csv_lines) == 5
+
+
+def test_data_efficiency_study_lists_every_method_and_its_settings_are_valid_for_each():
+    """The study runs simclr, synthcl and both ablations (they were run with its settings; see
+    benchmarks/results/study/README.md), and its config is a valid TrainConfig for every method."""
+    from synthcl_fast.trainer.compare import STUDIES
+    from synthcl_fast.trainer.config import METHODS, TrainConfig
+
+    study = STUDIES["data-efficiency"]
+    assert set(study.methods) == set(METHODS) and study.methods[0] == "simclr"  # the baseline first
+    assert "left out" not in study.why and all(m in study.why for m in ("no hard pairs", "no hard samples"))
+    base = TrainConfig.from_dict(study.config)
+    for method in study.methods:
+        config = base.for_method(method, seed=study.seeds[0], train_fraction=min(study.fractions))
+        assert (config.epochs, config.batch_size) == (15, 64)

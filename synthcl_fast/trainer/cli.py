@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--study", choices=sorted(STUDIES),
                          help="a study whose methods, fractions, seeds and training settings are fixed in "
                               "synthcl_fast/trainer/compare.py STUDIES (options given here still override); "
-                              "writes study.md/.json/.csv/.png. data-efficiency: simclr vs synthcl at 5-100 %% of "
-                              "the digits training images, 5 seeds")
+                              "writes study.md/.json/.csv/.png. data-efficiency: simclr vs synthcl and its two "
+                              "ablations at 5-100 %% of the digits training images, 5 seeds")
     resume = commands.add_parser("resume", help="continue a run from its newest intact checkpoint")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--checkpoint", type=Path, help="a specific checkpoint file instead of the newest")
