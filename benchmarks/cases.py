@@ -220,6 +220,11 @@ def unavailable_reason(case: Case, implementation: str, device: torch.device,
         reason = BACKENDS[implementation].unavailable_reason(device, DTYPES[case.dtype])
         if reason is not None:
             return f"backend {implementation!r} unavailable: {reason}"
+        from synthcl_fast.variants import FUSED_OPTIONS
+
+        missing = set(FAMILY_VARIANT_OPTIONS.get(case.family, ())) - FUSED_OPTIONS.get(implementation, set())
+        if missing:
+            return f"backend {implementation!r} does not fuse {', '.join(sorted(missing))}"
     elif implementation in PEERS:
         module = {"lightly": "lightly", "pml": "pytorch_metric_learning", "solo": "solo", "open_clip": "open_clip",
                   "inf_cl": "inf_cl"}[implementation]
@@ -385,6 +390,8 @@ def make_loss(case: Case, implementation: str, device: torch.device | str = "cpu
 LOSS_FUNCTIONS = {"nt_xent": "nt_xent", "nt_xent_negatives": "nt_xent", "supcon": "supcon", "ppcl": "ppcl",
                   "info_nce": "info_nce", "clip": "clip_loss", "positive_pair": "positive_pair_loss", "dcl": "dcl",
                   "hcl": "nt_xent"}
+# the variant options (synthcl_fast.variants.FUSED_OPTIONS names) each variant case uses
+FAMILY_VARIANT_OPTIONS = {"dcl": ("denominator='negatives'",), "hcl": ("beta", "tau_plus")}
 # the reference's textbook forms of the variants (written independently of the general op)
 REFERENCE_FUNCTIONS = {"dcl": "dcl", "hcl": "hard_negative_nt_xent"}
 

@@ -192,3 +192,13 @@ def _check_step_profile(text):
         assert forward > 0 and backward > 0 and total > 0, (stage, rows[stage])
     assert rows["encoder"][2] > 0 and rows["generator"][2] > 0  # Adam steps
     assert 97 <= sum(r[4] for r in rows.values()) <= 103
+
+
+def test_a_fused_backend_without_the_variant_is_skipped_with_its_reason(monkeypatch):
+    """The GPU sweep's cuda rows for DCL / HCL: recorded as skipped, naming the option, not a crash mid-sweep."""
+    from synthcl_fast.backends import BACKENDS
+
+    monkeypatch.setattr(BACKENDS["cuda"], "unavailable_reason", lambda device, dtype: None)
+    assert C.unavailable_reason(C.Case("hcl", 64, 32), "cuda", CPU) == "backend 'cuda' does not fuse beta, tau_plus"
+    assert "denominator='negatives'" in C.unavailable_reason(C.Case("dcl", 64, 32), "cuda", CPU)
+    assert C.unavailable_reason(C.Case("nt_xent", 64, 32), "cuda", CPU) is None
