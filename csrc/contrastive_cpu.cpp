@@ -807,11 +807,12 @@ BlockPlan block_plan(int64_t n_rows, int64_t n_cols) {
 }
 
 // The gradient of row block [r0, r0 + bm) over every column tile: dU_b += G V_tile (1/t applied by the caller)
-// into grad_u, dV_tile += (1/t) G^T U_b into grad_v (this thread's part). `tile`, when defined, already holds
-// the block's logits over all the columns (one tile): reused, not recomputed.
-template <typename acc_t>
+// into grad_u, dV_tile += (1/t) G^T U_b into grad_v (this thread's part); fill(tile, bm, tn, r0, c0) overwrites a
+// tile's logits with G and returns its part of sum_ij G_ij (s_ij - m_i). `tile`, when defined, already holds the
+// block's logits over all the columns (one tile): reused, not recomputed.
+template <typename acc_t, typename Fill>
 double gradient_block(const Problem<acc_t>& p, const BlockPlan& plan, int64_t r0, int64_t bm, at::Tensor tile,
-                      at::Tensor& strip, const GradStats<acc_t>& stats, at::Tensor& grad_u, at::Tensor& grad_v) {
+                      at::Tensor& strip, const Fill& fill, at::Tensor& grad_u, at::Tensor& grad_v) {
   double gs = 0;
   const at::Tensor u_block = p.u.narrow(0, r0, bm);
   at::Tensor grad_u_block = grad_u.narrow(0, r0, bm);
@@ -819,12 +820,42 @@ double gradient_block(const Problem<acc_t>& p, const BlockPlan& plan, int64_t r0
     const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
     const at::Tensor v_tile = p.v.narrow(0, c0, tn);
     if (!tile.defined() || tn != p.n_cols) tile = logits(p, strip, u_block, v_tile);
-    gs += gradient_tile<acc_t>(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
-                               p.exclude_self ? r0 - c0 : kNoSelf, stats, r0, nullptr, c0);
+    gs += fill(tile.data_ptr<acc_t>(), bm, tn, r0, c0);
     grad_u_block.addmm_(tile, v_tile);
     grad_v.narrow(0, c0, tn).addmm_(tile.t(), u_block, /*beta=*/1, /*alpha=*/p.inv_t);
   }
   return gs;
+}
+
+// fill for gradient_block: the plain op's and the variants' G (gradient_tile) for the given statistics.
+template <typename acc_t>
+auto softmax_gradient(const Problem<acc_t>& p, const GradStats<acc_t>& stats) {
+  return [&p, &stats](acc_t* tile, int64_t bm, int64_t tn, int64_t r0, int64_t c0) {
+    return gradient_tile<acc_t>(tile, bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
+                                p.exclude_self ? r0 - c0 : kNoSelf, stats, r0, nullptr, c0);
+  };
+}
+
+// The recompute backward of the general plan: the logits recomputed tile by tile, overwritten by fill (see
+// gradient_block), and multiplied into both gradients.
+template <typename acc_t, typename Fill>
+Gradients recompute_backward(const Problem<acc_t>& p, const Fill& fill) {
+  const BlockPlan plan = block_plan<acc_t>(p.n_rows, p.n_cols);
+  auto opts = p.v.options();
+  const int64_t groups = n_groups(plan.n_blocks, p.n_cols * p.dim * int64_t(sizeof(acc_t)),
+                                  p.n_rows * p.n_cols * p.dim);
+  at::Tensor grad_u = at::zeros({p.n_rows, p.dim}, opts);
+  PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
+  GroupSums gs(groups);
+  for_each_group(groups, [&](int64_t g) {
+    const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
+    at::Tensor strip = empty_output({plan.block_rows * plan.tile_cols}, opts);
+    for (int64_t b = b_lo; b < b_hi; ++b) {
+      const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
+      gs.values[g] += gradient_block(p, plan, r0, bm, at::Tensor(), strip, fill, grad_u, grad_v.of(g));
+    }
+  });
+  return Gradients{{grad_u}, grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
 }
 
 // Forward over row blocks (groups of consecutive blocks taken by the threads as they finish); with want_grad
@@ -893,34 +924,13 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
                              : finish_variant_rows(st, softplus_sum.data(), sigmoid_sum.data(), r0, bm, p, out));
       if (want_grad) {
         gs.values[g] += gradient_block(p, plan, r0, bm, plan.tile_cols >= p.n_cols ? tile : at::Tensor(), strip,
-                                       stats, grad_u, grad_v.of(g));
+                                       softmax_gradient(p, stats), grad_u, grad_v.of(g));
       }
     }
   });
   out.n_valid = static_cast<int64_t>(valid.total());
   if (want_grad) *grads = Gradients{{grad_u}, grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
   return out;
-}
-
-// The recompute backward of the general plan: the gradient for per-row upstream weights.
-template <typename acc_t>
-Gradients general_backward(const Problem<acc_t>& p, const GradStats<acc_t>& stats) {
-  const BlockPlan plan = block_plan<acc_t>(p.n_rows, p.n_cols);
-  auto opts = p.v.options();
-  const int64_t groups = n_groups(plan.n_blocks, p.n_cols * p.dim * int64_t(sizeof(acc_t)),
-                                  p.n_rows * p.n_cols * p.dim);
-  at::Tensor grad_u = at::zeros({p.n_rows, p.dim}, opts);
-  PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
-  GroupSums gs(groups);
-  for_each_group(groups, [&](int64_t g) {
-    const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
-    at::Tensor strip = empty_output({plan.block_rows * plan.tile_cols}, opts);
-    for (int64_t b = b_lo; b < b_hi; ++b) {
-      const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
-      gs.values[g] += gradient_block(p, plan, r0, bm, at::Tensor(), strip, stats, grad_u, grad_v.of(g));
-    }
-  });
-  return Gradients{{grad_u}, grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1240,7 +1250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
       p.positive_weight = stats.positive_weight = weight_in.defined() ? weight_in.data_ptr<scalar_t>() : nullptr;
       stats.coef = coef.data_ptr<scalar_t>();
     }
-    Gradients grads = symmetric ? symmetric_gradients(p, stats) : general_backward(p, stats);
+    Gradients grads = symmetric ? symmetric_gradients(p, stats) : recompute_backward(p, softmax_gradient(p, stats));
     sum_gs = grads.sum_gs;
     std::tie(grad_anchors, grad_candidates) =
         input_gradients<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, eps);
@@ -1441,46 +1451,22 @@ template <typename acc_t>
 Gradients hard_backward(const Problem<acc_t>& p, const HardScales<acc_t>& scales, const acc_t* grad_lse,
                         const acc_t* grad_mean, const acc_t* ref, const acc_t* log_sum, const int32_t* n_positive,
                         const int32_t* n_negative) {
-  const BlockPlan plan = block_plan<acc_t>(p.n_rows, p.n_cols);
-  auto opts = p.v.options();
-  const int64_t groups = n_groups(plan.n_blocks, p.n_cols * p.dim * int64_t(sizeof(acc_t)),
-                                  p.n_rows * p.n_cols * p.dim);
-  at::Tensor grad_u = at::zeros({p.n_rows, p.dim}, opts);
-  PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
-  GroupSums gs(groups);
-  for_each_group(groups, [&](int64_t g) {
-    const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
-    at::Tensor strip = empty_output({plan.block_rows * plan.tile_cols}, opts);
-    for (int64_t b = b_lo; b < b_hi; ++b) {
-      const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
-      const at::Tensor u_block = p.u.narrow(0, r0, bm);
-      at::Tensor grad_u_block = grad_u.narrow(0, r0, bm);
-      for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
-        const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
-        const at::Tensor v_tile = p.v.narrow(0, c0, tn);
-        at::Tensor tile = logits(p, strip, u_block, v_tile);
-        gs.values[g] += hard_gradient_tile(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0,
-                                           p.candidate_labels + c0, p.exclude_self ? r0 - c0 : kNoSelf, scales,
-                                           grad_lse + r0 * kHardSets, grad_mean + r0, ref + r0 * kHardSets,
-                                           log_sum + r0 * kHardSets, n_positive + r0, n_negative + r0);
-        grad_u_block.addmm_(tile, v_tile);
-        grad_v.of(g).narrow(0, c0, tn).addmm_(tile.t(), u_block, /*beta=*/1, /*alpha=*/p.inv_t);
-      }
-      // rho_i sum_j G_ij, the part of sum_ij G_ij s_ij taken out of the tiles' sums (closed form)
-      double common = 0;
-      for (int64_t i = r0; i < r0 + bm; ++i) {
-        const bool has_negative = n_negative[i] > 0, has_positive = n_positive[i] > 0;
-        const double rho = static_cast<double>(has_negative ? ref[i * kHardSets] : ref[i * kHardSets + 2]);
-        double row_sum = 0;
-        if (has_negative) row_sum += double(grad_lse[i * kHardSets]) * scales.c[0] +
-                                     double(grad_lse[i * kHardSets + 1]) * scales.c[1];
-        if (has_positive) row_sum += double(grad_lse[i * kHardSets + 2]) + double(grad_mean[i]);
-        common += rho * row_sum;
-      }
-      gs.values[g] += common;
-    }
+  Gradients grads = recompute_backward(p, [&](acc_t* tile, int64_t bm, int64_t tn, int64_t r0, int64_t c0) {
+    return hard_gradient_tile(tile, bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
+                              p.exclude_self ? r0 - c0 : kNoSelf, scales, grad_lse + r0 * kHardSets, grad_mean + r0,
+                              ref + r0 * kHardSets, log_sum + r0 * kHardSets, n_positive + r0, n_negative + r0);
   });
-  return Gradients{{grad_u}, grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
+  // rho_i sum_j G_ij, the part of sum_ij G_ij s_ij taken out of the tiles' sums (closed form)
+  for (int64_t i = 0; i < p.n_rows; ++i) {
+    const bool has_negative = n_negative[i] > 0, has_positive = n_positive[i] > 0;
+    const double rho = static_cast<double>(has_negative ? ref[i * kHardSets] : ref[i * kHardSets + 2]);
+    double row_sum = 0;
+    if (has_negative) row_sum += double(grad_lse[i * kHardSets]) * scales.c[0] +
+                                 double(grad_lse[i * kHardSets + 1]) * scales.c[1];
+    if (has_positive) row_sum += double(grad_lse[i * kHardSets + 2]) + double(grad_mean[i]);
+    grads.sum_gs += rho * row_sum;
+  }
+  return grads;
 }
 
 // Returns (row_lse (R, 3), row_positive_mean, row_n_negative, row_n_positive, row_reference (R, 3),
