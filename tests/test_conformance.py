@@ -792,12 +792,11 @@ def _variant_row_temperature_derivatives(anchors64, candidates64, anchor_labels,
     return row_dt
 
 
-@pytest.mark.parametrize("lane,plan,denominator,weighted,shape,exclude_self,reduction", list(_variant_cases()))
-def test_variant_op(lane, plan, denominator, weighted, shape, exclude_self, reduction, tile_plan, rng):
-    """The positives out of the log-sum-exp (DCL's "negatives"; PML's "per_positive"), with and without a
-    per-row weight w'_i on the positive term (DCLW), against contrastive_loss_variant in float64: values and the
-    gradients of the features, the temperature and the weight. Candidates 0 and K - 1 are never positive, so that
-    every row has a negative (a row without one has an infinite "negatives" loss, as in lightly's DCLLoss)."""
+def _check_variant_case(lane, shape, exclude_self, reduction, weighted, variant, what, rng):
+    """One variant (options `variant`; with a random per-row weight w'_i on the positive term when weighted)
+    against contrastive_loss_variant in float64: values and the gradients of the features, the temperature and
+    the weight. Candidates 0 and K - 1 are never positive, so that every row has a negative (a row without one
+    has an infinite "negatives" loss, as in lightly's DCLLoss)."""
     n_rows, n_cols, dim = shape
     dtype = lane.exact_dtype
     anchors, anchors64 = _pair(lane, torch.randn(n_rows, dim, generator=rng), dtype)
@@ -808,7 +807,6 @@ def test_variant_op(lane, plan, denominator, weighted, shape, exclude_self, redu
     acc = dtype if dtype == torch.float64 else torch.float32
     temperature, temperature64 = _pair(lane, torch.tensor(t), acc)
     inputs, inputs64 = [anchors, candidates, temperature], [anchors64, candidates64, temperature64]
-    variant = {"denominator": denominator}
     weight = weight64 = None
     if weighted:
         weight, weight64 = _pair(lane, 2 * torch.rand(n_rows, generator=rng), acc)
@@ -821,15 +819,24 @@ def test_variant_op(lane, plan, denominator, weighted, shape, exclude_self, redu
                                             temperature=temperature64, exclude_self=exclude_self,
                                             reduction=reduction, positive_weight=weight64, **variant)
     tols = lane.tolerances(dtype)
-    plain_floors = cancellation_floors(
+    floors = cancellation_floors(
         [anchors64, candidates64], t, reduction, tols[1], dtype,
         _variant_row_temperature_derivatives(anchors64, candidates64, anchor_labels, candidate_labels,
                                              temperature64, exclude_self,
                                              positive_weight=None if weight64 is None else weight64.detach(),
                                              **variant))
-    compare(actual, expected, inputs, inputs64, tols,
-            f"variant {denominator} weighted={weighted} {shape} {dtype} t={t:.3f} plan={plan}", rng,
-            grad_floors=lambda upstream: plain_floors(upstream) + [0.0])
+    compare(actual, expected, inputs, inputs64, tols, f"{what} {shape} {dtype} t={t:.3f}", rng,
+            grad_floors=lambda upstream: floors(upstream) + [0.0])
+
+
+@pytest.mark.parametrize("lane,plan,denominator,weighted,shape,exclude_self,reduction", list(_variant_cases()))
+def test_variant_op(lane, plan, denominator, weighted, shape, exclude_self, reduction, tile_plan, rng):
+    """The positives out of the log-sum-exp (DCL's "negatives"; PML's "per_positive"), with and without a
+    per-row weight w'_i on the positive term (DCLW), against contrastive_loss_variant in float64: values and the
+    gradients of the features, the temperature and the weight. Candidates 0 and K - 1 are never positive, so that
+    every row has a negative (a row without one has an infinite "negatives" loss, as in lightly's DCLLoss)."""
+    _check_variant_case(lane, shape, exclude_self, reduction, weighted, {"denominator": denominator},
+                        f"variant {denominator} weighted={weighted} plan={plan}", rng)
 
 
 def _variant_dtype_cases():
@@ -956,38 +963,9 @@ def test_hard_negative_op(lane, denominator, beta, tau_plus, shape, exclude_self
     (Robinson et al.'s loss) and "negatives", with and without a per-row weight on the positive term, against
     contrastive_loss_variant in float64: values and the gradients of the features, the temperature and the
     weight. Candidates 0 and K - 1 are never positive (every row has a negative)."""
-    n_rows, n_cols, dim = shape
-    dtype = lane.exact_dtype
-    anchors, anchors64 = _pair(lane, torch.randn(n_rows, dim, generator=rng), dtype)
-    candidates, candidates64 = _pair(lane, torch.randn(n_cols, dim, generator=rng), dtype)
-    anchor_labels, candidate_labels = _labels(rng, n_rows, 0, 4, lane), _labels(rng, n_cols, -1, 4, lane)
-    candidate_labels[0] = candidate_labels[-1] = -1
-    t = 0.05 + 0.5 * float(torch.rand((), generator=rng))
-    acc = dtype if dtype == torch.float64 else torch.float32
-    temperature, temperature64 = _pair(lane, torch.tensor(t), acc)
-    inputs, inputs64 = [anchors, candidates, temperature], [anchors64, candidates64, temperature64]
-    variant = {"denominator": denominator, "beta": beta, "tau_plus": tau_plus}
-    weight = weight64 = None
-    if weighted:
-        weight, weight64 = _pair(lane, 2 * torch.rand(n_rows, generator=rng), acc)
-        inputs.append(weight)
-        inputs64.append(weight64)
-    actual = L.contrastive_loss(anchors, candidates, anchor_labels, candidate_labels, temperature=temperature,
-                                exclude_self=exclude_self, reduction=reduction, backend=lane.name,
-                                positive_weight=weight, **variant)
-    expected = ref.contrastive_loss_variant(anchors64, candidates64, anchor_labels, candidate_labels,
-                                            temperature=temperature64, exclude_self=exclude_self,
-                                            reduction=reduction, positive_weight=weight64, **variant)
-    tols = lane.tolerances(dtype)
-    floors = cancellation_floors(
-        [anchors64, candidates64], t, reduction, tols[1], dtype,
-        _variant_row_temperature_derivatives(anchors64, candidates64, anchor_labels, candidate_labels,
-                                             temperature64, exclude_self,
-                                             positive_weight=None if weight64 is None else weight64.detach(),
-                                             **variant))
-    compare(actual, expected, inputs, inputs64, tols,
-            f"hard negatives {variant} weighted={weighted} {shape} {dtype} t={t:.3f}", rng,
-            grad_floors=lambda upstream: floors(upstream) + [0.0])
+    _check_variant_case(lane, shape, exclude_self, reduction, weighted,
+                        {"denominator": denominator, "beta": beta, "tau_plus": tau_plus},
+                        f"hard negatives beta={beta} tau_plus={tau_plus} {denominator} weighted={weighted}", rng)
 
 
 def _hard_dtype_cases():
