@@ -1102,6 +1102,23 @@ std::pair<at::Tensor, at::Tensor> input_gradients(Gradients grads, const at::Ten
           normalize_backward<acc_t>(dv, v, norm_c, eps, candidates.scalar_type())};
 }
 
+// A recompute backward's outputs from the gradients w.r.t. the normalized rows: (grad_anchors, grad_candidates,
+// grad_temperature = -(1/t) sum_ij G_ij s_ij), NaN for an invalid temperature.
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(Gradients grads, const at::Tensor& u,
+                                                                const at::Tensor& norm_a, const at::Tensor& v,
+                                                                const at::Tensor& norm_c, const at::Tensor& anchors,
+                                                                const at::Tensor& candidates,
+                                                                const at::Tensor& temperature, double eps,
+                                                                double inv_t, bool valid_t) {
+  const double sum_gs = grads.sum_gs;
+  auto [grad_anchors, grad_candidates] =
+      input_gradients<acc_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, eps);
+  at::Tensor grad_temperature = at::full({}, -inv_t * sum_gs, temperature.options());
+  if (!valid_t) poison_gradients({&grad_anchors, &grad_candidates, &grad_temperature});
+  return {grad_anchors, grad_candidates, grad_temperature};
+}
+
 // The variant's denominator code (1 = "negatives", 2 = "per_positive") and positive_weight ((R,) in the
 // accumulation type, contiguous): checked here, as every caller of the op could pass anything.
 void check_variant(int64_t denominator, const at::Tensor& positive_weight, const at::Tensor& anchors) {
@@ -1238,8 +1255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
   at::Tensor weight_in = positive_weight.defined() ? positive_weight.contiguous() : at::Tensor();
   at::Tensor weight = grad_rows.to(acc).contiguous();
 
-  at::Tensor grad_anchors, grad_candidates;
-  double sum_gs = 0;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_backward_cpu", [&] {
     Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0),
                         v.size(0), u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
@@ -1251,13 +1267,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
       stats.coef = coef.data_ptr<scalar_t>();
     }
     Gradients grads = symmetric ? symmetric_gradients(p, stats) : recompute_backward(p, softmax_gradient(p, stats));
-    sum_gs = grads.sum_gs;
-    std::tie(grad_anchors, grad_candidates) =
-        input_gradients<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, eps);
+    out = backward_outputs<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, temperature, eps,
+                                     inv_t, valid_inv_t.has_value());
   });
-  at::Tensor grad_temperature = at::full({}, -inv_t * sum_gs, temperature.options());
-  if (!valid_inv_t) poison_gradients({&grad_anchors, &grad_candidates, &grad_temperature});
-  return {grad_anchors, grad_candidates, grad_temperature};
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
@@ -1523,8 +1536,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_backward_cpu(
   at::Tensor g_lse = grad_lse.contiguous(), g_mean = grad_positive_mean.contiguous();
   at::Tensor ref = row_reference.contiguous(), log_sum = row_log_sum.contiguous();
   at::Tensor n_neg = row_n_negative.contiguous(), n_pos = row_n_positive.contiguous();
-  at::Tensor grad_anchors, grad_candidates;
-  double sum_gs = 0;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "hard_negative_stats_backward_cpu", [&] {
     Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0), v.size(0),
                         u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
@@ -1532,13 +1544,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_backward_cpu(
                                     g_mean.data_ptr<scalar_t>(), ref.data_ptr<scalar_t>(),
                                     log_sum.data_ptr<scalar_t>(), n_pos.data_ptr<int32_t>(),
                                     n_neg.data_ptr<int32_t>());
-    sum_gs = grads.sum_gs;
-    std::tie(grad_anchors, grad_candidates) =
-        input_gradients<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, eps);
+    out = backward_outputs<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, temperature, eps,
+                                     inv_t, valid_inv_t.has_value());
   });
-  at::Tensor grad_temperature = at::full({}, -inv_t * sum_gs, temperature.options());
-  if (!valid_inv_t) poison_gradients({&grad_anchors, &grad_candidates, &grad_temperature});
-  return {grad_anchors, grad_candidates, grad_temperature};
+  return out;
 }
 
 }  // namespace
