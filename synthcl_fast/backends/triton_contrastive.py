@@ -165,6 +165,23 @@ def _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF: 
 
 
 @triton.jit
+def _column_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, label_x, Y_ptr, stride_y, INV_Y_ptr, LABEL_Y_ptr,
+                 start_n, n_end, dim, EXCLUDE_SELF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_D: tl.constexpr, SINGLE_D_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """(s, allowed, positive) of the rows' tile against columns [start_n, +BLOCK_N) (those below n_end): the
+    forward-side kernels' loop body up to the statistics (the backward keeps its column scales for dV)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < n_end
+    col_scale = tl.load(INV_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC)
+    label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
+    s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n, col_scale,
+                     dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
+    allowed, positive = _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF)
+    return s, allowed, positive
+
+
+@triton.jit
 def _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
                      LOSS_ptr):
     """m, log S, |P| and L_i = log S - gap / |P| (0 without a positive). An empty denominator (R = K = 1 with
@@ -230,13 +247,9 @@ def _contrastive_forward_kernel(
     n_begin = pid_s * n_per_split
     n_end = tl.minimum(n_begin + n_per_split, n_y)
     for start_n in range(n_begin, n_end, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < n_end
-        col_scale = tl.load(INV_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC)
-        label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
-        s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n,
-                         col_scale, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
-        allowed, positive = _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF)
+        s, allowed, positive = _column_tile(
+            x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, label_x, Y_ptr, stride_y, INV_Y_ptr, LABEL_Y_ptr,
+            start_n, n_end, dim, EXCLUDE_SELF, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
         if VARIANT:
             # the positives out of the sum and of its max (a positive far above the negatives must not shift
             # their terms into underflow); the gap is kept relative to the shift, 0 until a negative is seen
@@ -310,13 +323,9 @@ def _hard_stats_kernel(
     n_negative = tl.zeros([BLOCK_M], dtype=tl.int32)
     n_positive = tl.zeros([BLOCK_M], dtype=tl.int32)
     for start_n in range(0, n_y, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < n_y
-        col_scale = tl.load(INV_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC)
-        label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
-        s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n,
-                         col_scale, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
-        allowed, positive = _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF)
+        s, allowed, positive = _column_tile(
+            x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, label_x, Y_ptr, stride_y, INV_Y_ptr, LABEL_Y_ptr,
+            start_n, n_y, dim, EXCLUDE_SELF, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
         negative = allowed & ~positive
         negative_max = tl.maximum(negative_max, tl.max(tl.where(negative, s, float("-inf")), axis=1))
         negative_min = tl.minimum(negative_min, tl.min(tl.where(negative, s, float("inf")), axis=1))
@@ -422,13 +431,9 @@ def _positive_terms_kernel(
     softplus_sum = tl.zeros([BLOCK_M], dtype=tl.float64)
     sigmoid_sum = tl.zeros([BLOCK_M], dtype=tl.float64)
     for start_n in range(0, n_y, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < n_y
-        col_scale = tl.load(INV_Y_ptr + offs_n, mask=mask_n, other=1.0).to(ACC)
-        label_y = tl.load(LABEL_Y_ptr + offs_n, mask=mask_n, other=-1)
-        s = _logits_tile(x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, Y_ptr, stride_y, offs_n, mask_n,
-                         col_scale, dim, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
-        allowed, positive = _tile_masks(offs_m, mask_m, label_x, offs_n, mask_n, label_y, EXCLUDE_SELF)
+        s, allowed, positive = _column_tile(
+            x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, label_x, Y_ptr, stride_y, INV_Y_ptr, LABEL_Y_ptr,
+            start_n, n_y, dim, EXCLUDE_SELF, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
         z = (log_sum[:, None] - (s - row_max[:, None])).to(tl.float64)
         e = tl.exp(-tl.abs(z))
         log1p_e = tl.where(e < 1e-3, e * (1.0 - e * (0.5 - e / 3.0)), tl.log(1.0 + e))
