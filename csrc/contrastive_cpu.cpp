@@ -1356,7 +1356,6 @@ void update_hard_stats(const acc_t* tile, int64_t bm, int64_t tn, const int64_t*
     const acc_t tile_ref[kHardSets] = {scales.c[0] >= 0 ? tile_stats.negative_max : tile_stats.negative_min,
                                        scales.c[1] >= 0 ? tile_stats.negative_max : tile_stats.negative_min,
                                        tile_stats.positive_max};
-    acc_t shift[kHardSets];
     for (int k = 0; k < kHardSets; ++k) {
       // the new reference: the extreme in the direction of c_k of the old one and the tile's; while a set has
       // no finite logit yet, 0 (its terms are NaN then, or it has none)
@@ -1369,11 +1368,10 @@ void update_hard_stats(const acc_t* tile, int64_t bm, int64_t tn, const int64_t*
       } else if (!seen) {
         ref[k] = 0;
       }
-      shift[k] = ref[k];
     }
     acc_t part[kHardSets] = {0, 0, 0};
     for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
-      hard_sums(s + a, b - a, col_labels + a, label, scales.c, shift, part);
+      hard_sums(s + a, b - a, col_labels + a, label, scales.c, ref, part);
     });
     for (int k = 0; k < kHardSets; ++k) sum[k] += static_cast<double>(part[k]);
   }

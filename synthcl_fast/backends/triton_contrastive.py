@@ -561,15 +561,15 @@ def _contrastive_backward_kernel(
     # from (1 ulp of s = 1/t moves p = exp(s - m - log S) by ~eps/t, and the temperature gradient by ~eps/t^3)
     row_scale = inv_t * inv_x
     label_x = tl.load(LABEL_X_ptr + offs_m, mask=mask_m, other=-1)
-    if OWN_TERM:
+    if OWN_TERM and VARIANT == 3:
+        r0x, r1x, r2x, l0x, l1x, l2x, a0x, a1x, a2x, a3x, c0, c1 = _load_hard_stats(
+            MAX_X_ptr, LOGSUM_X_ptr, W_X_ptr, COEF_X_ptr, offs_m, mask_m, ACC)
+    elif OWN_TERM:
         max_x = tl.load(MAX_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
         logsum_x = tl.load(LOGSUM_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
         npos_x = tl.load(NPOS_X_ptr + offs_m, mask=mask_m, other=0)
         w_x = tl.load(W_X_ptr + offs_m * stride_wx, mask=mask_m, other=0.0).to(ACC)
-        if VARIANT == 3:
-            r0x, r1x, r2x, l0x, l1x, l2x, a0x, a1x, a2x, a3x, c0, c1 = _load_hard_stats(
-                MAX_X_ptr, LOGSUM_X_ptr, W_X_ptr, COEF_X_ptr, offs_m, mask_m, ACC)
-        elif VARIANT:
+        if VARIANT:
             coef_x = tl.load(COEF_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
             wp_x = tl.load(WP_X_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
     if USE_GSCALE:
@@ -604,26 +604,24 @@ def _contrastive_backward_kernel(
             g += term
             if COMPUTE_GS:
                 gs += tl.sum(term * tl.where(allowed, shifted, 0.0), axis=1)
-        if OTHER_TERM and VARIANT == 3:
-            r0y, r1y, r2y, l0y, l1y, l2y, a0y, a1y, a2y, a3y, c0y, c1y = _load_hard_stats(
-                MAX_Y_ptr, LOGSUM_Y_ptr, W_Y_ptr, COEF_Y_ptr, offs_n, mask_n, ACC)
-            term, shifted = _hard_term(s, r0y, r1y, r2y, l0y, l1y, l2y, a0y, a1y, a2y, a3y, c0y, c1y, positive, 1)
-            term = tl.where(allowed, term, 0.0)
-            g += term
-            if COMPUTE_GS:
-                gs += tl.sum(term * tl.where(allowed, shifted, 0.0), axis=1)
-        elif OTHER_TERM:
-            max_y = tl.load(MAX_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
-            logsum_y = tl.load(LOGSUM_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
-            npos_y = tl.load(NPOS_Y_ptr + offs_n, mask=mask_n, other=0)
-            w_y = tl.load(W_Y_ptr + offs_n * stride_wy, mask=mask_n, other=0.0).to(ACC)
-            if VARIANT:
-                coef_y = tl.load(COEF_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
-                wp_y = tl.load(WP_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
-                term, shifted = _variant_term(s, max_y, logsum_y, npos_y, w_y, coef_y, wp_y, positive, 1,
-                                              VARIANT == 2)
+        if OTHER_TERM:
+            if VARIANT == 3:
+                r0y, r1y, r2y, l0y, l1y, l2y, a0y, a1y, a2y, a3y, c0y, c1y = _load_hard_stats(
+                    MAX_Y_ptr, LOGSUM_Y_ptr, W_Y_ptr, COEF_Y_ptr, offs_n, mask_n, ACC)
+                term, shifted = _hard_term(s, r0y, r1y, r2y, l0y, l1y, l2y, a0y, a1y, a2y, a3y, c0y, c1y, positive,
+                                           1)
             else:
-                term, shifted = _softmax_term(s, max_y, logsum_y, npos_y, w_y, positive, 1)
+                max_y = tl.load(MAX_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
+                logsum_y = tl.load(LOGSUM_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
+                npos_y = tl.load(NPOS_Y_ptr + offs_n, mask=mask_n, other=0)
+                w_y = tl.load(W_Y_ptr + offs_n * stride_wy, mask=mask_n, other=0.0).to(ACC)
+                if VARIANT:
+                    coef_y = tl.load(COEF_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
+                    wp_y = tl.load(WP_Y_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)
+                    term, shifted = _variant_term(s, max_y, logsum_y, npos_y, w_y, coef_y, wp_y, positive, 1,
+                                                  VARIANT == 2)
+                else:
+                    term, shifted = _softmax_term(s, max_y, logsum_y, npos_y, w_y, positive, 1)
             term = tl.where(allowed, term, 0.0)
             g += term
             if COMPUTE_GS:
