@@ -71,6 +71,16 @@ inline void check_contrastive_inputs(const at::Tensor& anchors, const at::Tensor
   TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
 }
 
+// The variant op's denominator code (1 = "negatives", 2 = "per_positive") and positive_weight ((R,) in the
+// accumulation dtype acc of the backend): checked here, as every caller of the op could pass anything.
+inline void check_variant(int64_t denominator, const at::Tensor& positive_weight, const at::Tensor& anchors,
+                          at::ScalarType acc) {
+  TORCH_CHECK(denominator == 1 || denominator == 2,
+              "denominator code must be 1 (negatives) or 2 (per_positive), got ", denominator);
+  check_vector(positive_weight, "positive_weight", anchors.size(0), acc);
+  check_same_device(positive_weight, anchors, "positive_weight");
+}
+
 // The checks every implementation of positive_pair_forward makes (target: float32, float64 for float64 rows).
 inline void check_positive_pair_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& target,
                                        int64_t mode, int64_t reduction, double eps, c10::DeviceType device_type) {

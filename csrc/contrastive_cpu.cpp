@@ -1119,15 +1119,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(Gradients grads,
   return {grad_anchors, grad_candidates, grad_temperature};
 }
 
-// The variant's denominator code (1 = "negatives", 2 = "per_positive") and positive_weight ((R,) in the
-// accumulation type, contiguous): checked here, as every caller of the op could pass anything.
-void check_variant(int64_t denominator, const at::Tensor& positive_weight, const at::Tensor& anchors) {
-  TORCH_CHECK(denominator == 1 || denominator == 2,
-              "denominator code must be 1 (negatives) or 2 (per_positive), got ", denominator);
-  check_vector(positive_weight, "positive_weight", anchors.size(0), accumulate_type(anchors.scalar_type()));
-  check_same_device(positive_weight, anchors, "positive_weight");
-}
-
 // The forward of the plain op (denominator 0, positive_weight undefined) and of its variants.
 struct ForwardOutputs {
   at::Tensor loss, max, log_sum, n_positive, coef, positive_mean, grad_anchors, grad_candidates, grad_temperature;
@@ -1138,7 +1129,8 @@ ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candida
                             const at::Tensor& positive_weight, int64_t denominator, bool exclude_self,
                             int64_t reduction, double eps, bool compute_grad) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
-  if (positive_weight.defined()) check_variant(denominator, positive_weight, anchors);  // the variant op
+  if (positive_weight.defined())  // the variant op
+    check_variant(denominator, positive_weight, anchors, accumulate_type(anchors.scalar_type()));
   check_reduction(reduction);
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
   const std::optional<double> valid_inv_t = inverse_temperature(temperature);
@@ -1235,7 +1227,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& row_n_positive, const at::Tensor& row_coef, int64_t denominator, bool exclude_self,
     double eps) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
-  if (positive_weight.defined()) check_variant(denominator, positive_weight, anchors);  // the variant op
+  if (positive_weight.defined())  // the variant op
+    check_variant(denominator, positive_weight, anchors, accumulate_type(anchors.scalar_type()));
   const int64_t n_rows = anchors.size(0);
   const auto acc = accumulate_type(anchors.scalar_type());
   check_vector(row_max, "row_max", n_rows, acc);

@@ -1,6 +1,11 @@
-// Fused CUDA kernels for the general contrastive op; the math (s_ij, m_i, log S_i, L_i, G_ij and the
-// gradients) is stated once, in synthcl_fast/reference.py; the op contract in synthcl_fast/backends/_ops.py.
-// Registered for the CUDA dispatch key with the same schemas and results as contrastive_cpu.cpp.
+// Fused CUDA kernels for the general contrastive op and its variants (denominator "negatives" / "per_positive",
+// positive_weight: synthcl_fast/variants.py); the math (s_ij, m_i, log S_i, L_i, G_ij and the gradients) is
+// stated once, in synthcl_fast/reference.py; the op contract in synthcl_fast/backends/_ops.py. Registered for the
+// CUDA dispatch key with the same schemas and results as contrastive_cpu.cpp. The variants run the same passes:
+// the denominator is a mask in the online statistics (TileParams::denominator), the backward's G_ij one formula
+// for all of them (element_gradient), and "per_positive" adds a positives' pass (TileParams::positive_pass) once
+// m and S are final. Not yet run on a GPU (no GPU has been lent to this project); the conformance suite's cuda
+// lane is what checks them.
 //
 // Passes (all on the current stream, no R x K buffer, no float atomics: deterministic):
 //   1. prepare_rows_kernel: 16-bit copies of the rows scaled by a power of two, x~ = x 2^-k with ||x~|| in
@@ -62,19 +67,47 @@ constexpr int kStages = 3;
 constexpr int kPanelChunks = 2;      // gradient accumulators cover 128 columns of D at a time
 constexpr int kChunkRowBytes = kChunk * 2 + 16;            // +16: ldmatrix rows hit distinct banks
 constexpr int kTileBytes = kTileRows * kChunkRowBytes;     // one 64 x 64 chunk of one part
-constexpr int kMetaBytes = kTileRows * (8 + 16 + 4);       // per tile: labels (int64), row stats, inv (float)
+constexpr int kMetaBytes = kTileRows * (8 + 32 + 4);       // per tile: labels (int64), row stats, inv (float)
 constexpr int kMetaStats = kTileRows * 8;                  // byte offsets in a tile's meta block
-constexpr int kMetaInv = kTileRows * (8 + 16);
+constexpr int kMetaInv = kTileRows * (8 + 32);
 constexpr int kSplitTargetCtasPerSm = 2;
 
-// Per streamed/owner row statistics for the backward: m, log S, 1/|P|, w (all 0 for a row without positives).
-struct RowStats {
-  float max, log_sum, inv_positives, weight;
-};
+// Denominator codes of the variant ops (bindings.cpp): 0 is the plain op (every candidate but self).
+enum Denominator : int { kAll = 0, kNegatives = 1, kPerPositive = 2 };
 
-// Online statistics of one row over one split of the candidates: max m, S = sum exp(s - m), the positive gap
-// sum_p (s_p - m), |P|. S is summed in float64: in float32 every term added to a running S near 1 (the max's
-// own term) would round at 1.2e-7 of S, most of a small loss log S ~ S - 1.
+// Per streamed/owner row statistics for the backward (all 0 for a row without positives): with
+// x_ij = s_ij - max_i - log_sum_i (= s_ij - lse_i), the gradient of L_i w.r.t. s_ij without the upstream weight is
+//   j in the denominator (den):  coef e^{x_ij}
+//   j in P(i):                   + sigmoid_scale sigmoid(x_ij) - positive_term
+//     plain op (den = all):      coef 1,   sigmoid_scale 0,     positive_term 1/|P|
+//     "negatives" (den = Neg):   coef 1,   sigmoid_scale 0,     positive_term w'_i/|P|
+//     "per_positive" (Neg):      coef c_i, sigmoid_scale 1/|P|, positive_term w'_i/|P|
+// (L_i = mean_p softplus(lse_Neg - s_ip) + (1 - w'_i) mean_p s_ip: dL/ds_ip = (sigmoid(s_ip - lse_Neg) - w'_i)/|P|,
+// dL/dlse_Neg = mean_p sigmoid(lse_Neg - s_ip) = c_i). weight: the upstream dLoss/dL_i. Two 16-byte halves.
+struct RowStats {
+  float max, log_sum, coef, sigmoid_scale, positive_term, weight, unused[2];
+};
+static_assert(sizeof(RowStats) == 32, "RowStats is copied as two 16-byte pieces");
+constexpr int kRowStatsFloats = sizeof(RowStats) / sizeof(float);
+
+// The per-element G above (without the weight); in_denominator and positive already include validity.
+__device__ __forceinline__ float element_gradient(float x, bool in_denominator, bool positive, const RowStats& st) {
+  float g = in_denominator ? st.coef * exp2f(x * kLog2e) : 0.0f;  // a positive out of den: x > 0 possible, not used
+  if (positive) {
+    g -= st.positive_term;
+    if (st.sigmoid_scale != 0.0f) {
+      const float e = exp2f(-fabsf(x) * kLog2e);  // sigmoid without overflow
+      g += st.sigmoid_scale * (x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e));
+    }
+  }
+  return g;
+}
+
+// Online statistics of one row over one split of the candidates: max m, S = sum exp(s - m) over the denominator,
+// the positive gap sum_p (s_p - m) (relative to 0 while m is -inf: the variants' positives are not in the
+// denominator), |P|. S is summed in float64: in float32 every term added to a running S near 1 (the max's
+// own term) would round at 1.2e-7 of S, most of a small loss log S ~ S - 1. The positives' pass of
+// "per_positive" stores sum_p softplus(z_ip) in sum_exp and sum_p sigmoid(z_ip) in positive_gap.
 struct RowPartial {
   double sum_exp;
   float max, positive_gap;
@@ -92,10 +125,12 @@ struct TileParams {
   const RowStats* owner_stats;   // gradient of the anchors: stats of the owner rows
   const RowStats* stream_stats;  // gradient of the candidates: stats of the streamed (anchor) rows
   const float* temperature;
-  const float* weight_max;       // max_i |w_i| (gradient of the candidates)
+  const float* weight_max;       // max_i of |w_i| times the bound on |G'_ij| (gradient of the candidates)
   int64_t n_owner, n_stream, dim_pad;
   int tiles_per_split;
+  int denominator;               // Denominator: which candidates the log-sum-exp runs over
   bool exclude_self, owner_resident, stats_on_owner;
+  bool positive_pass;            // forward, "per_positive": the positives' softplus / sigmoid sums (owner_stats)
   RowPartial* partial;           // forward: [splits][owner_pad]
   float* grad;                   // backward: [splits][owner_pad][dim_pad], dL/d(normalized owner rows)
   float* row_gs;                 // backward, stats_on_owner: [splits][owner_pad], w_i sum_j G'_ij s_ij
@@ -194,9 +229,10 @@ struct Producer {
           copy_rows(stage + (kParts + part) * kTileBytes, kChunkRowBytes, p.owner[part], owner0, ch);
       if (job == 0) {
         unsigned char* m = meta + (tile_seq % kStages) * kMetaBytes;
-        const int i = threadIdx.x;  // 32 copies of labels, 64 of stats: one or two per thread
+        const int i = threadIdx.x;  // 32 copies of labels, 128 of stats, 16 of inv: at most three per thread
         if (i < 32) cp_async_16(m + i * 16, p.stream_labels + row0 + i * 2);
-        if (kGrad && !p.stats_on_owner && i < 64) cp_async_16(m + kMetaStats + i * 16, p.stream_stats + row0 + i);
+        if (kGrad && !p.stats_on_owner && i < 128)  // RowStats: two 16-byte pieces per row
+          cp_async_16(m + kMetaStats + i * 16, reinterpret_cast<const unsigned char*>(p.stream_stats + row0) + i * 16);
         if (i < 16) cp_async_16(m + kMetaInv + i * 16, p.stream_inv + row0 + i * 4);
       }
       if (++job == jobs_in_tile(panel)) {
@@ -270,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
     sum_exp[h] = 0.0;
     positive_gap[h] = gs[h] = 0.0f;
     positives[h] = 0;
-    if (kGrad && p.stats_on_owner) rs[h] = p.owner_stats[row[h]];
+    if ((kGrad && p.stats_on_owner) || (!kGrad && p.positive_pass)) rs[h] = p.owner_stats[row[h]];
   }
 
   float grad_acc[kGrad ? kPanelChunks : 1][8][4];
@@ -342,17 +378,17 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
             const int c = n * 8 + 2 * t4 + e;
             const int64_t col = col0 + c;
             const bool valid = col < p.n_stream && !(p.exclude_self && col == row[h]);
-            [[maybe_unused]] const bool positive = valid && tile_labels[c] == label[h] && label[h] >= 0;
+            const bool positive = valid && tile_labels[c] == label[h] && label[h] >= 0;
+            const bool in_denominator = valid && !(p.denominator != kAll && positive);
             const float logit = s[n][2 * h + e] * row_scale[h] * tile_inv[c];
-            if constexpr (!kGrad) {
+            if constexpr (!kGrad) {  // the logit of every valid pair (the positives' gap needs the variants' too)
               s[n][2 * h + e] = valid ? logit : -INFINITY;
-              tile_max = fmaxf(tile_max, s[n][2 * h + e]);
+              tile_max = fmaxf(tile_max, in_denominator ? logit : -INFINITY);
             } else if (p.stats_on_owner) {  // G'_ij without w_i (applied to the accumulated row), times inv_j
               const bool live = valid && rs[h].weight != 0.0f;
               const float shifted = logit - rs[h].max;
-              const float grad = live ? exp2f((shifted - rs[h].log_sum) * kLog2e) -
-                                            (positive ? rs[h].inv_positives : 0.0f)
-                                      : 0.0f;
+              const float grad =
+                  live ? element_gradient(shifted - rs[h].log_sum, in_denominator, positive, rs[h]) : 0.0f;
               if (panel == 0 && live) gs[h] += grad * shifted;
               s[n][2 * h + e] = grad * tile_inv[c];
             } else {  // owner = candidate j, column = anchor i: G_ij w_i / max|w|, times inv_i
@@ -360,18 +396,43 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
               s[n][2 * h + e] =
                   valid && st.weight != 0.0f
                       ? st.weight * inv_weight_max * tile_inv[c] *
-                            (exp2f((logit - st.max - st.log_sum) * kLog2e) - (positive ? st.inv_positives : 0.0f))
+                            element_gradient(logit - st.max - st.log_sum, in_denominator, positive, st)
                       : 0.0f;
             }
           }
         if constexpr (!kGrad) {
+          if (p.positive_pass) {
+            // "per_positive", m and S final: z_ip = lse_Neg(i) - s_ip = log S_i - (s_ip - m_i) (-inf without
+            // negatives: softplus 0, sigmoid 0); softplus(z) = max(z, 0) + log1p(e^{-|z|})
+            double softplus = sum_exp[h];
+            float sigmoid = positive_gap[h];
+            int npos = positives[h];
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int c = n * 8 + 2 * t4 + e;
+                const int64_t col = col0 + c;
+                const bool positive = col < p.n_stream && !(p.exclude_self && col == row[h]) &&
+                                      tile_labels[c] == label[h] && label[h] >= 0;
+                const float z = rs[h].log_sum - (s[n][2 * h + e] - rs[h].max);
+                const float ez = exp2f(-fabsf(z) * kLog2e);
+                softplus += positive ? static_cast<double>(fmaxf(z, 0.0f) + log1pf(ez)) : 0.0;
+                sigmoid += positive ? (z >= 0.0f ? 1.0f / (1.0f + ez) : ez / (1.0f + ez)) : 0.0f;
+                npos += positive ? 1 : 0;
+              }
+            sum_exp[h] = softplus;
+            positive_gap[h] = sigmoid;
+            positives[h] = npos;
+            continue;
+          }
           // Online statistics: the max is quad-uniform, sums stay per lane. The earlier tiles' terms move from
-          // row_max to the new shift; NaN logits (NaN features, an invalid temperature) reach the sums.
+          // the previous shift to the new one; NaN logits (NaN features, an invalid temperature) reach the sums.
           const float new_max = fmaxf(row_max[h], quad_max(tile_max));
+          const float previous = row_max[h] == -INFINITY ? 0.0f : row_max[h];
           const float shift = new_max == -INFINITY ? 0.0f : new_max;
           double sum = sum_exp[h] * static_cast<double>(exp2f((row_max[h] - shift) * kLog2e));
-          float gap = positive_gap[h] + static_cast<float>(positives[h]) *
-                                            ((positives[h] > 0 ? row_max[h] : shift) - shift);
+          float gap = positive_gap[h] + static_cast<float>(positives[h]) * (previous - shift);
           int npos = positives[h];
 #pragma unroll
           for (int n = 0; n < 8; ++n)
@@ -379,10 +440,11 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
             for (int e = 0; e < 2; ++e) {
               const int c = n * 8 + 2 * t4 + e;
               const int64_t col = col0 + c;
-              const bool positive = col < p.n_stream && !(p.exclude_self && col == row[h]) &&
-                                    tile_labels[c] == label[h] && label[h] >= 0;
+              const bool valid = col < p.n_stream && !(p.exclude_self && col == row[h]);
+              const bool positive = valid && tile_labels[c] == label[h] && label[h] >= 0;
+              const bool in_denominator = valid && !(p.denominator != kAll && positive);
               const float shifted = s[n][2 * h + e] - shift;
-              sum += static_cast<double>(exp2f(shifted * kLog2e));
+              sum += in_denominator ? static_cast<double>(exp2f(shifted * kLog2e)) : 0.0;
               gap += positive ? shifted : 0.0f;
               npos += positive ? 1 : 0;
             }
@@ -475,42 +537,85 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
 // ============================================================================================
 // Merging the splits, the backward's row statistics, and the input gradients.
 // ============================================================================================
+// Writes m, log S, |P| and L_i per row (the variants also mean_p s_ip; "per_positive" leaves in row_loss only
+// its weight term, finish_positive_kernel adds the softplus mean):
+//   plain          L_i = log S_i - gap_i / |P|                                     (m, S over every candidate)
+//   "negatives"    L_i = log S_i - gap_i / |P| + (1 - w'_i) mean_p s_ip = lse_Neg - w'_i mean_p s_ip
+//   "per_positive" L_i = mean_p softplus(lse_Neg - s_ip) + (1 - w'_i) mean_p s_ip
+// with mean_p s_ip = m_i + gap_i / |P| (m_i read as 0 for the variants' rows without negatives, as on the cpu).
 __global__ void finish_forward_kernel(const RowPartial* __restrict__ partial, int splits, int64_t n_rows,
-                                      int64_t rows_pad, float* __restrict__ row_max, float* __restrict__ log_sum,
-                                      int* __restrict__ n_positive, float* __restrict__ row_loss) {
+                                      int64_t rows_pad, int denominator, const float* __restrict__ positive_weight,
+                                      float* __restrict__ row_max, float* __restrict__ log_sum,
+                                      int* __restrict__ n_positive, float* __restrict__ row_loss,
+                                      float* __restrict__ positive_mean) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n_rows) return;
-  float max = -INFINITY;
-  for (int s = 0; s < splits; ++s) max = fmaxf(max, partial[s * rows_pad + i].max);
-  const float shift = max == -INFINITY ? 0.0f : max;
+  float m = -INFINITY;
+  for (int s = 0; s < splits; ++s) m = fmaxf(m, partial[s * rows_pad + i].max);
+  const float shift = m == -INFINITY ? 0.0f : m;
   double sum = 0.0;
   float gap = 0.0f;
   int positives = 0;
-  for (int s = 0; s < splits; ++s) {  // each split's sum and gap moved from its own max to the row's
+  for (int s = 0; s < splits; ++s) {  // each split's sum and gap moved from its own shift to the row's
     const RowPartial q = partial[s * rows_pad + i];
     sum += q.sum_exp * static_cast<double>(exp2f((q.max - shift) * kLog2e));
-    gap += q.positive_gap + static_cast<float>(q.positives) * ((q.positives > 0 ? q.max : shift) - shift);
+    gap += q.positive_gap + static_cast<float>(q.positives) * ((q.max == -INFINITY ? 0.0f : q.max) - shift);
     positives += q.positives;
   }
   // A row whose denominator is empty (R = K = 1 with exclude_self) gets m = log S = -inf and no positive.
   const float row_log_sum = static_cast<float>(log(sum));
-  row_max[i] = max;
+  const float count = static_cast<float>(max(positives, 1));
   log_sum[i] = row_log_sum;
   n_positive[i] = positives;
-  row_loss[i] = positives > 0 ? row_log_sum - gap / static_cast<float>(positives) : 0.0f;
+  if (denominator == kAll) {
+    row_max[i] = m;
+    row_loss[i] = positives > 0 ? row_log_sum - gap / count : 0.0f;
+    return;
+  }
+  const float mean_s = positives > 0 ? shift + gap / count : 0.0f;
+  const float wp = positive_weight[i];
+  const float weight_term = wp == 1.0f ? 0.0f : (1.0f - wp) * mean_s;  // w' = 1: a loss of its own size
+  row_max[i] = shift;
+  positive_mean[i] = mean_s;
+  row_loss[i] = positives > 0 ? (denominator == kNegatives ? row_log_sum - gap / count : 0.0f) + weight_term : 0.0f;
 }
 
+// "per_positive": sums the positives' pass over the splits; L_i += sum_p softplus(z_ip) / |P|,
+// c_i = sum_p sigmoid(z_ip) / max(|P|, 1).
+__global__ void finish_positive_kernel(const RowPartial* __restrict__ partial, int splits, int64_t n_rows,
+                                       int64_t rows_pad, float* __restrict__ row_loss, float* __restrict__ coef) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_rows) return;
+  double softplus = 0.0, sigmoid = 0.0;
+  int positives = 0;
+  for (int s = 0; s < splits; ++s) {
+    const RowPartial q = partial[s * rows_pad + i];
+    softplus += q.sum_exp;
+    sigmoid += static_cast<double>(q.positive_gap);
+    positives += q.positives;
+  }
+  const double count = static_cast<double>(max(positives, 1));
+  coef[i] = static_cast<float>(sigmoid / count);
+  if (positives > 0) row_loss[i] += static_cast<float>(softplus / count);
+}
+
+// RowStats (above) of rows_pad rows. weight: dLoss/dL_i, or nullptr for 1 (the positives' pass); coef and
+// positive_weight: the variants' c_i and w'_i (read for "per_positive" / the variants only).
 __global__ void row_stats_kernel(const float* __restrict__ row_max, const float* __restrict__ log_sum,
                                  const int* __restrict__ n_positive, const float* __restrict__ weight,
-                                 int64_t n_rows, int64_t rows_pad, RowStats* __restrict__ stats) {
+                                 const float* __restrict__ coef, const float* __restrict__ positive_weight,
+                                 int denominator, int64_t n_rows, int64_t rows_pad, RowStats* __restrict__ stats) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows_pad) return;
-  RowStats st{0.0f, 0.0f, 0.0f, 0.0f};
+  RowStats st{};
   if (i < n_rows && n_positive[i] > 0) {
+    const float inv_positives = 1.0f / static_cast<float>(n_positive[i]);
     st.max = row_max[i];
     st.log_sum = log_sum[i];
-    st.inv_positives = 1.0f / static_cast<float>(n_positive[i]);
-    st.weight = weight[i];
+    st.coef = denominator == kPerPositive ? coef[i] : 1.0f;
+    st.sigmoid_scale = denominator == kPerPositive ? inv_positives : 0.0f;
+    st.positive_term = (denominator == kAll ? 1.0f : positive_weight[i]) * inv_positives;
+    st.weight = weight != nullptr ? weight[i] : 1.0f;
   }
   stats[i] = st;
 }
@@ -636,6 +741,14 @@ struct Prepared {
 
 struct Forward {
   at::Tensor row_max, log_sum, n_positive, row_loss;
+  at::Tensor coef, positive_mean;  // the variants only: c_i ("per_positive"; 1 otherwise), mean_p s_ip (0 w/o P)
+};
+
+// Which variant of the op (bindings.cpp): the denominator code and w'_i ((R,) float32; undefined for the plain op).
+struct Variant {
+  int denominator = kAll;
+  at::Tensor positive_weight;
+  const float* weight_ptr() const { return positive_weight.defined() ? positive_weight.data_ptr<float>() : nullptr; }
 };
 
 struct InputGrads {
@@ -660,8 +773,9 @@ struct ContrastiveCuda {
     return pr;
   }
 
-  static Forward forward(const Prepared& pr, bool exclude_self, cudaStream_t stream) {
+  static Forward forward(const Prepared& pr, bool exclude_self, const Variant& variant, cudaStream_t stream) {
     TileParams p = tile_params(pr.u, pr.anchor_labels, pr.v, pr.candidate_labels, pr.temperature, exclude_self);
+    p.denominator = variant.denominator;
     const Grid grid = make_grid(pr.u.n_rows, pr.v.n_rows);
     auto opts = pr.anchors.options().dtype(at::kFloat);
     at::Tensor partial = empty_output({grid.splits * pr.u.rows_pad * kRowPartialFloats}, opts);
@@ -670,33 +784,65 @@ struct ContrastiveCuda {
     const int64_t n = pr.u.n_rows;
     Forward f{empty_output({n}, opts), empty_output({n}, opts), empty_output({n}, opts.dtype(at::kInt)),
               empty_output({n}, opts)};
+    if (variant.denominator != kAll) {
+      f.coef = variant.denominator == kPerPositive ? empty_output({n}, opts) : at::ones({n}, opts);
+      f.positive_mean = empty_output({n}, opts);
+    }
     finish_forward_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(
-        p.partial, grid.splits, n, pr.u.rows_pad, f.row_max.data_ptr<float>(), f.log_sum.data_ptr<float>(),
-        f.n_positive.data_ptr<int>(), f.row_loss.data_ptr<float>());
+        p.partial, grid.splits, n, pr.u.rows_pad, variant.denominator, variant.weight_ptr(),
+        f.row_max.data_ptr<float>(), f.log_sum.data_ptr<float>(), f.n_positive.data_ptr<int>(),
+        f.row_loss.data_ptr<float>(), f.positive_mean.defined() ? f.positive_mean.data_ptr<float>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (variant.denominator == kPerPositive) {  // the positives' pass, with the final m and S of every row
+      at::Tensor stats = row_stats(f.row_max, f.log_sum, f.n_positive, nullptr, Variant{}, f.coef, pr.u, stream);
+      p.positive_pass = true;
+      p.owner_stats = reinterpret_cast<const RowStats*>(stats.data_ptr<float>());
+      launch_tile_kernel<Mma, kSplit, false>(p, grid, stream);
+      finish_positive_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(
+          p.partial, grid.splits, n, pr.u.rows_pad, f.row_loss.data_ptr<float>(), f.coef.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     return f;
   }
 
-  // weight (R,) float: dLoss/dL_i; rows without a positive are ignored whatever their weight.
+  // RowStats of the anchors (padded to rows_pad); weight (R,) float or nullptr for 1.
+  static at::Tensor row_stats(const at::Tensor& row_max, const at::Tensor& log_sum, const at::Tensor& n_positive,
+                              const float* weight, const Variant& variant, const at::Tensor& coef,
+                              const PreparedRows& rows, cudaStream_t stream) {
+    at::Tensor stats = empty_output({rows.rows_pad * kRowStatsFloats}, row_max.options().dtype(at::kFloat));
+    row_stats_kernel<<<ceil_div(rows.rows_pad, 256), 256, 0, stream>>>(
+        row_max.data_ptr<float>(), log_sum.data_ptr<float>(), n_positive.data_ptr<int>(), weight,
+        variant.denominator == kPerPositive ? coef.data_ptr<float>() : nullptr, variant.weight_ptr(),
+        variant.denominator, rows.n_rows, rows.rows_pad, reinterpret_cast<RowStats*>(stats.data_ptr<float>()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return stats;
+  }
+
+  // weight (R,) float: dLoss/dL_i; rows without a positive are ignored whatever their weight. coef: the
+  // variants' c_i (read for "per_positive").
   static InputGrads backward(const Prepared& pr, const at::Tensor& weight, const at::Tensor& row_max,
-                             const at::Tensor& log_sum, const at::Tensor& n_positive, bool exclude_self, double eps,
-                             const at::Tensor& temperature, cudaStream_t stream) {
+                             const at::Tensor& log_sum, const at::Tensor& n_positive, const Variant& variant,
+                             const at::Tensor& coef, bool exclude_self, double eps, const at::Tensor& temperature,
+                             cudaStream_t stream) {
     auto opts = pr.anchors.options().dtype(at::kFloat);
     const int64_t rows_pad = pr.u.rows_pad, dim_pad = pr.u.hi.size(1);
-    at::Tensor live_weight = at::where(n_positive > 0, weight, at::zeros({}, opts));
-    at::Tensor weight_max = live_weight.abs().amax().reshape({1});
-    at::Tensor stats = empty_output({rows_pad * 4}, opts);  // RowStats: 4 floats
-    auto* stats_ptr = reinterpret_cast<RowStats*>(stats.data_ptr<float>());
-    row_stats_kernel<<<ceil_div(rows_pad, 256), 256, 0, stream>>>(
-        row_max.data_ptr<float>(), log_sum.data_ptr<float>(), n_positive.data_ptr<int>(),
-        live_weight.data_ptr<float>(), pr.u.n_rows, rows_pad, stats_ptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const at::Tensor zero = at::zeros({}, opts);
+    at::Tensor live_weight = at::where(n_positive > 0, weight, zero);
+    // |G_ij| <= 1 for the plain op, <= 2 + |w'_i| for the variants (coef e^x <= 1, sigmoid_scale <= 1,
+    // |positive_term| <= |w'_i|): the dV product's G is divided by the largest bound so it stays in [-1, 1]
+    at::Tensor bound = live_weight.abs();
+    if (variant.denominator != kAll) bound = bound * (variant.positive_weight.abs() + 2.0f);
+    at::Tensor weight_max = bound.amax().reshape({1});
+    at::Tensor stats = row_stats(row_max, log_sum, n_positive, live_weight.data_ptr<float>(), variant, coef, pr.u,
+                                 stream);
+    auto* stats_ptr = reinterpret_cast<const RowStats*>(stats.data_ptr<float>());
 
     // dL/du: owner = anchors, streamed = candidates (row-parallel), with the temperature partials.
     TileParams pa = tile_params(pr.u, pr.anchor_labels, pr.v, pr.candidate_labels, pr.temperature, exclude_self);
     const Grid grid_a = make_grid(pr.u.n_rows, pr.v.n_rows);
     at::Tensor grad_u = empty_output({grid_a.splits * rows_pad * dim_pad}, opts);
     at::Tensor row_gs = empty_output({grid_a.splits, rows_pad}, opts);
+    pa.denominator = variant.denominator;
     pa.stats_on_owner = true;
     pa.owner_stats = stats_ptr;
     pa.grad = grad_u.data_ptr<float>();
@@ -707,6 +853,7 @@ struct ContrastiveCuda {
     TileParams pc = tile_params(pr.v, pr.candidate_labels, pr.u, pr.anchor_labels, pr.temperature, exclude_self);
     const Grid grid_c = make_grid(pr.v.n_rows, pr.u.n_rows);
     at::Tensor grad_v = empty_output({grid_c.splits * pr.v.rows_pad * dim_pad}, opts);
+    pc.denominator = variant.denominator;
     pc.stats_on_owner = false;
     pc.stream_stats = stats_ptr;
     pc.weight_max = weight_max.data_ptr<float>();
@@ -721,8 +868,14 @@ struct ContrastiveCuda {
                              grid_c.splits, pr.v.rows_pad, stream);
     out.candidates = sum_roles ? at::zeros(pr.candidates.sizes(), pr.candidates.options())
                                : input_grad(pr.candidates, pr.v, eps, grad_v, grid_c.splits, nullptr, 0, 0, stream);
-    // dL/dt = -(1/t) sum_ij G_ij (s_ij - m_i); 1/t NaN for a temperature out of range, as in the kernels
+    // dL/dt = -(1/t) sum_ij G_ij s_ij = -(1/t) (sum_ij G_ij (s_ij - m_i) + sum_i m_i sum_j G_ij); sum_j G_ij is
+    // 0 for the plain op and w_i (1 - w'_i) for the variants (with negatives; without them m_i is 0).
+    // 1/t NaN for a temperature out of range, as in the kernels.
     at::Tensor gs_sum = row_gs.narrow(1, 0, pr.u.n_rows).to(at::kDouble).sum();
+    if (variant.denominator != kAll)
+      gs_sum = gs_sum + at::where(n_positive > 0, live_weight * row_max * (1.0f - variant.positive_weight), zero)
+                            .to(at::kDouble)
+                            .sum();
     at::Tensor t64 = temperature.reshape({}).to(at::kDouble);
     at::Tensor inv_t = at::where(at::isfinite(t64) & (t64 >= kMinTemperature), t64.reciprocal(),
                                  at::full({}, std::numeric_limits<double>::quiet_NaN(), t64.options()));
@@ -760,12 +913,14 @@ auto dispatch_dtype(at::ScalarType dtype, Fn fn) {
 // ============================================================================================
 // The temperature's value is not checked here (that would synchronize with the device): the Python layer
 // checks it; a bad value gives NaN or Inf, never an out-of-bounds access.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-contrastive_forward_cuda(
-    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
-    const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self, int64_t reduction,
-    double eps, bool compute_grad) {
-  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+struct ForwardOutputs {
+  at::Tensor loss, max, log_sum, n_positive, coef, positive_mean, grad_anchors, grad_candidates, grad_temperature;
+};
+
+// The forward of the plain op (Variant{}) and of its variants.
+ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+                            const at::Tensor& candidate_labels, const at::Tensor& temperature, const Variant& variant,
+                            bool exclude_self, int64_t reduction, double eps, bool compute_grad) {
   check_reduction(reduction);
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
   const c10::cuda::CUDAGuard guard(anchors.device());
@@ -773,7 +928,7 @@ contrastive_forward_cuda(
   return dispatch_dtype(anchors.scalar_type(), [&](auto impl) {
     using Impl = decltype(impl);
     const Prepared pr = Impl::prepare(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, stream);
-    const Forward f = Impl::forward(pr, exclude_self, stream);
+    const Forward f = Impl::forward(pr, exclude_self, variant, stream);
     at::Tensor scale = reduction == kMean ? 1.0 / (f.n_positive > 0).sum().clamp_min(1).to(at::kDouble)
                                           : at::ones({}, f.row_loss.options().dtype(at::kDouble));
     at::Tensor loss = reduction == kNone ? f.row_loss : (f.row_loss.to(at::kDouble).sum() * scale).to(at::kFloat);
@@ -781,23 +936,28 @@ contrastive_forward_cuda(
                      at::empty({0}, temperature.options())};
     if (compute_grad) {
       at::Tensor weight = scale.to(at::kFloat).expand({anchors.size(0)}).contiguous();
-      grads = Impl::backward(pr, weight, f.row_max, f.log_sum, f.n_positive, exclude_self, eps, temperature, stream);
+      grads = Impl::backward(pr, weight, f.row_max, f.log_sum, f.n_positive, variant, f.coef, exclude_self, eps,
+                             temperature, stream);
     }
-    return std::make_tuple(loss, f.row_max, f.log_sum, f.n_positive, grads.anchors, grads.candidates,
-                           grads.temperature);
+    return ForwardOutputs{loss, f.row_max, f.log_sum, f.n_positive, f.coef, f.positive_mean,
+                          grads.anchors, grads.candidates, grads.temperature};
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
+// The recompute backward of the plain op (Variant{}, row_coef undefined) and of its variants.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
-    const at::Tensor& row_max, const at::Tensor& row_log_sum, const at::Tensor& row_n_positive, bool exclude_self,
-    double eps) {
-  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+    const Variant& variant, const at::Tensor& row_max, const at::Tensor& row_log_sum,
+    const at::Tensor& row_n_positive, const at::Tensor& row_coef, bool exclude_self, double eps) {
   const int64_t n_rows = anchors.size(0);
   check_vector(row_max, "row_max", n_rows, at::kFloat);
   check_vector(row_log_sum, "row_log_sum", n_rows, at::kFloat);
   check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
+  if (variant.denominator != kAll) {
+    check_vector(row_coef, "row_coef", n_rows, at::kFloat);
+    check_same_device(row_coef, anchors, "row_coef");
+  }
   TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
               grad_rows.sizes());
   for (const auto& [t, name] : {std::pair{&grad_rows, "grad_rows"}, {&row_max, "row_max"},
@@ -806,35 +966,69 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
   }
   const c10::cuda::CUDAGuard guard(anchors.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor coef = variant.denominator != kAll ? row_coef.contiguous() : at::Tensor();
   return dispatch_dtype(anchors.scalar_type(), [&](auto impl) {
     using Impl = decltype(impl);
     const Prepared pr = Impl::prepare(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, stream);
     const InputGrads g = Impl::backward(pr, grad_rows.to(at::kFloat).contiguous(), row_max.contiguous(),
-                                        row_log_sum.contiguous(),
-                                        row_n_positive.contiguous(), exclude_self, eps, temperature, stream);
+                                        row_log_sum.contiguous(), row_n_positive.contiguous(), variant, coef,
+                                        exclude_self, eps, temperature, stream);
     return std::make_tuple(g.anchors, g.candidates, g.temperature);
   });
 }
 
-// The variants of the op (synthcl_fast/variants.py) have no CUDA kernel: a direct call of the op on CUDA tensors
-// says so by name (the Python API refuses backend="cuda" for them before it gets here; triton fuses them).
-[[noreturn]] void no_variant_kernel(int64_t denominator) {
-  TORCH_CHECK(false, "synthcl_fast: the CUDA kernels do not compute the variants of the op (denominator code ",
-              denominator, "): use backend='triton' (fused) or 'reference'");
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+contrastive_forward_cuda(
+    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
+    const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self, int64_t reduction,
+    double eps, bool compute_grad) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+  const ForwardOutputs o = forward_impl(anchors, candidates, anchor_labels, candidate_labels, temperature, Variant{},
+                                        exclude_self, reduction, eps, compute_grad);
+  return {o.loss, o.max, o.log_sum, o.n_positive, o.grad_anchors, o.grad_candidates, o.grad_temperature};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
+    const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
+    const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
+    const at::Tensor& row_max, const at::Tensor& row_log_sum, const at::Tensor& row_n_positive, bool exclude_self,
+    double eps) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+  return backward_impl(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, Variant{},
+                       row_max, row_log_sum, row_n_positive, at::Tensor(), exclude_self, eps);
+}
+
+// The variants (synthcl_fast/reference.py, contrastive_loss_variant, with beta = tau_plus = 0): the outputs of
+// contrastive_variant_forward_cpu (m and S over the negatives, c_i, mean_p s_ip).
+Variant checked_variant(int64_t denominator, const at::Tensor& positive_weight, const at::Tensor& anchors) {
+  check_variant(denominator, positive_weight, anchors, at::kFloat);
+  return Variant{static_cast<int>(denominator), positive_weight.contiguous()};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-contrastive_variant_forward_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                 const at::Tensor&, const at::Tensor&, int64_t denominator, bool, int64_t, double,
-                                 bool) {
-  no_variant_kernel(denominator);
+contrastive_variant_forward_cuda(const at::Tensor& anchors, const at::Tensor& candidates,
+                                 const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
+                                 const at::Tensor& temperature, const at::Tensor& positive_weight,
+                                 int64_t denominator, bool exclude_self, int64_t reduction, double eps,
+                                 bool compute_grad) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+  const Variant variant = checked_variant(denominator, positive_weight, anchors);
+  const ForwardOutputs o = forward_impl(anchors, candidates, anchor_labels, candidate_labels, temperature, variant,
+                                        exclude_self, reduction, eps, compute_grad);
+  return {o.loss, o.max, o.log_sum, o.n_positive, o.coef, o.positive_mean, o.grad_anchors, o.grad_candidates,
+          o.grad_temperature};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cuda(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t denominator,
-    bool, double) {
-  no_variant_kernel(denominator);
+    const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
+    const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
+    const at::Tensor& positive_weight, const at::Tensor& row_max, const at::Tensor& row_log_sum,
+    const at::Tensor& row_n_positive, const at::Tensor& row_coef, int64_t denominator, bool exclude_self,
+    double eps) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+  const Variant variant = checked_variant(denominator, positive_weight, anchors);
+  return backward_impl(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, variant,
+                       row_max, row_log_sum, row_n_positive, row_coef, exclude_self, eps);
 }
 
 }  // namespace

@@ -21,7 +21,10 @@ backend that does not raises BackendUnavailableError naming the option (backend_
     triton   the same (backends/triton_contrastive.py: the forward kernel's VARIANT statistics, a positives' pass for
              "per_positive", the backward kernel's _variant_term; beta / tau_plus: _hard_stats_kernel and the
              backward kernel's _hard_term)
-    cuda     none: csrc/contrastive_cuda.cu has no variant kernel, so backend="cuda" names the option it lacks
+    cuda     denominator="negatives" / "per_positive", with or without positive_weight (csrc/contrastive_cuda.cu:
+             the tile kernel's denominator mask and element_gradient, a positives' pass for "per_positive";
+             compiled and its machine code checked in CI, not yet run on a GPU); beta / tau_plus are not
+             fused there (no hard_negative_stats kernel), so backend="cuda" names them
 
 positive_weight is fused only with a denominator other than "all" (the plain op's kernels carry no weight), or
 with beta / tau_plus; beta / tau_plus are not fused with denominator="per_positive" (its per-pair softplus
@@ -41,7 +44,7 @@ from .backends import BACKEND_ENV, BACKENDS, Backend, BackendUnavailableError, r
 _DENOMINATORS = frozenset({"denominator='negatives'", "denominator='per_positive'", "positive_weight"})
 _HARD_NEGATIVES = frozenset({"beta", "tau_plus"})
 FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": _DENOMINATORS | _HARD_NEGATIVES,
-                                            "triton": _DENOMINATORS | _HARD_NEGATIVES, "cuda": frozenset()}
+                                            "triton": _DENOMINATORS | _HARD_NEGATIVES, "cuda": _DENOMINATORS}
 # Combinations no backend fuses although it fuses each option (named so in the error)
 WEIGHT_WITHOUT_DENOMINATOR = "positive_weight with denominator='all'"
 HARD_PER_POSITIVE = "beta / tau_plus with denominator='per_positive'"

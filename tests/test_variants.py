@@ -83,11 +83,12 @@ def test_auto_takes_the_fused_backend_where_it_fuses_the_variant(generator, monk
         monkeypatch.delenv(BACKEND_ENV)
 
 
-def test_cpu_and_triton_fuse_the_denominators_and_hard_negatives(generator):
-    """The options the CPU and Triton kernels compute; the cuda kernels none (the reference runs them)."""
-    every = {"denominator='negatives'", "denominator='per_positive'", "positive_weight", "beta", "tau_plus"}
-    assert FUSED_OPTIONS["cpu"] == FUSED_OPTIONS["triton"] == every
-    assert FUSED_OPTIONS["cuda"] == frozenset()
+def test_fused_options_of_each_backend(generator):
+    """The options the CPU and Triton kernels compute; the cuda kernels the denominators and positive_weight,
+    not beta / tau_plus (the reference runs them under auto)."""
+    denominators = {"denominator='negatives'", "denominator='per_positive'", "positive_weight"}
+    assert FUSED_OPTIONS["cpu"] == FUSED_OPTIONS["triton"] == denominators | {"beta", "tau_plus"}
+    assert FUSED_OPTIONS["cuda"] == denominators
 
 
 def test_hard_negatives_with_per_positive_are_not_fused(generator):
@@ -190,14 +191,15 @@ def test_variant_reductions_and_low_precision(generator, reduction):
 
 
 def test_cuda_names_the_option_it_does_not_fuse(generator, monkeypatch):
-    """csrc/contrastive_cuda.cu has no variant kernel: backend='cuda' raises, naming the option (checked here
-    without a GPU by letting the resolver hand out the cuda backend)."""
+    """csrc/contrastive_cuda.cu has no hard_negative_stats kernel: backend='cuda' raises, naming the options it
+    lacks (checked here without a GPU by letting the resolver hand out the cuda backend)."""
     import synthcl_fast.variants as variants
     from synthcl_fast.backends import BACKENDS
 
     monkeypatch.setattr(variants, "resolve_backend", lambda *args: BACKENDS["cuda"])
-    variant = L._variant(torch.zeros(4, 3), 4, "per_positive", positive_weight=0.5)
-    with pytest.raises(BackendUnavailableError,
-                       match="backend 'cuda' does not fuse denominator='per_positive', positive_weight yet"):
+    variant = L._variant(torch.zeros(4, 3), 4, "negatives", beta=0.5, tau_plus=0.1, positive_weight=0.5)
+    with pytest.raises(BackendUnavailableError, match="backend 'cuda' does not fuse beta, tau_plus yet"):
         backend_for_variant("cuda", torch.device("cpu"), torch.float32, variant)
+    fused = L._variant(torch.zeros(4, 3), 4, "per_positive", positive_weight=0.5)
+    assert backend_for_variant("cuda", torch.device("cpu"), torch.float32, fused).name == "cuda"
     assert backend_for_variant("auto", torch.device("cpu"), torch.float32, variant).name == "reference"
