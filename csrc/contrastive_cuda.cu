@@ -368,6 +368,17 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
       const RowStats* tile_stats = reinterpret_cast<const RowStats*>(m + kMetaStats);
       const float* tile_inv = reinterpret_cast<const float*>(m + kMetaInv);
       const int64_t col0 = static_cast<int64_t>(tile) * kTileRows;
+      // The pair (owner row h of this lane, tile column c): valid (in range, not self), positive, and in the
+      // log-sum-exp's denominator (every valid pair for the plain op, the negatives for the variants).
+      struct Pair {
+        bool valid, positive, in_denominator;
+      };
+      auto pair = [&](int h, int c) {
+        const int64_t col = col0 + c;
+        const bool valid = col < p.n_stream && !(p.exclude_self && col == row[h]);
+        const bool positive = valid && tile_labels[c] == label[h] && label[h] >= 0;
+        return Pair{valid, positive, valid && !(p.denominator != kAll && positive)};
+      };
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float tile_max = -INFINITY;
@@ -376,10 +387,7 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int c = n * 8 + 2 * t4 + e;
-            const int64_t col = col0 + c;
-            const bool valid = col < p.n_stream && !(p.exclude_self && col == row[h]);
-            const bool positive = valid && tile_labels[c] == label[h] && label[h] >= 0;
-            const bool in_denominator = valid && !(p.denominator != kAll && positive);
+            const auto [valid, positive, in_denominator] = pair(h, c);
             const float logit = s[n][2 * h + e] * row_scale[h] * tile_inv[c];
             if constexpr (!kGrad) {  // the logit of every valid pair (the positives' gap needs the variants' too)
               s[n][2 * h + e] = valid ? logit : -INFINITY;
@@ -411,10 +419,7 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
             for (int n = 0; n < 8; ++n)
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
-                const int c = n * 8 + 2 * t4 + e;
-                const int64_t col = col0 + c;
-                const bool positive = col < p.n_stream && !(p.exclude_self && col == row[h]) &&
-                                      tile_labels[c] == label[h] && label[h] >= 0;
+                const bool positive = pair(h, n * 8 + 2 * t4 + e).positive;
                 const float z = rs[h].log_sum - (s[n][2 * h + e] - rs[h].max);
                 const float ez = exp2f(-fabsf(z) * kLog2e);
                 softplus += positive ? static_cast<double>(fmaxf(z, 0.0f) + log1pf(ez)) : 0.0;
@@ -438,11 +443,7 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
           for (int n = 0; n < 8; ++n)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-              const int c = n * 8 + 2 * t4 + e;
-              const int64_t col = col0 + c;
-              const bool valid = col < p.n_stream && !(p.exclude_self && col == row[h]);
-              const bool positive = valid && tile_labels[c] == label[h] && label[h] >= 0;
-              const bool in_denominator = valid && !(p.denominator != kAll && positive);
+              const auto [valid, positive, in_denominator] = pair(h, n * 8 + 2 * t4 + e);
               const float shifted = s[n][2 * h + e] - shift;
               sum += in_denominator ? static_cast<double>(exp2f(shifted * kLog2e)) : 0.0;
               gap += positive ? shifted : 0.0f;
