@@ -81,6 +81,32 @@ inline void check_variant(int64_t denominator, const at::Tensor& positive_weight
   check_same_device(positive_weight, anchors, "positive_weight");
 }
 
+// hard_negative_stats: beta, and the backward's per-row inputs (R = n_rows; acc the accumulation dtype).
+constexpr int kHardSets = 3;  // X0, X1 over the negatives; X2 over the positives
+
+inline void check_beta(double beta) { TORCH_CHECK(std::isfinite(beta), "beta must be finite, got ", beta); }
+
+inline void check_hard_backward_inputs(const at::Tensor& grad_lse, const at::Tensor& grad_positive_mean,
+                                       const at::Tensor& row_n_negative, const at::Tensor& row_n_positive,
+                                       const at::Tensor& row_reference, const at::Tensor& row_log_sum,
+                                       const at::Tensor& anchors, at::ScalarType acc) {
+  const int64_t n_rows = anchors.size(0);
+  for (const auto& [t, name] : {std::pair{&grad_lse, "grad_lse"}, {&row_reference, "row_reference"},
+                                {&row_log_sum, "row_log_sum"}}) {
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == n_rows && t->size(1) == kHardSets, name, " must have shape (", n_rows,
+                ", ", kHardSets, "), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == acc, name, " must have dtype ", acc, ", got ", t->scalar_type());
+  }
+  check_vector(grad_positive_mean, "grad_positive_mean", n_rows, acc);
+  check_vector(row_n_negative, "row_n_negative", n_rows, at::kInt);
+  check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
+  for (const auto& [t, name] : {std::pair{&grad_lse, "grad_lse"}, {&grad_positive_mean, "grad_positive_mean"},
+                                {&row_n_negative, "row_n_negative"}, {&row_n_positive, "row_n_positive"},
+                                {&row_reference, "row_reference"}, {&row_log_sum, "row_log_sum"}}) {
+    check_same_device(*t, anchors, name);
+  }
+}
+
 // The checks every implementation of positive_pair_forward makes (target: float32, float64 for float64 rows).
 inline void check_positive_pair_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& target,
                                        int64_t mode, int64_t reduction, double eps, c10::DeviceType device_type) {

@@ -1302,8 +1302,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cpu(
 //     dLoss/dt = -(1/t) sum_ij G_ij s_ij,  sum_j G_ij = g_i0 c_0 + g_i1 c_1 + g_i2 + h_i (over nonempty sets)
 // ---------------------------------------------------------------------------------------------------------
 
-constexpr int kHardSets = 3;  // X0, X1 over the negatives; X2 over the positives
-
 template <typename acc_t>
 struct HardScales {
   acc_t c[kHardSets];
@@ -1480,7 +1478,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
     const at::Tensor& candidate_labels, const at::Tensor& temperature, double beta, bool exclude_self, double eps) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
-  TORCH_CHECK(std::isfinite(beta), "beta must be finite, got ", beta);
+  check_beta(beta);
   const std::optional<double> valid_inv_t = inverse_temperature(temperature);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
@@ -1507,18 +1505,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_backward_cpu(
     const at::Tensor& temperature, double beta, const at::Tensor& row_n_negative, const at::Tensor& row_n_positive,
     const at::Tensor& row_reference, const at::Tensor& row_log_sum, bool exclude_self, double eps) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
-  TORCH_CHECK(std::isfinite(beta), "beta must be finite, got ", beta);
-  const int64_t n_rows = anchors.size(0);
-  const auto acc = accumulate_type(anchors.scalar_type());
-  for (const auto& [t, name] : {std::pair{&grad_lse, "grad_lse"}, {&row_reference, "row_reference"},
-                                {&row_log_sum, "row_log_sum"}}) {
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == n_rows && t->size(1) == kHardSets, name, " must have shape (", n_rows,
-                ", ", kHardSets, "), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == acc, name, " must have dtype ", acc, ", got ", t->scalar_type());
-  }
-  check_vector(grad_positive_mean, "grad_positive_mean", n_rows, acc);
-  check_vector(row_n_negative, "row_n_negative", n_rows, at::kInt);
-  check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
+  check_beta(beta);
+  check_hard_backward_inputs(grad_lse, grad_positive_mean, row_n_negative, row_n_positive, row_reference,
+                             row_log_sum, anchors, accumulate_type(anchors.scalar_type()));
   const std::optional<double> valid_inv_t = inverse_temperature(temperature);
   const double inv_t = valid_inv_t.value_or(kStandInInverseTemperature);
   auto [u, norm_a] = normalize_rows(anchors, eps);

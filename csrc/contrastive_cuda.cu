@@ -4,8 +4,10 @@
 // CUDA dispatch key with the same schemas and results as contrastive_cpu.cpp. The variants run the same passes:
 // the denominator is a mask in the online statistics (TileParams::denominator), the backward's G_ij one formula
 // for all of them (element_gradient), and "per_positive" adds a positives' pass (TileParams::positive_pass) once
-// m and S are final. Not yet run on a GPU (no GPU has been lent to this project); the conformance suite's cuda
-// lane is what checks them.
+// m and S are final. HCL (the hard_negative_stats op: beta / tau_plus) runs the same passes too (TileParams::hard):
+// the forward keeps per row the three sets' references and float64 sums online (merged over the splits by
+// finish_hard_kernel), the backward's G_ij is hard_element_gradient. Not yet run on a GPU (no GPU has been lent to
+// this project); the conformance suite's cuda lane is what checks them.
 //
 // Passes (all on the current stream, no R x K buffer, no float atomics: deterministic):
 //   1. prepare_rows_kernel: 16-bit copies of the rows scaled by a power of two, x~ = x 2^-k with ||x~|| in
@@ -67,9 +69,10 @@ constexpr int kStages = 3;
 constexpr int kPanelChunks = 2;      // gradient accumulators cover 128 columns of D at a time
 constexpr int kChunkRowBytes = kChunk * 2 + 16;            // +16: ldmatrix rows hit distinct banks
 constexpr int kTileBytes = kTileRows * kChunkRowBytes;     // one 64 x 64 chunk of one part
-constexpr int kMetaBytes = kTileRows * (8 + 32 + 4);       // per tile: labels (int64), row stats, inv (float)
-constexpr int kMetaStats = kTileRows * 8;                  // byte offsets in a tile's meta block
-constexpr int kMetaInv = kTileRows * (8 + 32);
+// Per tile a meta block: labels (int64), inv (float), and the streamed rows' RowStats in the pass that reads them
+// (the candidates' gradient); byte offsets in the block:
+constexpr int kMetaInv = kTileRows * 8;
+constexpr int kMetaStats = kTileRows * (8 + 4);
 constexpr int kSplitTargetCtasPerSm = 2;
 
 // Denominator codes of the variant ops (bindings.cpp): 0 is the plain op (every candidate but self).
@@ -83,11 +86,15 @@ enum Denominator : int { kAll = 0, kNegatives = 1, kPerPositive = 2 };
 //     "negatives" (den = Neg):   coef 1,   sigmoid_scale 0,     positive_term w'_i/|P|
 //     "per_positive" (Neg):      coef c_i, sigmoid_scale 1/|P|, positive_term w'_i/|P|
 // (L_i = mean_p softplus(lse_Neg - s_ip) + (1 - w'_i) mean_p s_ip: dL/ds_ip = (sigmoid(s_ip - lse_Neg) - w'_i)/|P|,
-// dL/dlse_Neg = mean_p sigmoid(lse_Neg - s_ip) = c_i). weight: the upstream dLoss/dL_i. Two 16-byte halves.
+// dL/dlse_Neg = mean_p sigmoid(lse_Neg - s_ip) = c_i). weight: the upstream dLoss/dL_i.
+// HCL (TileParams::hard, the hard_negative_stats op) uses max = rho_i (the row's reference for dL/dt), weight =
+// w_i = sum_k |a_k|, and per set k its reference r_k, log S_k and the coefficients a_k / w_i of
+// hard_element_gradient (hard_row_stats_kernel). Four 16-byte pieces.
 struct RowStats {
-  float max, log_sum, coef, sigmoid_scale, positive_term, weight, unused[2];
+  float max, log_sum, coef, sigmoid_scale, positive_term, weight;
+  float hard_ref[kHardSets], hard_log_sum[kHardSets], hard_coef[kHardSets + 1];
 };
-static_assert(sizeof(RowStats) == 32, "RowStats is copied as two 16-byte pieces");
+static_assert(sizeof(RowStats) == 64, "RowStats is copied as four 16-byte pieces");
 constexpr int kRowStatsFloats = sizeof(RowStats) / sizeof(float);
 
 // The per-element G above (without the weight); in_denominator and positive already include validity.
@@ -103,6 +110,20 @@ __device__ __forceinline__ float element_gradient(float x, bool in_denominator, 
   return g;
 }
 
+// HCL's G_ij (csrc/contrastive_cpu.cpp, "Hard negatives and debiasing", states it), upstream included; c: the
+// scales c_0 = 1 + beta, c_1 = beta of the negatives' sets. Every exponent is <= 0 (r_k is the extreme of its set
+// in the direction of c_k, log S_k >= 0); an empty set has no member, so its exponent is never taken.
+//   j in Neg(i):  a_0 e^{c_0 (s_ij - r_0) - log S_0} + a_1 e^{c_1 (s_ij - r_1) - log S_1}
+//   j in P(i):    a_2 e^{(s_ij - r_2) - log S_2} + a_3                       (a_3 = dLoss/dY_i / |P(i)|)
+__device__ __forceinline__ float hard_element_gradient(float s, bool negative, bool positive, const RowStats& st,
+                                                       const float (&c)[2]) {
+  if (negative)
+    return st.hard_coef[0] * exp2f((c[0] * (s - st.hard_ref[0]) - st.hard_log_sum[0]) * kLog2e) +
+           st.hard_coef[1] * exp2f((c[1] * (s - st.hard_ref[1]) - st.hard_log_sum[1]) * kLog2e);
+  if (positive) return st.hard_coef[2] * exp2f((s - st.hard_ref[2] - st.hard_log_sum[2]) * kLog2e) + st.hard_coef[3];
+  return 0.0f;
+}
+
 // Online statistics of one row over one split of the candidates: max m, S = sum exp(s - m) over the denominator,
 // the positive gap sum_p (s_p - m) (relative to 0 while m is -inf: the variants' positives are not in the
 // denominator), |P|. S is summed in float64: in float32 every term added to a running S near 1 (the max's
@@ -114,6 +135,18 @@ struct RowPartial {
   int positives, unused;
 };
 constexpr int kRowPartialFloats = sizeof(RowPartial) / sizeof(float);
+
+// HCL's statistics of one row over one split: per set k the reference r_k (bit k of has_ref once the set has had
+// a finite logit; 0 before) and S_k = sum e^{c_k (s - r_k)} (float64, as RowPartial), sum_p s_ip, |Neg|, |P|.
+struct HardPartial {
+  double sum[kHardSets];
+  double positive_sum;
+  float ref[kHardSets];
+  int negatives, positives;
+  unsigned has_ref;
+};
+constexpr int kHardPartialFloats = sizeof(HardPartial) / sizeof(float);
+static_assert(sizeof(HardPartial) % 8 == 0, "HardPartial is stored as an array");
 
 struct TileParams {
   const uint16_t* owner[2];      // prepared owner rows x~, [owner_pad][dim_pad], parts hi (and lo)
@@ -131,7 +164,10 @@ struct TileParams {
   int denominator;               // Denominator: which candidates the log-sum-exp runs over
   bool exclude_self, owner_resident, stats_on_owner;
   bool positive_pass;            // forward, "per_positive": the positives' softplus / sigmoid sums (owner_stats)
+  bool hard;                     // HCL: the hard_negative_stats op's statistics (forward) or G (backward)
+  float hard_scale[2];           // HCL: c_0 = 1 + beta, c_1 = beta
   RowPartial* partial;           // forward: [splits][owner_pad]
+  HardPartial* hard_partial;     // forward, hard: [splits][owner_pad]
   float* grad;                   // backward: [splits][owner_pad][dim_pad], dL/d(normalized owner rows)
   float* row_gs;                 // backward, stats_on_owner: [splits][owner_pad], w_i sum_j G'_ij s_ij
 };
@@ -183,12 +219,13 @@ __global__ void prepare_rows_kernel(const T* __restrict__ x, int64_t n_rows, int
 template <bool kSplit>
 struct SmemLayout {
   static constexpr int kParts = kSplit ? 2 : 1;
-  int64_t owner_row_bytes, resident_bytes, stage_bytes, total;
-  __host__ __device__ SmemLayout(int64_t dim_pad, bool owner_resident) {
+  int64_t owner_row_bytes, resident_bytes, stage_bytes, meta_bytes, total;
+  __host__ __device__ SmemLayout(int64_t dim_pad, bool owner_resident, bool stream_stats) {
     owner_row_bytes = dim_pad * 2 + 16;
     resident_bytes = owner_resident ? kParts * kOwnerRows * owner_row_bytes : 0;
     stage_bytes = kParts * kTileBytes + (owner_resident ? 0 : kParts * kOwnerRows * kChunkRowBytes);
-    total = resident_bytes + kStages * stage_bytes + kStages * kMetaBytes;
+    meta_bytes = kMetaStats + (stream_stats ? kTileRows * static_cast<int64_t>(sizeof(RowStats)) : 0);
+    total = resident_bytes + kStages * stage_bytes + kStages * meta_bytes;
   }
 };
 
@@ -228,11 +265,13 @@ struct Producer {
         for (int part = 0; part < kParts; ++part)
           copy_rows(stage + (kParts + part) * kTileBytes, kChunkRowBytes, p.owner[part], owner0, ch);
       if (job == 0) {
-        unsigned char* m = meta + (tile_seq % kStages) * kMetaBytes;
-        const int i = threadIdx.x;  // 32 copies of labels, 128 of stats, 16 of inv: at most three per thread
+        unsigned char* m = meta + (tile_seq % kStages) * layout.meta_bytes;
+        const int i = threadIdx.x;  // 32 copies of labels, 256 of stats, 16 of inv: at most four per thread
         if (i < 32) cp_async_16(m + i * 16, p.stream_labels + row0 + i * 2);
-        if (kGrad && !p.stats_on_owner && i < 128)  // RowStats: two 16-byte pieces per row
-          cp_async_16(m + kMetaStats + i * 16, reinterpret_cast<const unsigned char*>(p.stream_stats + row0) + i * 16);
+        if (kGrad && !p.stats_on_owner)  // RowStats: four 16-byte pieces per row
+          for (int piece = i; piece < kTileRows * 4; piece += kThreads)
+            cp_async_16(m + kMetaStats + piece * 16,
+                        reinterpret_cast<const unsigned char*>(p.stream_stats + row0) + piece * 16);
         if (i < 16) cp_async_16(m + kMetaInv + i * 16, p.stream_inv + row0 + i * 4);
       }
       if (++job == jobs_in_tile(panel)) {
@@ -253,7 +292,7 @@ template <typename Mma, bool kSplit, bool kGrad>
 __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __grid_constant__ TileParams p) {
   constexpr int kParts = kSplit ? 2 : 1;
   extern __shared__ __align__(128) unsigned char smem[];
-  const SmemLayout<kSplit> layout(p.dim_pad, p.owner_resident);
+  const SmemLayout<kSplit> layout(p.dim_pad, p.owner_resident, kGrad && !p.stats_on_owner);
   unsigned char* resident = smem;
   unsigned char* stages = smem + layout.resident_bytes;
   unsigned char* meta = stages + kStages * layout.stage_bytes;
@@ -297,6 +336,12 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
   double sum_exp[2];
   int positives[2];
   RowStats rs[2];
+  // HCL's forward state (HardPartial, per lane; the references and has_ref are quad-uniform)
+  float hard_ref[2][kHardSets];
+  double hard_sum[2][kHardSets], positive_sum[2];
+  int negatives[2];
+  unsigned has_ref[2];
+  const float hard_scale[2] = {p.hard_scale[0], p.hard_scale[1]};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row[h] = owner0 + warp * 16 + g + 8 * h;
@@ -305,8 +350,19 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
     row_max[h] = -INFINITY;
     sum_exp[h] = 0.0;
     positive_gap[h] = gs[h] = 0.0f;
-    positives[h] = 0;
-    if ((kGrad && p.stats_on_owner) || (!kGrad && p.positive_pass)) rs[h] = p.owner_stats[row[h]];
+    positives[h] = negatives[h] = 0;
+    has_ref[h] = 0u;
+    positive_sum[h] = 0.0;
+#pragma unroll
+    for (int k = 0; k < kHardSets; ++k) {
+      hard_ref[h][k] = 0.0f;
+      hard_sum[h][k] = 0.0;
+    }
+    if ((kGrad && p.stats_on_owner && !p.hard) || (!kGrad && p.positive_pass)) rs[h] = p.owner_stats[row[h]];
+    if (kGrad && p.stats_on_owner && p.hard) {  // the HCL fields are read per tile (registers are scarce here)
+      rs[h].max = p.owner_stats[row[h]].max;
+      rs[h].weight = p.owner_stats[row[h]].weight;
+    }
   }
 
   float grad_acc[kGrad ? kPanelChunks : 1][8][4];
@@ -363,7 +419,7 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
       }
 
       // ---- per-tile epilogue: masks, then statistics (forward) or G (backward) -----------------------
-      const unsigned char* m = meta + (tile_seq % kStages) * kMetaBytes;
+      const unsigned char* m = meta + (tile_seq % kStages) * layout.meta_bytes;
       const int64_t* tile_labels = reinterpret_cast<const int64_t*>(m);
       const RowStats* tile_stats = reinterpret_cast<const RowStats*>(m + kMetaStats);
       const float* tile_inv = reinterpret_cast<const float*>(m + kMetaInv);
@@ -395,20 +451,78 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
             } else if (p.stats_on_owner) {  // G'_ij without w_i (applied to the accumulated row), times inv_j
               const bool live = valid && rs[h].weight != 0.0f;
               const float shifted = logit - rs[h].max;
-              const float grad =
-                  live ? element_gradient(shifted - rs[h].log_sum, in_denominator, positive, rs[h]) : 0.0f;
+              float grad = 0.0f;
+              if (live && p.hard)
+                grad = hard_element_gradient(logit, in_denominator, positive, p.owner_stats[row[h]], hard_scale);
+              else if (live)
+                grad = element_gradient(shifted - rs[h].log_sum, in_denominator, positive, rs[h]);
               if (panel == 0 && live) gs[h] += grad * shifted;
               s[n][2 * h + e] = grad * tile_inv[c];
             } else {  // owner = candidate j, column = anchor i: G_ij w_i / max|w|, times inv_i
-              const RowStats st = tile_stats[c];
+              const RowStats& st = tile_stats[c];
               s[n][2 * h + e] =
-                  valid && st.weight != 0.0f
-                      ? st.weight * inv_weight_max * tile_inv[c] *
-                            element_gradient(logit - st.max - st.log_sum, in_denominator, positive, st)
-                      : 0.0f;
+                  !(valid && st.weight != 0.0f) ? 0.0f
+                  : st.weight * inv_weight_max * tile_inv[c] *
+                        (p.hard ? hard_element_gradient(logit, in_denominator, positive, st, hard_scale)
+                                : element_gradient(logit - st.max - st.log_sum, in_denominator, positive, st));
             }
           }
         if constexpr (!kGrad) {
+          if (p.hard) {
+            // HCL (denominator = kNegatives: in_denominator is j in Neg(i)). The tile's extremes of each set,
+            // quad-uniform (fmaxf skips NaN; a NaN logit then makes its set's sum NaN).
+            float negative_max = -INFINITY, negative_min = INFINITY, positive_max = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const auto [valid, positive, negative] = pair(h, n * 8 + 2 * t4 + e);
+                const float x = s[n][2 * h + e];
+                negative_max = fmaxf(negative_max, negative ? x : -INFINITY);
+                negative_min = fminf(negative_min, negative ? x : INFINITY);
+                positive_max = fmaxf(positive_max, positive ? x : -INFINITY);
+              }
+            negative_max = quad_max(negative_max);
+            negative_min = -quad_max(-negative_min);
+            positive_max = quad_max(positive_max);
+            // r_k: the extreme in the direction of c_k of the old reference and the tile's; S_k moved to it
+            const float scale[kHardSets] = {hard_scale[0], hard_scale[1], 1.0f};
+            const float tile_ref[kHardSets] = {hard_scale[0] >= 0.0f ? negative_max : negative_min,
+                                               hard_scale[1] >= 0.0f ? negative_max : negative_min, positive_max};
+#pragma unroll
+            for (int k = 0; k < kHardSets; ++k) {
+              if (fabsf(tile_ref[k]) == INFINITY) continue;  // no finite logit of the set in this tile
+              const bool seen = (has_ref[h] >> k) & 1u;
+              const float next = !seen ? tile_ref[k]
+                                 : scale[k] >= 0.0f ? fmaxf(hard_ref[h][k], tile_ref[k])
+                                                    : fminf(hard_ref[h][k], tile_ref[k]);
+              if (seen) hard_sum[h][k] *= static_cast<double>(exp2f(scale[k] * (hard_ref[h][k] - next) * kLog2e));
+              hard_ref[h][k] = next;
+              has_ref[h] |= 1u << k;
+            }
+            double sum0 = hard_sum[h][0], sum1 = hard_sum[h][1], sum2 = hard_sum[h][2], psum = positive_sum[h];
+            int nneg = negatives[h], npos = positives[h];
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const auto [valid, positive, negative] = pair(h, n * 8 + 2 * t4 + e);
+                const float x = s[n][2 * h + e];
+                sum0 += negative ? static_cast<double>(exp2f(scale[0] * (x - hard_ref[h][0]) * kLog2e)) : 0.0;
+                sum1 += negative ? static_cast<double>(exp2f(scale[1] * (x - hard_ref[h][1]) * kLog2e)) : 0.0;
+                sum2 += positive ? static_cast<double>(exp2f((x - hard_ref[h][2]) * kLog2e)) : 0.0;
+                psum += positive ? static_cast<double>(x) : 0.0;
+                nneg += negative ? 1 : 0;
+                npos += positive ? 1 : 0;
+              }
+            hard_sum[h][0] = sum0;
+            hard_sum[h][1] = sum1;
+            hard_sum[h][2] = sum2;
+            positive_sum[h] = psum;
+            negatives[h] = nneg;
+            positives[h] = npos;
+            continue;
+          }
           if (p.positive_pass) {
             // "per_positive", m and S final: z_ip = lse_Neg(i) - s_ip = log S_i - (s_ip - m_i) (-inf without
             // negatives: softplus 0, sigmoid 0); softplus(z) = max(z, 0) + log1p(e^{-|z|})
@@ -524,6 +638,20 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
   for (int h = 0; h < 2; ++h) {
     const int64_t out = static_cast<int64_t>(blockIdx.y) * gridDim.x * kOwnerRows + row[h];
     if constexpr (!kGrad) {
+      if (p.hard) {
+        HardPartial q;
+#pragma unroll
+        for (int k = 0; k < kHardSets; ++k) {
+          q.sum[k] = quad_sum(hard_sum[h][k]);
+          q.ref[k] = hard_ref[h][k];
+        }
+        q.positive_sum = quad_sum(positive_sum[h]);
+        q.negatives = quad_sum(negatives[h]);
+        q.positives = quad_sum(positives[h]);
+        q.has_ref = has_ref[h];
+        if (t4 == 0) p.hard_partial[out] = q;
+        continue;
+      }
       const double sum = quad_sum(sum_exp[h]);
       const float gap = quad_sum(positive_gap[h]);
       const int npos = quad_sum(positives[h]);
@@ -598,6 +726,93 @@ __global__ void finish_positive_kernel(const RowPartial* __restrict__ partial, i
   const double count = static_cast<double>(max(positives, 1));
   coef[i] = static_cast<float>(sigmoid / count);
   if (positives > 0) row_loss[i] += static_cast<float>(softplus / count);
+}
+
+// HCL: merges the splits' HardPartial (each S_k moved from its split's reference to the row's) into the
+// hard_negative_stats op's outputs, as the CPU kernel forms them: per set k, ref = r_k (0 for an empty set),
+// log_sum = log S_k (-inf for an empty set), lse = c_k r_k + log S_k (-inf for an empty set); mean_p s_ip (0
+// without positives), |Neg|, |P|. A temperature out of range gives NaN statistics (as on the cpu).
+__global__ void finish_hard_kernel(const HardPartial* __restrict__ partial, int splits, int64_t n_rows,
+                                   int64_t rows_pad, float c0, float c1, const float* __restrict__ temperature,
+                                   float* __restrict__ lse, float* __restrict__ positive_mean,
+                                   int* __restrict__ n_negative, int* __restrict__ n_positive,
+                                   float* __restrict__ reference, float* __restrict__ log_sum) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_rows) return;
+  const float scale[kHardSets] = {c0, c1, 1.0f};
+  float ref[kHardSets] = {0.0f, 0.0f, 0.0f};
+  unsigned seen = 0u;
+  int negatives = 0, positives = 0;
+  double positive_sum = 0.0;
+  for (int s = 0; s < splits; ++s) {
+    const HardPartial& q = partial[s * rows_pad + i];
+    for (int k = 0; k < kHardSets; ++k)
+      if ((q.has_ref >> k) & 1u) {
+        ref[k] = !((seen >> k) & 1u) ? q.ref[k] : scale[k] >= 0.0f ? fmaxf(ref[k], q.ref[k]) : fminf(ref[k], q.ref[k]);
+        seen |= 1u << k;
+      }
+    negatives += q.negatives;
+    positives += q.positives;
+    positive_sum += q.positive_sum;
+  }
+  double sum[kHardSets] = {0.0, 0.0, 0.0};
+  for (int s = 0; s < splits; ++s) {  // a split without a reference for k has S_k = 0 (or NaN: kept)
+    const HardPartial& q = partial[s * rows_pad + i];
+    for (int k = 0; k < kHardSets; ++k)
+      sum[k] += ((q.has_ref >> k) & 1u) ? q.sum[k] * exp(static_cast<double>(scale[k] * (q.ref[k] - ref[k])))
+                                        : q.sum[k];
+  }
+  const float t = *temperature;
+  const bool valid_t = t >= static_cast<float>(kMinTemperature) && t < INFINITY;
+  for (int k = 0; k < kHardSets; ++k) {
+    const bool empty = (k == 2 ? positives : negatives) == 0;
+    const float r = empty ? 0.0f : ref[k], l = static_cast<float>(log(sum[k]));
+    reference[i * kHardSets + k] = valid_t ? r : NAN;
+    log_sum[i * kHardSets + k] = valid_t ? l : NAN;
+    lse[i * kHardSets + k] = !valid_t ? NAN : empty ? -INFINITY : scale[k] * r + l;
+  }
+  positive_mean[i] = !valid_t ? NAN : positives > 0 ? static_cast<float>(positive_sum / positives) : 0.0f;
+  n_negative[i] = negatives;
+  n_positive[i] = positives;
+}
+
+// HCL's RowStats for the backward (hard_element_gradient), from the upstream g_k = dLoss/dX_k (grad_lse (R, 3))
+// and h = dLoss/dY (grad_mean): a_0 = g_0 c_0, a_1 = g_1 c_1 (0 without negatives), a_2 = g_2, a_3 = h / |P| (0
+// without positives); log S_k 0 for an empty set. |G_ij| <= w_i = sum_k |a_k| (each softmax term is at most 1):
+// the coefficients are stored divided by w_i and weight = w_i, so G' = G / w_i is in [-1, 1] for the 16-bit
+// products (the upstream's scale, ~1/R for a mean, stays out of fp16's subnormals) and w_i applies to the
+// accumulated rows as for the other ops; bound = w_i (the dV product's scale). rho_term = rho_i sum_j G_ij =
+// rho_i (a_0 + a_1 + a_2 + h), the part of sum_ij G_ij s_ij the tiles' sum_ij w_i G'_ij (s_ij - rho_i) leaves
+// out (rho_i = r_0, or r_2 without negatives).
+__global__ void hard_row_stats_kernel(const float* __restrict__ grad_lse, const float* __restrict__ grad_mean,
+                                      const float* __restrict__ reference, const float* __restrict__ log_sum,
+                                      const int* __restrict__ n_negative, const int* __restrict__ n_positive,
+                                      float c0, float c1, int64_t n_rows, int64_t rows_pad,
+                                      RowStats* __restrict__ stats, float* __restrict__ bound,
+                                      double* __restrict__ rho_term) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows_pad) return;
+  RowStats st{};
+  if (i < n_rows) {
+    const bool has_negative = n_negative[i] > 0, has_positive = n_positive[i] > 0;
+    const bool present[kHardSets] = {has_negative, has_negative, has_positive};
+    for (int k = 0; k < kHardSets; ++k) {
+      st.hard_ref[k] = reference[i * kHardSets + k];
+      st.hard_log_sum[k] = present[k] ? log_sum[i * kHardSets + k] : 0.0f;
+    }
+    const float a[kHardSets + 1] = {has_negative ? grad_lse[i * kHardSets] * c0 : 0.0f,
+                                    has_negative ? grad_lse[i * kHardSets + 1] * c1 : 0.0f,
+                                    has_positive ? grad_lse[i * kHardSets + 2] : 0.0f,
+                                    has_positive ? grad_mean[i] / static_cast<float>(n_positive[i]) : 0.0f};
+    const float w = fabsf(a[0]) + fabsf(a[1]) + fabsf(a[2]) + fabsf(a[3]);
+    for (int k = 0; k <= kHardSets; ++k) st.hard_coef[k] = w > 0.0f ? a[k] / w : 0.0f;
+    st.max = has_negative ? st.hard_ref[0] : st.hard_ref[2];
+    st.weight = w;  // 0: the row has no gradient (no nonempty set, or a zero upstream)
+    const double row_sum = static_cast<double>(a[0]) + a[1] + a[2] + (has_positive ? static_cast<double>(grad_mean[i]) : 0.0);
+    bound[i] = w;
+    rho_term[i] = w > 0.0f ? static_cast<double>(st.max) * row_sum : 0.0;
+  }
+  stats[i] = st;
 }
 
 // RowStats (above) of rows_pad rows. weight: dLoss/dL_i, or nullptr for 1 (the positives' pass); coef and
@@ -700,8 +915,9 @@ Grid make_grid(int64_t n_owner, int64_t n_stream) {
 template <typename Mma, bool kSplit, bool kGrad>
 void launch_tile_kernel(TileParams p, const Grid& grid, cudaStream_t stream) {
   const int64_t smem_limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  p.owner_resident = SmemLayout<kSplit>(p.dim_pad, true).total <= smem_limit;
-  const int64_t smem = SmemLayout<kSplit>(p.dim_pad, p.owner_resident).total;
+  const bool stream_stats = kGrad && !p.stats_on_owner;
+  p.owner_resident = SmemLayout<kSplit>(p.dim_pad, true, stream_stats).total <= smem_limit;
+  const int64_t smem = SmemLayout<kSplit>(p.dim_pad, p.owner_resident, stream_stats).total;
   TORCH_CHECK(smem <= smem_limit, "contrastive CUDA kernel needs ", smem, " bytes of shared memory, the device has ",
               smem_limit);
   p.tiles_per_split = grid.tiles_per_split;
@@ -752,9 +968,28 @@ struct Variant {
   const float* weight_ptr() const { return positive_weight.defined() ? positive_weight.data_ptr<float>() : nullptr; }
 };
 
+// What the tile kernel computes besides the plain op: a variant's denominator, or HCL's statistics and G.
+struct TileMode {
+  int denominator = kAll;
+  bool hard = false;
+  float hard_scale[2] = {0.0f, 0.0f};  // HCL: c_0 = 1 + beta, c_1 = beta
+  static TileMode hard_negatives(double beta) {  // Neg(i): the candidates out of the "negatives" denominator
+    return TileMode{kNegatives, true, {static_cast<float>(1.0 + beta), static_cast<float>(beta)}};
+  }
+  void apply(TileParams& p) const {
+    p.denominator = denominator;
+    p.hard = hard;
+    p.hard_scale[0] = hard_scale[0];
+    p.hard_scale[1] = hard_scale[1];
+  }
+};
+
 struct InputGrads {
   at::Tensor anchors, candidates, temperature;
 };
+
+// The hard_negative_stats op's outputs (contrastive_cpu.cpp, hard_negative_stats_forward_cpu).
+using HardStatsOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 template <typename T, typename Mma, bool kSplit>
 struct ContrastiveCuda {
@@ -806,6 +1041,30 @@ struct ContrastiveCuda {
     return f;
   }
 
+  // HCL: the hard_negative_stats op's row statistics (finish_hard_kernel states them).
+  static HardStatsOutputs hard_forward(const Prepared& pr, bool exclude_self, double beta, cudaStream_t stream) {
+    const TileMode mode = TileMode::hard_negatives(beta);
+    TileParams p = tile_params(pr.u, pr.anchor_labels, pr.v, pr.candidate_labels, pr.temperature, exclude_self);
+    mode.apply(p);
+    const Grid grid = make_grid(pr.u.n_rows, pr.v.n_rows);
+    auto opts = pr.anchors.options().dtype(at::kFloat);
+    at::Tensor partial = empty_output({grid.splits * pr.u.rows_pad * kHardPartialFloats}, opts);
+    p.hard_partial = reinterpret_cast<HardPartial*>(partial.data_ptr<float>());
+    launch_tile_kernel<Mma, kSplit, false>(p, grid, stream);
+    const int64_t n = pr.u.n_rows;
+    HardStatsOutputs out{empty_output({n, kHardSets}, opts), empty_output({n}, opts),
+                         empty_output({n}, opts.dtype(at::kInt)), empty_output({n}, opts.dtype(at::kInt)),
+                         empty_output({n, kHardSets}, opts), empty_output({n, kHardSets}, opts)};
+    auto& [lse, positive_mean, n_negative, n_positive, reference, log_sum] = out;
+    finish_hard_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(
+        p.hard_partial, grid.splits, n, pr.u.rows_pad, mode.hard_scale[0], mode.hard_scale[1],
+        pr.temperature.data_ptr<float>(), lse.data_ptr<float>(), positive_mean.data_ptr<float>(),
+        n_negative.data_ptr<int>(), n_positive.data_ptr<int>(), reference.data_ptr<float>(),
+        log_sum.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return out;
+  }
+
   // RowStats of the anchors (padded to rows_pad); weight (R,) float or nullptr for 1.
   static at::Tensor row_stats(const at::Tensor& row_max, const at::Tensor& log_sum, const at::Tensor& n_positive,
                               const float* weight, const Variant& variant, const at::Tensor& coef,
@@ -826,7 +1085,6 @@ struct ContrastiveCuda {
                              const at::Tensor& coef, bool exclude_self, double eps, const at::Tensor& temperature,
                              cudaStream_t stream) {
     auto opts = pr.anchors.options().dtype(at::kFloat);
-    const int64_t rows_pad = pr.u.rows_pad, dim_pad = pr.u.hi.size(1);
     const at::Tensor zero = at::zeros({}, opts);
     at::Tensor live_weight = at::where(n_positive > 0, weight, zero);
     // |G_ij| <= 1 for the plain op, <= 2 + |w'_i| for the variants (coef e^x <= 1, sigmoid_scale <= 1,
@@ -836,6 +1094,45 @@ struct ContrastiveCuda {
     at::Tensor weight_max = bound.amax().reshape({1});
     at::Tensor stats = row_stats(row_max, log_sum, n_positive, live_weight.data_ptr<float>(), variant, coef, pr.u,
                                  stream);
+    // sum_ij G_ij s_ij = sum_ij G_ij (s_ij - m_i) (the tiles) + sum_i m_i sum_j G_ij; sum_j G_ij is 0 for the plain
+    // op and w_i (1 - w'_i) for the variants (with negatives; without them m_i is 0)
+    at::Tensor rest = variant.denominator == kAll
+                          ? at::zeros({}, opts.dtype(at::kDouble))
+                          : at::where(n_positive > 0, live_weight * row_max * (1.0f - variant.positive_weight), zero)
+                                .to(at::kDouble)
+                                .sum();
+    return backward_passes(pr, stats, weight_max, TileMode{variant.denominator}, rest, exclude_self, eps,
+                           temperature, stream);
+  }
+
+  // HCL: the gradient of the hard_negative_stats op for upstream grad_lse (R, 3) and grad_mean (R,) (float).
+  static InputGrads hard_backward(const Prepared& pr, const at::Tensor& grad_lse, const at::Tensor& grad_mean,
+                                  const at::Tensor& n_negative, const at::Tensor& n_positive,
+                                  const at::Tensor& reference, const at::Tensor& log_sum, double beta,
+                                  bool exclude_self, double eps, const at::Tensor& temperature, cudaStream_t stream) {
+    const TileMode mode = TileMode::hard_negatives(beta);
+    auto opts = pr.anchors.options().dtype(at::kFloat);
+    const int64_t n = pr.u.n_rows;
+    at::Tensor stats = empty_output({pr.u.rows_pad * kRowStatsFloats}, opts);
+    at::Tensor bound = empty_output({n}, opts), rho_term = empty_output({n}, opts.dtype(at::kDouble));
+    hard_row_stats_kernel<<<ceil_div(pr.u.rows_pad, 256), 256, 0, stream>>>(
+        grad_lse.data_ptr<float>(), grad_mean.data_ptr<float>(), reference.data_ptr<float>(),
+        log_sum.data_ptr<float>(), n_negative.data_ptr<int>(), n_positive.data_ptr<int>(), mode.hard_scale[0],
+        mode.hard_scale[1], n, pr.u.rows_pad, reinterpret_cast<RowStats*>(stats.data_ptr<float>()),
+        bound.data_ptr<float>(), rho_term.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return backward_passes(pr, stats, bound.amax().reshape({1}), mode, rho_term.sum(), exclude_self, eps,
+                           temperature, stream);
+  }
+
+  // The two recompute passes and the input gradients, from the anchors' RowStats (padded to rows_pad):
+  // weight_max (1,) bounds |w_i G'_ij| (the dV product's scale); rest (float64 scalar) is what the tiles'
+  // sum_ij G_ij (s_ij - RowStats::max_i) leaves out of sum_ij G_ij s_ij (for dL/dt).
+  static InputGrads backward_passes(const Prepared& pr, const at::Tensor& stats, const at::Tensor& weight_max,
+                                    const TileMode& mode, const at::Tensor& rest, bool exclude_self, double eps,
+                                    const at::Tensor& temperature, cudaStream_t stream) {
+    auto opts = pr.anchors.options().dtype(at::kFloat);
+    const int64_t rows_pad = pr.u.rows_pad, dim_pad = pr.u.hi.size(1);
     auto* stats_ptr = reinterpret_cast<const RowStats*>(stats.data_ptr<float>());
 
     // dL/du: owner = anchors, streamed = candidates (row-parallel), with the temperature partials.
@@ -843,7 +1140,7 @@ struct ContrastiveCuda {
     const Grid grid_a = make_grid(pr.u.n_rows, pr.v.n_rows);
     at::Tensor grad_u = empty_output({grid_a.splits * rows_pad * dim_pad}, opts);
     at::Tensor row_gs = empty_output({grid_a.splits, rows_pad}, opts);
-    pa.denominator = variant.denominator;
+    mode.apply(pa);
     pa.stats_on_owner = true;
     pa.owner_stats = stats_ptr;
     pa.grad = grad_u.data_ptr<float>();
@@ -854,7 +1151,7 @@ struct ContrastiveCuda {
     TileParams pc = tile_params(pr.v, pr.candidate_labels, pr.u, pr.anchor_labels, pr.temperature, exclude_self);
     const Grid grid_c = make_grid(pr.v.n_rows, pr.u.n_rows);
     at::Tensor grad_v = empty_output({grid_c.splits * pr.v.rows_pad * dim_pad}, opts);
-    pc.denominator = variant.denominator;
+    mode.apply(pc);
     pc.stats_on_owner = false;
     pc.stream_stats = stats_ptr;
     pc.weight_max = weight_max.data_ptr<float>();
@@ -869,14 +1166,8 @@ struct ContrastiveCuda {
                              grid_c.splits, pr.v.rows_pad, stream);
     out.candidates = sum_roles ? at::zeros(pr.candidates.sizes(), pr.candidates.options())
                                : input_grad(pr.candidates, pr.v, eps, grad_v, grid_c.splits, nullptr, 0, 0, stream);
-    // dL/dt = -(1/t) sum_ij G_ij s_ij = -(1/t) (sum_ij G_ij (s_ij - m_i) + sum_i m_i sum_j G_ij); sum_j G_ij is
-    // 0 for the plain op and w_i (1 - w'_i) for the variants (with negatives; without them m_i is 0).
-    // 1/t NaN for a temperature out of range, as in the kernels.
-    at::Tensor gs_sum = row_gs.narrow(1, 0, pr.u.n_rows).to(at::kDouble).sum();
-    if (variant.denominator != kAll)
-      gs_sum = gs_sum + at::where(n_positive > 0, live_weight * row_max * (1.0f - variant.positive_weight), zero)
-                            .to(at::kDouble)
-                            .sum();
+    // dL/dt = -(1/t) sum_ij G_ij s_ij; 1/t NaN for a temperature out of range, as in the kernels.
+    at::Tensor gs_sum = row_gs.narrow(1, 0, pr.u.n_rows).to(at::kDouble).sum() + rest;
     at::Tensor t64 = temperature.reshape({}).to(at::kDouble);
     at::Tensor inv_t = at::where(at::isfinite(t64) & (t64 >= kMinTemperature), t64.reciprocal(),
                                  at::full({}, std::numeric_limits<double>::quiet_NaN(), t64.options()));
@@ -1032,6 +1323,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cuda
                        row_max, row_log_sum, row_n_positive, row_coef, exclude_self, eps);
 }
 
+// HCL's row statistics and their gradient (contrastive_cpu.cpp, "Hard negatives and debiasing", states them;
+// the loss is formed from them in Python, reference.hard_negative_row_loss).
+HardStatsOutputs hard_negative_stats_forward_cuda(const at::Tensor& anchors, const at::Tensor& candidates,
+                                                  const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
+                                                  const at::Tensor& temperature, double beta, bool exclude_self,
+                                                  double eps) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+  check_beta(beta);
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  return dispatch_dtype(anchors.scalar_type(), [&](auto impl) {
+    using Impl = decltype(impl);
+    const Prepared pr = Impl::prepare(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, stream);
+    return Impl::hard_forward(pr, exclude_self, beta, stream);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_backward_cuda(
+    const at::Tensor& grad_lse, const at::Tensor& grad_positive_mean, const at::Tensor& anchors,
+    const at::Tensor& candidates, const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
+    const at::Tensor& temperature, double beta, const at::Tensor& row_n_negative, const at::Tensor& row_n_positive,
+    const at::Tensor& row_reference, const at::Tensor& row_log_sum, bool exclude_self, double eps) {
+  check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
+  check_beta(beta);
+  check_hard_backward_inputs(grad_lse, grad_positive_mean, row_n_negative, row_n_positive, row_reference,
+                             row_log_sum, anchors, at::kFloat);
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  return dispatch_dtype(anchors.scalar_type(), [&](auto impl) {
+    using Impl = decltype(impl);
+    const Prepared pr = Impl::prepare(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, stream);
+    const InputGrads g = Impl::hard_backward(pr, grad_lse.contiguous(), grad_positive_mean.contiguous(),
+                                             row_n_negative.contiguous(), row_n_positive.contiguous(),
+                                             row_reference.contiguous(), row_log_sum.contiguous(), beta,
+                                             exclude_self, eps, temperature, stream);
+    return std::make_tuple(g.anchors, g.candidates, g.temperature);
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(synthcl_fast, CUDA, m) {
@@ -1039,6 +1369,8 @@ TORCH_LIBRARY_IMPL(synthcl_fast, CUDA, m) {
   m.impl("contrastive_backward", &contrastive_backward_cuda);
   m.impl("contrastive_variant_forward", &contrastive_variant_forward_cuda);
   m.impl("contrastive_variant_backward", &contrastive_variant_backward_cuda);
+  m.impl("hard_negative_stats_forward", &hard_negative_stats_forward_cuda);
+  m.impl("hard_negative_stats_backward", &hard_negative_stats_backward_cuda);
 }
 
 }  // namespace synthcl_fast

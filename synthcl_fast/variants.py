@@ -21,10 +21,10 @@ backend that does not raises BackendUnavailableError naming the option (backend_
     triton   the same (backends/triton_contrastive.py: the forward kernel's VARIANT statistics, a positives' pass for
              "per_positive", the backward kernel's _variant_term; beta / tau_plus: _hard_stats_kernel and the
              backward kernel's _hard_term)
-    cuda     denominator="negatives" / "per_positive", with or without positive_weight (csrc/contrastive_cuda.cu:
-             the tile kernel's denominator mask and element_gradient, a positives' pass for "per_positive";
-             compiled and its machine code checked in CI, not yet run on a GPU); beta / tau_plus are not
-             fused there (no hard_negative_stats kernel), so backend="cuda" names them
+    cuda     the same (csrc/contrastive_cuda.cu: the tile kernel's denominator mask and element_gradient, a
+             positives' pass for "per_positive"; beta / tau_plus: the tile kernel's HCL statistics (TileParams::hard,
+             finish_hard_kernel) and hard_element_gradient; compiled and its machine code checked in CI, not yet
+             run on a GPU)
 
 positive_weight is fused only with a denominator other than "all" (the plain op's kernels carry no weight), or
 with beta / tau_plus; beta / tau_plus are not fused with denominator="per_positive" (its per-pair softplus
@@ -43,8 +43,7 @@ from .backends import BACKEND_ENV, BACKENDS, Backend, BackendUnavailableError, r
 # Option names (as ContrastiveVariant.options() spells them) that each fused backend computes.
 _DENOMINATORS = frozenset({"denominator='negatives'", "denominator='per_positive'", "positive_weight"})
 _HARD_NEGATIVES = frozenset({"beta", "tau_plus"})
-FUSED_OPTIONS: dict[str, frozenset[str]] = {"cpu": _DENOMINATORS | _HARD_NEGATIVES,
-                                            "triton": _DENOMINATORS | _HARD_NEGATIVES, "cuda": _DENOMINATORS}
+FUSED_OPTIONS: dict[str, frozenset[str]] = {name: _DENOMINATORS | _HARD_NEGATIVES for name in ("cpu", "triton", "cuda")}
 # Combinations no backend fuses although it fuses each option (named so in the error)
 WEIGHT_WITHOUT_DENOMINATOR = "positive_weight with denominator='all'"
 HARD_PER_POSITIVE = "beta / tau_plus with denominator='per_positive'"

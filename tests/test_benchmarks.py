@@ -195,11 +195,14 @@ def _check_step_profile(text):
 
 
 def test_a_fused_backend_without_the_variant_is_skipped_with_its_reason(monkeypatch):
-    """The GPU sweep's cuda rows for HCL: recorded as skipped, naming the options, not a crash mid-sweep; its DCL
-    rows run (the cuda kernels fuse the denominators)."""
+    """The GPU sweep's cuda rows of every family run (the cuda kernels fuse DCL's and HCL's options); a backend
+    that lacks a family's options is recorded as skipped, naming them, not a crash mid-sweep."""
+    import synthcl_fast.variants as variants
     from synthcl_fast.backends import BACKENDS
 
     monkeypatch.setattr(BACKENDS["cuda"], "unavailable_reason", lambda device, dtype: None)
+    for family in ("hcl", "dcl", "nt_xent"):
+        assert C.unavailable_reason(C.Case(family, 64, 32), "cuda", CPU) is None, family
+    monkeypatch.setitem(variants.FUSED_OPTIONS, "cuda", variants.FUSED_OPTIONS["cuda"] - {"beta", "tau_plus"})
     assert C.unavailable_reason(C.Case("hcl", 64, 32), "cuda", CPU) == "backend 'cuda' does not fuse beta, tau_plus"
     assert C.unavailable_reason(C.Case("dcl", 64, 32), "cuda", CPU) is None
-    assert C.unavailable_reason(C.Case("nt_xent", 64, 32), "cuda", CPU) is None

@@ -84,11 +84,10 @@ def test_auto_takes_the_fused_backend_where_it_fuses_the_variant(generator, monk
 
 
 def test_fused_options_of_each_backend(generator):
-    """The options the CPU and Triton kernels compute; the cuda kernels the denominators and positive_weight,
-    not beta / tau_plus (the reference runs them under auto)."""
-    denominators = {"denominator='negatives'", "denominator='per_positive'", "positive_weight"}
-    assert FUSED_OPTIONS["cpu"] == FUSED_OPTIONS["triton"] == denominators | {"beta", "tau_plus"}
-    assert FUSED_OPTIONS["cuda"] == denominators
+    """Every fused backend computes every option (each alone; HARD_PER_POSITIVE names the one combination none
+    fuses)."""
+    options = {"denominator='negatives'", "denominator='per_positive'", "positive_weight", "beta", "tau_plus"}
+    assert FUSED_OPTIONS["cpu"] == FUSED_OPTIONS["triton"] == FUSED_OPTIONS["cuda"] == options
 
 
 def test_hard_negatives_with_per_positive_are_not_fused(generator):
@@ -190,16 +189,19 @@ def test_variant_reductions_and_low_precision(generator, reduction):
         assert grad.dtype == dtype and torch.isfinite(grad).all()
 
 
-def test_cuda_names_the_option_it_does_not_fuse(generator, monkeypatch):
-    """csrc/contrastive_cuda.cu has no hard_negative_stats kernel: backend='cuda' raises, naming the options it
-    lacks (checked here without a GPU by letting the resolver hand out the cuda backend)."""
+def test_cuda_takes_the_hard_negatives_and_names_the_combination_it_does_not_fuse(generator, monkeypatch):
+    """backend='cuda' resolves HCL's options (csrc/contrastive_cuda.cu, hard_negative_stats) and raises naming
+    beta / tau_plus with denominator='per_positive' (checked here without a GPU by letting the resolver hand out
+    the cuda backend)."""
     import synthcl_fast.variants as variants
     from synthcl_fast.backends import BACKENDS
 
     monkeypatch.setattr(variants, "resolve_backend", lambda *args: BACKENDS["cuda"])
-    variant = L._variant(torch.zeros(4, 3), 4, "negatives", beta=0.5, tau_plus=0.1, positive_weight=0.5)
-    with pytest.raises(BackendUnavailableError, match="backend 'cuda' does not fuse beta, tau_plus yet"):
-        backend_for_variant("cuda", torch.device("cpu"), torch.float32, variant)
-    fused = L._variant(torch.zeros(4, 3), 4, "per_positive", positive_weight=0.5)
-    assert backend_for_variant("cuda", torch.device("cpu"), torch.float32, fused).name == "cuda"
-    assert backend_for_variant("auto", torch.device("cpu"), torch.float32, variant).name == "reference"
+    cpu = torch.device("cpu")
+    hard = L._variant(torch.zeros(4, 3), 4, "negatives", beta=0.5, tau_plus=0.1, positive_weight=0.5)
+    assert backend_for_variant("cuda", cpu, torch.float32, hard).name == "cuda"
+    assert backend_for_variant("auto", cpu, torch.float32, hard).name == "cuda"
+    per_positive = L._variant(torch.zeros(4, 3), 4, "per_positive", beta=0.5)
+    with pytest.raises(BackendUnavailableError, match=re.escape(f"backend 'cuda' does not fuse {HARD_PER_POSITIVE}")):
+        backend_for_variant("cuda", cpu, torch.float32, per_positive)
+    assert backend_for_variant("auto", cpu, torch.float32, per_positive).name == "reference"
