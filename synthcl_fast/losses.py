@@ -124,7 +124,7 @@ def contrastive_loss(anchors, candidates=None, anchor_labels=None, candidate_lab
     """The general contrastive op.
 
     Variants (formulas in synthcl_fast/reference.py, contrastive_loss_variant; Neg(i): the candidates in the
-    denominator that are not positives; the cpu and triton backends fuse the denominators, positive_weight and
+    denominator that are not positives; the cpu, triton and cuda backends fuse the denominators, positive_weight and
     beta / tau_plus (with "all" or "negatives"), and "auto" materializes the logits for what is not fused:
     synthcl_fast.variants):
 

@@ -136,6 +136,50 @@ def test_gpu_plan_fills_the_device(monkeypatch):
     assert (small.block_m, small.block_n, small.splits) == (32, 32, 1)
 
 
+@pytest.mark.parametrize("beta,exclude_self", [(0.5, False), (-1.7, True)])
+def test_hard_negative_stats_over_split_columns(beta, exclude_self, generator, monkeypatch):
+    """HCL's statistics with the columns split over programs (_hard_stats_kernel per split, merged by
+    _merge_hard_stats_kernel): the op's outputs equal the cpu kernel's (float64), the debiased loss and its
+    gradients the reference's. The first 16 candidates (one split) all have label 0, so the rows of label 0 have a
+    split with positives only and those of label 1 one with negatives only; row 0 has no positive; beta = -1.7
+    makes both negatives' scales negative (their references are minima)."""
+    from synthcl_fast.backends.triton_contrastive import _forward_tiles
+
+    if BACKENDS["cpu"].unavailable_reason(torch.device("cpu"), torch.float64) is not None:
+        pytest.skip("the CPU extension is not available")
+    monkeypatch.setenv("SYNTHCL_FAST_TRITON_TILES", TILED)
+    anchors = _randn(21, 5, generator=generator)
+    candidates = anchors if exclude_self else _randn(53, 5, generator=generator)
+    anchor_labels = torch.randint(0, 4, (21,), generator=generator)
+    anchor_labels[0] = 99
+    candidate_labels = anchor_labels if exclude_self else torch.randint(0, 4, (53,), generator=generator)
+    if not exclude_self:
+        candidate_labels[:16] = 0
+    anchor_labels, candidate_labels = anchor_labels.to(DEVICE), candidate_labels.to(DEVICE)
+    assert _forward_tiles(21, candidates.shape[0], 5, torch.float64, DEVICE).splits > 1
+    t = torch.tensor(0.3, dtype=torch.float64, device=DEVICE)
+    args = (anchors.detach(), candidates.detach(), anchor_labels, candidate_labels, t, beta, exclude_self, 1e-8)
+    split = torch.ops.synthcl_fast.triton_hard_negative_stats_forward(*args)
+    cpu = torch.ops.synthcl_fast.hard_negative_stats_forward(*(a.cpu() if torch.is_tensor(a) else a for a in args))
+    for name, actual, expected in zip(("lse", "positive_mean", "n_negative", "n_positive", "reference", "log_sum"),
+                                      split, cpu):
+        assert torch.equal(actual.isfinite().cpu(), expected.isfinite()), name
+        finite = expected.isfinite()
+        assert_close(actual.cpu()[finite], expected[finite], 1e-12, f"split columns: {name}")
+    kwargs = dict(temperature=0.3, exclude_self=exclude_self, beta=beta, tau_plus=0.1 if beta > 0 else 0.0)
+    other = None if exclude_self else candidates
+    loss = L.contrastive_loss(anchors, other, anchor_labels, None if exclude_self else candidate_labels,
+                              backend="triton", **kwargs)
+    anchors64, other64 = anchors.detach().requires_grad_(), None if exclude_self else candidates.detach().requires_grad_()
+    expected = ref.contrastive_loss_variant(anchors64, other64, anchor_labels,
+                                            None if exclude_self else candidate_labels, **kwargs)
+    assert_close(loss, expected, 1e-10, "split columns: loss")
+    leaves = [anchors] + ([] if exclude_self else [candidates])
+    leaves64 = [anchors64] + ([] if exclude_self else [other64])
+    for actual, wanted in zip(torch.autograd.grad(loss, leaves), torch.autograd.grad(expected, leaves64)):
+        assert_close(actual, wanted, 1e-10, "split columns: gradient")
+
+
 def triton_cdiv(a, b):
     return -(-a // b)
 

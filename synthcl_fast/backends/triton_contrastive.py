@@ -291,16 +291,20 @@ def _contrastive_forward_kernel(
 @triton.jit
 def _hard_stats_kernel(
         X_ptr, Y_ptr, stride_x, stride_y, INV_X_ptr, INV_Y_ptr, LABEL_X_ptr, LABEL_Y_ptr, T_ptr, SCALES_ptr,
-        LSE_ptr, POSMEAN_ptr, NNEG_ptr, NPOS_ptr, REF_ptr, LOGSUM_ptr, n_x, n_y, dim,
-        EXCLUDE_SELF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        SINGLE_D_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+        PART_REF_ptr, PART_SUM_ptr, PART_POSSUM_ptr, PART_NNEG_ptr, PART_NPOS_ptr,
+        LSE_ptr, POSMEAN_ptr, NNEG_ptr, NPOS_ptr, REF_ptr, LOGSUM_ptr, n_x, n_y, dim, n_per_split,
+        EXCLUDE_SELF: tl.constexpr, FINAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr, SINGLE_D_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
+        PRECISION: tl.constexpr):
     """HCL's row statistics (the hard_negative_stats op; csrc/contrastive_cpu.cpp states them and their
-    gradient) of rows [pid*BLOCK_M, +BLOCK_M) over all the columns: for each set k (Neg(i) with the scale
-    c_0 = 1 + beta, Neg(i) with c_1 = beta, P(i) with 1), online over the column tiles, the reference r_k (the
-    max of s over the set; the min for a negative scale) and S_k = sum e^{c_k (s - r_k)} in float64; then
-    LSE (R, 3) = c_k r_k + log S_k (-inf for an empty set), REF (r_k, 0 for an empty set), LOGSUM (log S_k),
-    POSMEAN = mean_p s_ip, NNEG = |Neg(i)|, NPOS = |P(i)|. One program per row block (no column splits)."""
+    gradient) of rows [pid_m*BLOCK_M, +BLOCK_M) over columns [pid_s*n_per_split, +n_per_split): for each set k
+    (Neg(i) with the scale c_0 = 1 + beta, Neg(i) with c_1 = beta, P(i) with 1), online over the column tiles,
+    the reference r_k (the max of s over the set; the min for a negative scale; 0 while the set is empty) and
+    S_k = sum e^{c_k (s - r_k)} in float64, sum_p s_ip, |Neg(i)|, |P(i)|. FINAL (a single split): the op's
+    outputs (_store_hard_stats); otherwise the split's statistics to PART_*[pid_s] (PART_REF, PART_SUM: 3 per
+    row), merged by _merge_hard_stats_kernel."""
     pid_m = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n_x
     row_scale = inverse_temperature(T_ptr, ACC) * tl.load(INV_X_ptr + offs_m, mask=mask_m, other=1.0).to(ACC)
@@ -322,10 +326,12 @@ def _hard_stats_kernel(
     positive_sum = tl.zeros([BLOCK_M], dtype=tl.float64)
     n_negative = tl.zeros([BLOCK_M], dtype=tl.int32)
     n_positive = tl.zeros([BLOCK_M], dtype=tl.int32)
-    for start_n in range(0, n_y, BLOCK_N):
+    n_begin = pid_s * n_per_split
+    n_end = tl.minimum(n_begin + n_per_split, n_y)
+    for start_n in range(n_begin, n_end, BLOCK_N):
         s, allowed, positive = _column_tile(
             x_tile, X_ptr, stride_x, offs_m, mask_m, row_scale, label_x, Y_ptr, stride_y, INV_Y_ptr, LABEL_Y_ptr,
-            start_n, n_y, dim, EXCLUDE_SELF, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
+            start_n, n_end, dim, EXCLUDE_SELF, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D_CHUNK, DOT, ACC, PRECISION)
         negative = allowed & ~positive
         negative_max = tl.maximum(negative_max, tl.max(tl.where(negative, s, float("-inf")), axis=1))
         negative_min = tl.minimum(negative_min, tl.min(tl.where(negative, s, float("inf")), axis=1))
@@ -349,6 +355,88 @@ def _hard_stats_kernel(
         positive_sum += tl.sum(tl.where(positive, s, 0.0).to(tl.float64), axis=1)
         n_negative += tl.sum(negative.to(tl.int32), axis=1)
         n_positive += tl.sum(positive.to(tl.int32), axis=1)
+    if FINAL:
+        _store_hard_stats(ref0, ref1, ref2, sum0, sum1, sum2, positive_sum, n_negative, n_positive, c0, c1, offs_m,
+                          mask_m, LSE_ptr, POSMEAN_ptr, NNEG_ptr, NPOS_ptr, REF_ptr, LOGSUM_ptr, ACC)
+    else:
+        offs_part = pid_s * n_x + offs_m
+        tl.store(PART_REF_ptr + offs_part * 3, ref0, mask=mask_m)
+        tl.store(PART_REF_ptr + offs_part * 3 + 1, ref1, mask=mask_m)
+        tl.store(PART_REF_ptr + offs_part * 3 + 2, ref2, mask=mask_m)
+        tl.store(PART_SUM_ptr + offs_part * 3, sum0, mask=mask_m)
+        tl.store(PART_SUM_ptr + offs_part * 3 + 1, sum1, mask=mask_m)
+        tl.store(PART_SUM_ptr + offs_part * 3 + 2, sum2, mask=mask_m)
+        tl.store(PART_POSSUM_ptr + offs_part, positive_sum, mask=mask_m)
+        tl.store(PART_NNEG_ptr + offs_part, n_negative, mask=mask_m)
+        tl.store(PART_NPOS_ptr + offs_part, n_positive, mask=mask_m)
+
+
+@triton.jit
+def _merge_hard_stats_kernel(PART_REF_ptr, PART_SUM_ptr, PART_POSSUM_ptr, PART_NNEG_ptr, PART_NPOS_ptr, SCALES_ptr,
+                             LSE_ptr, POSMEAN_ptr, NNEG_ptr, NPOS_ptr, REF_ptr, LOGSUM_ptr, n_x, n_splits,
+                             ACC: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Merges _hard_stats_kernel's splits in split order (deterministic): per set the row's reference is the
+    extreme (in the direction of c_k) of the references of the splits where the set has an element, and each
+    such split's S_k is moved to it (every exponent <= 0); sums and counts added."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < n_x
+    c0 = tl.load(SCALES_ptr).to(ACC)
+    c1 = tl.load(SCALES_ptr + 1).to(ACC)
+    high0 = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
+    low0 = tl.full([BLOCK_M], float("inf"), dtype=ACC)
+    high1 = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
+    low1 = tl.full([BLOCK_M], float("inf"), dtype=ACC)
+    high2 = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
+    for split in range(0, n_splits):
+        offs_part = split * n_x + offs_m
+        has_negative = tl.load(PART_NNEG_ptr + offs_part, mask=mask_m, other=0) > 0
+        has_positive = tl.load(PART_NPOS_ptr + offs_part, mask=mask_m, other=0) > 0
+        part0 = tl.load(PART_REF_ptr + offs_part * 3, mask=mask_m, other=0.0)
+        part1 = tl.load(PART_REF_ptr + offs_part * 3 + 1, mask=mask_m, other=0.0)
+        part2 = tl.load(PART_REF_ptr + offs_part * 3 + 2, mask=mask_m, other=0.0)
+        high0 = tl.maximum(high0, tl.where(has_negative, part0, float("-inf")))
+        low0 = tl.minimum(low0, tl.where(has_negative, part0, float("inf")))
+        high1 = tl.maximum(high1, tl.where(has_negative, part1, float("-inf")))
+        low1 = tl.minimum(low1, tl.where(has_negative, part1, float("inf")))
+        high2 = tl.maximum(high2, tl.where(has_positive, part2, float("-inf")))
+    ref0 = tl.where(c0 >= 0, high0, low0)
+    ref1 = tl.where(c1 >= 0, high1, low1)
+    ref0 = tl.where(tl.abs(ref0) == float("inf"), 0.0, ref0)
+    ref1 = tl.where(tl.abs(ref1) == float("inf"), 0.0, ref1)
+    ref2 = tl.where(high2 == float("-inf"), 0.0, high2)
+    sum0 = tl.zeros([BLOCK_M], dtype=tl.float64)
+    sum1 = tl.zeros([BLOCK_M], dtype=tl.float64)
+    sum2 = tl.zeros([BLOCK_M], dtype=tl.float64)
+    positive_sum = tl.zeros([BLOCK_M], dtype=tl.float64)
+    n_negative = tl.zeros([BLOCK_M], dtype=tl.int32)
+    n_positive = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for split in range(0, n_splits):
+        offs_part = split * n_x + offs_m
+        part_negative = tl.load(PART_NNEG_ptr + offs_part, mask=mask_m, other=0)
+        part_positive = tl.load(PART_NPOS_ptr + offs_part, mask=mask_m, other=0)
+        part0 = tl.load(PART_REF_ptr + offs_part * 3, mask=mask_m, other=0.0)
+        part1 = tl.load(PART_REF_ptr + offs_part * 3 + 1, mask=mask_m, other=0.0)
+        part2 = tl.load(PART_REF_ptr + offs_part * 3 + 2, mask=mask_m, other=0.0)
+        # a split without elements of a set has S_k = 0: nothing to move
+        sum0 += tl.where(part_negative > 0, tl.load(PART_SUM_ptr + offs_part * 3, mask=mask_m, other=0.0)
+                         * tl.exp((c0 * (part0 - ref0)).to(tl.float64)), 0.0)
+        sum1 += tl.where(part_negative > 0, tl.load(PART_SUM_ptr + offs_part * 3 + 1, mask=mask_m, other=0.0)
+                         * tl.exp((c1 * (part1 - ref1)).to(tl.float64)), 0.0)
+        sum2 += tl.where(part_positive > 0, tl.load(PART_SUM_ptr + offs_part * 3 + 2, mask=mask_m, other=0.0)
+                         * tl.exp((part2 - ref2).to(tl.float64)), 0.0)
+        positive_sum += tl.load(PART_POSSUM_ptr + offs_part, mask=mask_m, other=0.0)
+        n_negative += part_negative
+        n_positive += part_positive
+    _store_hard_stats(ref0, ref1, ref2, sum0, sum1, sum2, positive_sum, n_negative, n_positive, c0, c1, offs_m,
+                      mask_m, LSE_ptr, POSMEAN_ptr, NNEG_ptr, NPOS_ptr, REF_ptr, LOGSUM_ptr, ACC)
+
+
+@triton.jit
+def _store_hard_stats(ref0, ref1, ref2, sum0, sum1, sum2, positive_sum, n_negative, n_positive, c0, c1, offs_m,
+                      mask_m, LSE_ptr, POSMEAN_ptr, NNEG_ptr, NPOS_ptr, REF_ptr, LOGSUM_ptr, ACC: tl.constexpr):
+    """The hard_negative_stats op's outputs: LSE (R, 3) = c_k r_k + log S_k (-inf for an empty set), REF (r_k, 0
+    for an empty set), LOGSUM (log S_k), POSMEAN = mean_p s_ip, NNEG = |Neg(i)|, NPOS = |P(i)|."""
     has_negative = n_negative > 0
     has_positive = n_positive > 0
     # log S (-inf for an empty set, as the CPU kernels; the log of 0 itself is not taken)
@@ -1266,7 +1354,8 @@ def contrastive_variant_backward(grad_rows: Tensor, anchors: Tensor, candidates:
 
 
 def _hard_row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool, scales: Tensor):
-    """The outputs of hard_negative_stats_forward (_hard_stats_kernel), one program per row block."""
+    """The outputs of hard_negative_stats_forward: _hard_stats_kernel over the column splits of the forward's
+    tile plan (a few row blocks would leave most SMs idle), then _merge_hard_stats_kernel."""
     x, y = rows.x, cols.x
     n_x, dim = x.shape
     acc = accumulate_dtype(x.dtype)
@@ -1275,14 +1364,27 @@ def _hard_row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self:
     lse, ref, log_sum = (empty_output((n_x, 3), acc, x.device) for _ in range(3))
     positive_mean = empty_output((n_x,), acc, x.device)
     n_negative, n_positive = (empty_output((n_x,), torch.int32, x.device) for _ in range(2))
+    outputs = (lse, positive_mean, n_negative, n_positive, ref, log_sum)
+    final = t.splits == 1
+    if final:
+        part = (ref, log_sum, positive_mean, n_negative, n_positive)  # not written (FINAL)
+    else:
+        part = (empty_output((t.splits, n_x, 3), acc, x.device), empty_output((t.splits, n_x, 3), torch.float64,
+                                                                              x.device),
+                empty_output((t.splits, n_x), torch.float64, x.device),
+                *(empty_output((t.splits, n_x), torch.int32, x.device) for _ in range(2)))
     _launch(
-        _hard_stats_kernel, (triton.cdiv(n_x, t.block_m),),
+        _hard_stats_kernel, (triton.cdiv(n_x, t.block_m), t.splits),
         x, y, x.stride(0), y.stride(0), rows.inv, cols.inv, rows.labels, cols.labels, temperature, scales,
-        lse, positive_mean, n_negative, n_positive, ref, log_sum, n_x, y.shape[0], dim,
-        EXCLUDE_SELF=exclude_self, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d,
+        *part, *outputs, n_x, y.shape[0], dim, t.n_per_split,
+        EXCLUDE_SELF=exclude_self, FINAL=final, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d,
         SINGLE_D_CHUNK=t.block_d >= dim, DOT=dot, ACC=acc_tl, PRECISION=precision, num_warps=t.num_warps,
         num_stages=t.num_stages)
-    return lse, positive_mean, n_negative, n_positive, ref, log_sum
+    if not final:
+        block_m = 128
+        _merge_hard_stats_kernel[(triton.cdiv(n_x, block_m),)](*part, scales, *outputs, n_x, t.splits, ACC=acc_tl,
+                                                               BLOCK_M=block_m, num_warps=4)
+    return outputs
 
 
 def _hard_scales(beta: float, anchors: Tensor) -> Tensor:
