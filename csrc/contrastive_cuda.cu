@@ -124,6 +124,12 @@ __device__ __forceinline__ float hard_element_gradient(float s, bool negative, b
   return 0.0f;
 }
 
+// HCL's reference of a set with scale c is the max of its logits for c >= 0, the min for c < 0 (so every exponent
+// c (s - r) is <= 0): the reference of two references a, b (online, and over the splits).
+__device__ __forceinline__ float extreme_along(float c, float a, float b) {
+  return c >= 0.0f ? fmaxf(a, b) : fminf(a, b);
+}
+
 // Online statistics of one row over one split of the candidates: max m, S = sum exp(s - m) over the denominator,
 // the positive gap sum_p (s_p - m) (relative to 0 while m is -inf: the variants' positives are not in the
 // denominator), |P|. S is summed in float64: in float32 every term added to a running S near 1 (the max's
@@ -493,9 +499,7 @@ __global__ void __launch_bounds__(kThreads, 1) contrastive_tile_kernel(const __g
             for (int k = 0; k < kHardSets; ++k) {
               if (fabsf(tile_ref[k]) == INFINITY) continue;  // no finite logit of the set in this tile
               const bool seen = (has_ref[h] >> k) & 1u;
-              const float next = !seen ? tile_ref[k]
-                                 : scale[k] >= 0.0f ? fmaxf(hard_ref[h][k], tile_ref[k])
-                                                    : fminf(hard_ref[h][k], tile_ref[k]);
+              const float next = seen ? extreme_along(scale[k], hard_ref[h][k], tile_ref[k]) : tile_ref[k];
               if (seen) hard_sum[h][k] *= static_cast<double>(exp2f(scale[k] * (hard_ref[h][k] - next) * kLog2e));
               hard_ref[h][k] = next;
               has_ref[h] |= 1u << k;
@@ -748,7 +752,7 @@ __global__ void finish_hard_kernel(const HardPartial* __restrict__ partial, int 
     const HardPartial& q = partial[s * rows_pad + i];
     for (int k = 0; k < kHardSets; ++k)
       if ((q.has_ref >> k) & 1u) {
-        ref[k] = !((seen >> k) & 1u) ? q.ref[k] : scale[k] >= 0.0f ? fmaxf(ref[k], q.ref[k]) : fminf(ref[k], q.ref[k]);
+        ref[k] = ((seen >> k) & 1u) ? extreme_along(scale[k], ref[k], q.ref[k]) : q.ref[k];
         seen |= 1u << k;
       }
     negatives += q.negatives;
@@ -808,7 +812,8 @@ __global__ void hard_row_stats_kernel(const float* __restrict__ grad_lse, const 
     for (int k = 0; k <= kHardSets; ++k) st.hard_coef[k] = w > 0.0f ? a[k] / w : 0.0f;
     st.max = has_negative ? st.hard_ref[0] : st.hard_ref[2];
     st.weight = w;  // 0: the row has no gradient (no nonempty set, or a zero upstream)
-    const double row_sum = static_cast<double>(a[0]) + a[1] + a[2] + (has_positive ? static_cast<double>(grad_mean[i]) : 0.0);
+    const double row_sum =
+        static_cast<double>(a[0]) + a[1] + a[2] + (has_positive ? static_cast<double>(grad_mean[i]) : 0.0);
     bound[i] = w;
     rho_term[i] = w > 0.0f ? static_cast<double>(st.max) * row_sum : 0.0;
   }
@@ -1097,7 +1102,7 @@ struct ContrastiveCuda {
     // sum_ij G_ij s_ij = sum_ij G_ij (s_ij - m_i) (the tiles) + sum_i m_i sum_j G_ij; sum_j G_ij is 0 for the plain
     // op and w_i (1 - w'_i) for the variants (with negatives; without them m_i is 0)
     at::Tensor rest = variant.denominator == kAll
-                          ? at::zeros({}, opts.dtype(at::kDouble))
+                          ? at::Tensor()
                           : at::where(n_positive > 0, live_weight * row_max * (1.0f - variant.positive_weight), zero)
                                 .to(at::kDouble)
                                 .sum();
@@ -1126,8 +1131,8 @@ struct ContrastiveCuda {
   }
 
   // The two recompute passes and the input gradients, from the anchors' RowStats (padded to rows_pad):
-  // weight_max (1,) bounds |w_i G'_ij| (the dV product's scale); rest (float64 scalar) is what the tiles'
-  // sum_ij G_ij (s_ij - RowStats::max_i) leaves out of sum_ij G_ij s_ij (for dL/dt).
+  // weight_max (1,) bounds |w_i G'_ij| (the dV product's scale); rest (float64 scalar; undefined: 0) is what the
+  // tiles' sum_ij G_ij (s_ij - RowStats::max_i) leaves out of sum_ij G_ij s_ij (for dL/dt).
   static InputGrads backward_passes(const Prepared& pr, const at::Tensor& stats, const at::Tensor& weight_max,
                                     const TileMode& mode, const at::Tensor& rest, bool exclude_self, double eps,
                                     const at::Tensor& temperature, cudaStream_t stream) {
@@ -1167,7 +1172,8 @@ struct ContrastiveCuda {
     out.candidates = sum_roles ? at::zeros(pr.candidates.sizes(), pr.candidates.options())
                                : input_grad(pr.candidates, pr.v, eps, grad_v, grid_c.splits, nullptr, 0, 0, stream);
     // dL/dt = -(1/t) sum_ij G_ij s_ij; 1/t NaN for a temperature out of range, as in the kernels.
-    at::Tensor gs_sum = row_gs.narrow(1, 0, pr.u.n_rows).to(at::kDouble).sum() + rest;
+    at::Tensor gs_sum = row_gs.narrow(1, 0, pr.u.n_rows).to(at::kDouble).sum();
+    if (rest.defined()) gs_sum = gs_sum + rest;
     at::Tensor t64 = temperature.reshape({}).to(at::kDouble);
     at::Tensor inv_t = at::where(at::isfinite(t64) & (t64 >= kMinTemperature), t64.reciprocal(),
                                  at::full({}, std::numeric_limits<double>::quiet_NaN(), t64.options()));

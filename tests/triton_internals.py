@@ -136,13 +136,14 @@ def test_gpu_plan_fills_the_device(monkeypatch):
     assert (small.block_m, small.block_n, small.splits) == (32, 32, 1)
 
 
-@pytest.mark.parametrize("beta,exclude_self", [(0.5, False), (-1.7, True)])
+@pytest.mark.parametrize("beta,exclude_self", [(0.5, False), (-0.5, False), (-1.7, True)])
 def test_hard_negative_stats_over_split_columns(beta, exclude_self, generator, monkeypatch):
     """HCL's statistics with the columns split over programs (_hard_stats_kernel per split, merged by
     _merge_hard_stats_kernel): the op's outputs equal the cpu kernel's (float64), the debiased loss and its
     gradients the reference's. The first 16 candidates (one split) all have label 0, so the rows of label 0 have a
-    split with positives only and those of label 1 one with negatives only; row 0 has no positive; beta = -1.7
-    makes both negatives' scales negative (their references are minima)."""
+    split with positives only and those of label 1 one with negatives only; row 0 has no positive; beta = -0.5
+    gives the negatives' sets scales of both signs (one reference is their max, the other their min), beta = -1.7
+    two negative scales."""
     from synthcl_fast.backends.triton_contrastive import _forward_tiles
 
     if BACKENDS["cpu"].unavailable_reason(torch.device("cpu"), torch.float64) is not None:
@@ -170,7 +171,8 @@ def test_hard_negative_stats_over_split_columns(beta, exclude_self, generator, m
     other = None if exclude_self else candidates
     loss = L.contrastive_loss(anchors, other, anchor_labels, None if exclude_self else candidate_labels,
                               backend="triton", **kwargs)
-    anchors64, other64 = anchors.detach().requires_grad_(), None if exclude_self else candidates.detach().requires_grad_()
+    anchors64 = anchors.detach().requires_grad_()
+    other64 = None if exclude_self else candidates.detach().requires_grad_()
     expected = ref.contrastive_loss_variant(anchors64, other64, anchor_labels,
                                             None if exclude_self else candidate_labels, **kwargs)
     assert_close(loss, expected, 1e-10, "split columns: loss")

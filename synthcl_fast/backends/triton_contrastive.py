@@ -400,6 +400,7 @@ def _merge_hard_stats_kernel(PART_REF_ptr, PART_SUM_ptr, PART_POSSUM_ptr, PART_N
         high1 = tl.maximum(high1, tl.where(has_negative, part1, float("-inf")))
         low1 = tl.minimum(low1, tl.where(has_negative, part1, float("inf")))
         high2 = tl.maximum(high2, tl.where(has_positive, part2, float("-inf")))
+    # (r_0 and r_1 merged apart: with c_0 >= 0 > c_1 one is the negatives' max, the other their min)
     ref0 = tl.where(c0 >= 0, high0, low0)
     ref1 = tl.where(c1 >= 0, high1, low1)
     ref0 = tl.where(tl.abs(ref0) == float("inf"), 0.0, ref0)
