@@ -8,6 +8,8 @@ os.environ.setdefault("SYNTHCL_FAST_POISON_OUTPUTS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
 from synthcl_fast.backends import BACKENDS  # noqa: E402
 
 
@@ -30,6 +32,48 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 
 def assert_close(actual, expected, tol, what="", floor=0.0):
     err = relative_error(actual, expected, floor)
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
+
+
+class FailOnHostSync(TorchDispatchMode):
+    """Fails on any read of a tensor's value by the host (.item(), int(), float(), bool() of a tensor all go
+    through aten._local_scalar_dense), and on a copy of a device tensor to the CPU.
+
+    `device_values` stands in for a GPU on a CPU-only machine: those tensors, and every tensor an op computes
+    from them, count as device memory, and only reading those fails; a tensor made by the host alone (kornia's
+    random parameters, which it samples on the CPU also when training on a GPU) may be read. Blind spots of that
+    stand-in: .tolist() and .numpy() of a CPU tensor do not reach the dispatcher."""
+
+    def __init__(self, device_values=()):
+        super().__init__()
+        self._simulated = bool(device_values)
+        self._device_ids, self._alive = set(), []  # ids of the simulated device's tensors, kept alive (no id reuse)
+        for tensor in device_values:
+            self._mark(tensor)
+
+    def _mark(self, tensor):
+        self._device_ids.add(id(tensor))
+        self._alive.append(tensor)
+
+    def _on_device(self, tensor) -> bool:
+        return tensor.device.type != "cpu" or (self._simulated and id(tensor) in self._device_ids)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        from_device = any(self._on_device(t) for t in inputs)
+        if func is torch.ops.aten._local_scalar_dense.default and (from_device or not self._simulated):
+            raise AssertionError(f"host synchronization: {func} on {args[0].device}")
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            source = args[1] if func is torch.ops.aten.copy_.default else args[0]
+            target = args[0].device if func is torch.ops.aten.copy_.default else kwargs.get("device")
+            if source.device.type != "cpu" and target is not None and torch.device(target).type == "cpu":
+                raise AssertionError(f"host synchronization: {func} to the CPU")
+        out = func(*args, **kwargs)
+        if self._simulated and from_device:
+            for tensor in torch.utils._pytree.tree_leaves(out):
+                if isinstance(tensor, torch.Tensor):
+                    self._mark(tensor)
+        return out
 
 
 def representation_floor(dtype, tol, upstream):

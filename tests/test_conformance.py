@@ -29,12 +29,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import synthcl_fast.losses as L
 from synthcl_fast import reference as ref
-from conftest import (SEED, assert_close, cancellation_floor, conformance_lanes, labels_with_positives, lane_param,
-                      min_row_norm, relative_error, representation_floor, total_upstream_weight)
+from conftest import (SEED, FailOnHostSync, assert_close, cancellation_floor, conformance_lanes, labels_with_positives,
+                      lane_param, min_row_norm, relative_error, representation_floor, total_upstream_weight)
 
 LANES = conformance_lanes()
 FUSED = [lane for lane in LANES if lane.fused]
@@ -1164,22 +1163,6 @@ def test_variant_torch_compile_fullgraph(lane, rng):
 
 
 # ------------------------------------------------------------------------------------- no host synchronization
-
-class FailOnHostSync(TorchDispatchMode):
-    """Fails on any read of a tensor's value by the host (.item(), int(), float(), bool() of a tensor all go
-    through aten._local_scalar_dense), and on a copy of a device tensor to the CPU."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
-            raise AssertionError(f"host synchronization: {func} on {args[0].device}")
-        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
-            source = args[1] if func is torch.ops.aten.copy_.default else args[0]
-            target = args[0].device if func is torch.ops.aten.copy_.default else kwargs.get("device")
-            if source.device.type != "cpu" and target is not None and torch.device(target).type == "cpu":
-                raise AssertionError(f"host synchronization: {func} to the CPU")
-        return func(*args, **kwargs)
-
 
 def _every_op(lane, rng):
     dtype = lane.exact_dtype

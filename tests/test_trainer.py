@@ -23,8 +23,10 @@ from synthcl_fast.trainer import (METHODS, CheckpointError, ConfigError, NonFini
                                   Trainer, load_checkpoint, train)
 from synthcl_fast.trainer import loop  # noqa: E402
 from synthcl_fast.trainer.checkpoint import list_checkpoints  # noqa: E402
+from synthcl_fast.trainer.augment import augment_views, make_augmentation  # noqa: E402
 from synthcl_fast.trainer.cli import main  # noqa: E402
 from synthcl_fast.trainer.data import load_data  # noqa: E402
+from conftest import FailOnHostSync  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -133,6 +135,84 @@ def test_joint_step_sends_each_gradient_to_its_player(tmp_path):
         assert_same_modules({"d": base["discriminator"]}, {"d": other["discriminator"]})
         assert any(not torch.equal(base["generator"][k], other["generator"][k]) for k in base["generator"])
     assert all(g.abs().sum() > 0 for g in base["model"].values() if g.dim() > 1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_view_of_a_step_in_one_call_with_the_pair_sharing_parameters(channels):
+    """The partner's view k takes the synthetic image's view-k parameters; every other view is drawn on its own."""
+    augment = make_augmentation(channels, 8)
+    real, fake = torch.rand(6, channels, 8, 8), torch.rand(3, channels, 8, 8)
+    real_views, synthetic_views = augment_views(augment, real, fake, fake.clone())
+    assert real_views.shape == (2, 6, channels, 8, 8) and synthetic_views.shape == (4, 3, channels, 8, 8)
+    assert torch.equal(synthetic_views[0], synthetic_views[2]) and torch.equal(synthetic_views[1], synthetic_views[3])
+    assert not torch.allclose(synthetic_views[0], synthetic_views[1])
+    assert not torch.allclose(real_views[0], real_views[1])
+    # with a different partner the shared parameters show as the same crop of each: equal where the images are
+    half = fake.clone()
+    half[:, :, :, 4:] = 0.5
+    _, paired = augment_views(augment, real, fake, half)
+    assert not torch.equal(paired[0], paired[2])
+    # no partner (the ablation): four independent views
+    _, four = augment_views(augment, real, fake)
+    assert four.shape == (4, 3, channels, 8, 8)
+    assert all(not torch.allclose(four[i], four[j]) for i in range(4) for j in range(i + 1, 4))
+    # gradients reach the synthetic images through every view
+    fake.requires_grad_(True)
+    _, views = augment_views(augment, real, fake, fake.detach())
+    views[:2].sum().backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method, phase", [("simclr", "simclr"), ("synthcl", "gan-warmup"), ("synthcl", "joint"),
+                                           ("synthcl-no-hard-pairs", "joint")])
+def test_a_training_step_reads_nothing_on_the_host(tmp_path, method, phase):
+    """The same dispatch check as the ops' (tests/conftest.py FailOnHostSync): no .item(), float(), bool() of a
+    tensor, no copy to the CPU, in any phase of a step; on a GPU nothing in the step waits for the device."""
+    trainer = Trainer.new(tiny(method), tmp_path, progress=False)
+    trainer.epoch = 0 if phase != "joint" else trainer.warmup_epochs
+    assert trainer.phase(trainer.epoch) == phase
+    real = trainer.data.train_images[:16]
+    trainer.train_step(real)  # first-use work (the guard's name table) happens once, outside the check
+    before = copy.deepcopy(trainer.model.state_dict())
+    # what lives on the GPU in a GPU run: weights, optimizer states, the batch, the guard, the metric sums
+    on_device = [real, *trainer.device_sums.values(), *vars(trainer.guard).values(), *trainer.guard._name_index.values()]
+    on_device += [t for module in trainer.modules.values() for t in module.state_dict(keep_vars=True).values()]
+    on_device += [t for opt in trainer.optimizers.values() for state in opt.state.values() for t in state.values()]
+    with FailOnHostSync([t for t in on_device if isinstance(t, torch.Tensor)]):
+        trainer.train_step(real)
+        trainer.train_step(real)
+    assert trainer.guard.first_nonfinite() is None
+    if phase != "gan-warmup":
+        assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_a_nonfinite_loss_freezes_every_weight_on_the_device(tmp_path, monkeypatch):
+    """From the first non-finite loss on, no optimizer and no moving average changes a weight, before the host
+    has looked: the steps between the host's reads (on a GPU) cannot spoil what was trained."""
+    trainer = Trainer.new(tiny(), tmp_path, progress=False)
+    real = trainer.data.train_images[:16]
+    for _ in range(2):
+        trainer.train_step(real)
+    trainer.epoch = trainer.warmup_epochs  # the joint phase
+    trainer.train_step(real)
+    trainer.global_step = 7
+    real_ppcl = loop.losses.ppcl
+    monkeypatch.setattr(loop.losses, "ppcl", lambda *a, **k: real_ppcl(*a, **k) * float("nan"))
+    def weights(name):  # parameters (batch-norm running statistics are no weights: every forward moves them)
+        return {k: p.detach().clone() for k, p in trainer.modules[name].named_parameters()}
+
+    frozen = {name: weights(name) for name in ("model", "generator", "generator_ema")}
+    discriminator = weights("discriminator")
+    trainer.train_step(real)  # step 8: D still learns (its loss is finite), then everything stops
+    monkeypatch.setattr(loop.losses, "ppcl", real_ppcl)
+    after_d_step = weights("discriminator")
+    assert any(not torch.equal(discriminator[k], v) for k, v in after_d_step.items())
+    trainer.global_step = 8
+    trainer.train_step(real)  # finite again, but the guard has tripped: nothing moves
+    assert_same_modules(frozen, {name: weights(name) for name in frozen})
+    assert_same_modules({"discriminator": after_d_step}, {"discriminator": weights("discriminator")})
+    step, name, value = trainer.guard.first_nonfinite()
+    assert (step, name) == (8, "loss_contrastive") and np.isnan(value)
 
 
 # --- resuming -----------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ HELP = {
     "checkpoint_every": "also checkpoint every N steps within an epoch (0: at epoch ends only)",
     "keep_checkpoints": "how many recent checkpoints to keep",
     "device": "auto, cpu, cuda or cuda:N",
+    "precision": "the networks' forward: bf16 (autocast) or fp32; auto: bf16 on CUDA, fp32 on the CPU",
 }
 
 

@@ -78,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 0               # steps between mid-epoch checkpoints; 0: at the end of epochs only
     keep_checkpoints: int = 2
     device: str = "auto"
+    precision: str = "auto"                 # the networks' forward: bf16 autocast or fp32; auto: bf16 on CUDA only
 
     def __post_init__(self):
         self.validate()
@@ -94,6 +95,13 @@ class TrainConfig:
     @property
     def resolved_image_size(self) -> int:
         return self.image_size or DEFAULT_IMAGE_SIZE[self.dataset]
+
+    def resolved_precision(self, device_type: str) -> str:
+        """bf16 autocast where it is fast (CUDA tensor cores); fp32 on the CPU, whose convolutions it would slow
+        down on most processors."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if device_type == "cuda" else "fp32"
 
     @property
     def resolved_lambda_hard(self) -> float:
@@ -138,6 +146,7 @@ class TrainConfig:
         choice("dataset", DATASETS)
         choice("pair_schedule", ("linear", "cosine"))
         choice("pair_mode", ("two_sided", "floor"))
+        choice("precision", ("auto", "fp32", "bf16"))
         if self.dataset != "digits" and not self.data_path:
             fail("data_path", f"is required for --dataset {self.dataset} (nothing is downloaded)")
         if self.dataset == "digits" and self.data_path:

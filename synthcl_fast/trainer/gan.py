@@ -60,7 +60,8 @@ def generator_adversarial_loss(fake_scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+def update_ema(ema: nn.Module, model: nn.Module, weight: float | torch.Tensor) -> None:
+    """ema <- ema + weight * (model - ema), parameter by parameter: weight = 1 - decay (a float, or a 0-d tensor
+    on the parameters' device, which the host need not read)."""
     for ema_param, param in zip(ema.parameters(), model.parameters()):
-        ema_param.lerp_(param, 1.0 - decay)
+        ema_param.lerp_(param, weight)

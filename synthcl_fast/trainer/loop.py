@@ -5,7 +5,8 @@ One step of `synthcl` after the GAN warm-up (N real images, M latent codes z):
     1. D learns real vs G(z):                    L_D = hinge(D(x[:M]), D(G(z)))
     2. one forward of the main model f over      2 views of each real image, and
                                                  4 views of each synthetic pair [G(z) v1, G(z) v2, G_ema(z) v1, G_ema(z) v2]
-       (G_ema(z) view k is augmented with the same random parameters as G(z) view k)
+       (G_ema(z) view k is augmented with the same random parameters as G(z) view k; every view of the
+       step comes from one kornia call)
     3. main model:   minimize L_PPCL = ppcl(real views, synthetic views)
        generator:    minimize L_G = adv(D(G(z))) - lambda * L_PPCL + mu * positive_pair(f(G(z)), f(G_ema(z)).detach(), s*(t))
        Both gradients come from the same forward (simultaneous min-max): L_PPCL is back-propagated into
@@ -19,6 +20,12 @@ method gives the main model the same number of updates, on the same real batches
 Epochs are numbered from 1 for the main model's epochs; the GAN warm-up epochs are numbered 1 - W .. 0.
 
 Every loss goes through synthcl_fast.losses with backend="auto" (the fastest kernels for the device).
+
+Nothing inside a step waits for the device: the losses are checked for NaN/Inf on the device (guard.py: a
+non-finite loss makes every later optimizer step a no-op there), the per-step metrics are summed there, and the
+host reads them between steps (after every step on the CPU, where reading costs nothing; every
+HOST_READ_EVERY steps on a GPU). On CUDA the networks run under bf16 autocast (`--precision`), in channels-last
+memory, and batches come from pinned host memory with non-blocking copies.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import losses
-from .augment import make_augmentation, paired_views, two_views
+from .augment import augment_views, make_augmentation
 from .checkpoint import (atomic_write_bytes, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import ConfigError, TrainConfig
@@ -48,6 +55,7 @@ from .data import load_data
 from .distributed import DistContext, init_distributed
 from .evaluate import evaluate
 from .gan import Discriminator, Generator, discriminator_loss, generator_adversarial_loss, update_ema
+from .guard import NonFiniteGuard
 from .models import ContrastiveModel
 from .plots import plot_curves, plot_sample_pairs
 
@@ -66,6 +74,8 @@ QUALITY_KEYS = ("sample_confidence", "sample_classes", "real_confidence")
 CSV_COLUMNS = (("epoch", "step", "phase") + METRIC_KEYS + DEVICE_METRIC_KEYS + QUALITY_KEYS
                + ("probe_acc", "knn_acc", "seconds"))
 N_QUALITY_SAMPLES = 256
+# steps between the host's reads of the device (non-finite check, progress bar) on a GPU
+HOST_READ_EVERY = 25
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -126,8 +136,7 @@ class Trainer:
             seed_everything(config.seed + 1_000_003 * self.dist.rank)
         # training position (self.epoch counts the loop's epochs from 0) and records; restored on resume
         self.epoch, self.batch, self.global_step = 0, 0, 0
-        self.sums: dict[str, float] = {}
-        self.device_sums: dict[str, torch.Tensor] = {}  # DEVICE_METRIC_KEYS, summed over this epoch's steps
+        self.device_sums: dict[str, torch.Tensor] = {}  # METRIC_KEYS and DEVICE_METRIC_KEYS over this epoch's steps
         self.count = 0
         self._quality_probe = None  # (classifier, its confidence on real test images, fixed z), built on first use
         self.history: list[dict] = []
@@ -138,15 +147,23 @@ class Trainer:
         cfg, channels, size = self.config, self.data.channels, self.config.resolved_image_size
         seed_everything(cfg.seed)
         self.model = ContrastiveModel(channels, cfg.width, cfg.projection_dim).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused Adam: one kernel per step, and it reads the guard's flag on the device (found_inf)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          fused=True)
         self.augment = make_augmentation(channels, size)
+        self.guard = NonFiniteGuard(self.device)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=cfg.resolved_precision(self.device.type) == "bf16")
         self.modules = {"model": self.model}
         self.optimizers = {"model": self.optimizer}
         if cfg.uses_generator:
             self.generator = Generator(cfg.latent_dim, channels, size, cfg.gan_width).to(self.device)
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.discriminator = Discriminator(channels, size, cfg.gan_width).to(self.device)
-            gan_adam = dict(lr=cfg.lr_gan, betas=(0.0, 0.9))  # SN-GAN's Adam settings
+            if self.device.type == "cuda":  # the encoder is channels-last everywhere (models.py)
+                for module in (self.generator, self.generator_ema, self.discriminator):
+                    module.to(memory_format=torch.channels_last)
+            gan_adam = dict(lr=cfg.lr_gan, betas=(0.0, 0.9), fused=True)  # SN-GAN's Adam settings
             self.g_optimizer = torch.optim.Adam(self.generator.parameters(), **gan_adam)
             self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), **gan_adam)
             self.modules.update(generator=self.generator, generator_ema=self.generator_ema,
@@ -158,6 +175,7 @@ class Trainer:
             # fixed latent codes for the G(z) | G_ema(z) picture (their own generator: no effect on training)
             self.sample_z = torch.randn(N_SAMPLE_PAIRS, cfg.latent_dim,
                                         generator=torch.Generator().manual_seed(cfg.seed + 12345)).to(self.device)
+        self.guard.attach(*self.optimizers.values())
         for module in self.modules.values():
             self.dist.broadcast_parameters(module)
 
@@ -206,8 +224,7 @@ class Trainer:
                                f"{fingerprints}); data-parallel training is broken")
         return {
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "world_size": self.dist.world_size,
-            "epoch": self.epoch, "batch": self.batch, "global_step": self.global_step,
-            "sums": dict(self.sums), "count": self.count,
+            "epoch": self.epoch, "batch": self.batch, "global_step": self.global_step, "count": self.count,
             "device_sums": {k: v.double().cpu() for k, v in self.device_sums.items()}, "history": list(self.history),
             "snapshots": dict(self.snapshots),
             "modules": {name: module.state_dict() for name, module in self.modules.items()},
@@ -227,12 +244,16 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.epoch, self.batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
-        self.sums, self.count = dict(state["sums"]), state["count"]
+        self.count = state["count"]
         self.device_sums = {k: v.to(self.device) for k, v in state.get("device_sums", {}).items()}
+        # checkpoints written before the per-step metrics were summed on the device kept them as floats
+        self.device_sums |= {k: torch.tensor(v, dtype=torch.float64, device=self.device)
+                             for k, v in state.get("sums", {}).items()}
         self.history, self.snapshots = list(state["history"]), dict(state["snapshots"])
         set_rng_state(state["rng"][self.dist.rank])
 
     def save_checkpoint(self) -> None:
+        self._raise_if_nonfinite()
         self._check_weights_finite()
         state = self.state()
         if self.dist.is_main:
@@ -248,18 +269,25 @@ class Trainer:
             return "simclr"
         return "gan-warmup" if epoch < self.warmup_epochs else "joint"
 
-    def _check_finite(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The losses as floats, averaged over processes; NonFiniteLossError if any is NaN or Inf."""
+    def _track(self, **values: torch.Tensor) -> None:
+        """This step's losses, averaged over processes: checked for NaN/Inf on the device (NonFiniteGuard) and
+        summed into the epoch's metrics, without a host read."""
         names = list(values)
-        averaged = self.dist.mean(torch.stack([values[n].detach().float() for n in names])).tolist()
-        for name, value in zip(names, averaged):
-            if not np.isfinite(value):
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {self.global_step + 1} (epoch {self.epoch_number(self.epoch)}, "
-                    f"batch {self.batch + 1}): "
-                    f"{name} = {value}. Training stopped before any non-finite value reached the weights; the last "
-                    f"checkpoint in {self.run_dir / 'checkpoints'} holds the state before this step.")
-        return dict(zip(names, averaged))
+        averaged = self.dist.mean(torch.stack([values[n].detach().float().reshape(()) for n in names]))
+        self.guard.check(self.global_step + 1, dict(zip(names, averaged.unbind())))
+        self._accumulate_on_device(**dict(zip(names, averaged.unbind())))
+
+    def _raise_if_nonfinite(self) -> None:
+        """NonFiniteLossError naming the first step whose loss was NaN or Inf (a host read of the guard)."""
+        found = self.guard.first_nonfinite()
+        if found is None:
+            return
+        step, name, value = found
+        epoch, batch = divmod(step - 1, self.steps_per_epoch)
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (epoch {self.epoch_number(epoch)}, batch {batch + 1}): "
+            f"{name} = {value}. Training stopped before any non-finite value reached the weights; the last "
+            f"checkpoint in {self.run_dir / 'checkpoints'} holds the state before this step.")
 
     def _check_weights_finite(self) -> None:
         for name, module in self.modules.items():
@@ -276,49 +304,51 @@ class Trainer:
         loss.backward(inputs=params, retain_graph=retain_graph)
         self.dist.average_gradients(params)
 
-    def _embed_real(self, real: torch.Tensor) -> torch.Tensor:
-        views = two_views(self.augment, real)
-        return self.model(views.flatten(0, 1)).view(2, real.shape[0], -1)
-
-    def train_step(self, real: torch.Tensor) -> dict[str, float]:
+    def train_step(self, real: torch.Tensor) -> None:
+        """One step on the batch `real` (N, C, S, S) of this process. Reads nothing on the host."""
         phase = self.phase(self.epoch)
         if phase == "simclr":
-            real_emb = self._embed_real(real)
-            loss = losses.nt_xent(real_emb[0], real_emb[1], temperature=self.config.temperature)
-            stats = self._check_finite({"loss_contrastive": loss})
+            with self.autocast:
+                real_views, _ = augment_views(self.augment, real)
+                real_emb = self.model(real_views.flatten(0, 1)).unflatten(0, (2, real.shape[0]))
+                loss = losses.nt_xent(real_emb[0], real_emb[1], temperature=self.config.temperature)
+            self._track(loss_contrastive=loss)
             self._backward(loss, self.model)
             self.optimizer.step()
-            return stats
+            return
         cfg = self.config
         z = torch.randn(cfg.synthetic_batch_size, cfg.latent_dim, device=self.device)
-        fake = self.generator(z)  # one forward for both players: the D step does not change G
-        # 1. the discriminator: M real images vs the M samples G(z)
-        loss_d = discriminator_loss(self.discriminator(real[:z.shape[0]]), self.discriminator(fake.detach()))
-        stats = self._check_finite({"loss_d": loss_d})
+        n_real, n_fake = real.shape[0], z.shape[0]
+        with self.autocast:
+            fake = self.generator(z)  # one forward for both players: the D step does not change G
+            # 1. the discriminator: M real images vs the M samples G(z), in one forward (D has no batch statistics)
+            scores = self.discriminator(torch.cat([real[:n_fake], fake.detach()]))
+            loss_d = discriminator_loss(scores[:n_fake], scores[n_fake:])
+        self._track(loss_d=loss_d)
         self._backward(loss_d, self.discriminator)
         self.d_optimizer.step()
-        loss_g_adv = generator_adversarial_loss(self.discriminator(fake))
+        with self.autocast:
+            loss_g_adv = generator_adversarial_loss(self.discriminator(fake))
         if phase == "gan-warmup":  # the GAN alone
-            stats.update(self._check_finite({"loss_g_adv": loss_g_adv}))
+            self._track(loss_g_adv=loss_g_adv)
             self._backward(loss_g_adv, self.generator)
             self.g_optimizer.step()
-            update_ema(self.generator_ema, self.generator, cfg.ema_decay)
-            return stats
+            self._update_ema()
+            return
         # 2. one forward of the main model over real and synthetic views
-        if cfg.hard_pairs:
-            with torch.no_grad():
-                partner = self.generator_ema(z)
-            synthetic_views = paired_views(self.augment, fake, partner)
-        else:  # ablation: 4 independent views of G(z) (same batch size, no G_ema partner)
-            synthetic_views = torch.stack([self.augment(fake) for _ in range(4)])
-        real_views = two_views(self.augment, real)
-        n_real, n_fake = real.shape[0], z.shape[0]
-        emb = self.model(torch.cat([real_views.flatten(0, 1), synthetic_views.flatten(0, 1)]))
-        real_emb, synthetic_emb = emb[:2 * n_real].view(2, n_real, -1), emb[2 * n_real:].view(4, n_fake, -1)
-        # per-row losses (rows in ppcl_labels' order: 2N real views, then 4M synthetic views), whose mean is
-        # ppcl's reduction="mean" (every row has a positive); the two group means are the hardness record
-        row_loss = losses.ppcl(real_emb, synthetic_emb, temperature=cfg.temperature, reduction="none")
-        loss = row_loss.mean()
+        with self.autocast:
+            if cfg.hard_pairs:
+                with torch.no_grad():
+                    partner = self.generator_ema(z)
+                real_views, synthetic_views = augment_views(self.augment, real, fake, partner)
+            else:  # ablation: 4 independent views of G(z) (same batch size, no G_ema partner)
+                real_views, synthetic_views = augment_views(self.augment, real, fake)
+            emb = self.model(torch.cat([real_views.flatten(0, 1), synthetic_views.flatten(0, 1)]))
+            real_emb, synthetic_emb = emb[:2 * n_real].unflatten(0, (2, n_real)), emb[2 * n_real:].unflatten(0, (4, n_fake))
+            # per-row losses (rows in ppcl_labels' order: 2N real views, then 4M synthetic views), whose mean is
+            # ppcl's reduction="mean" (every row has a positive); the two group means are the hardness record
+            row_loss = losses.ppcl(real_emb, synthetic_emb, temperature=cfg.temperature, reduction="none")
+            loss = row_loss.mean()
         with torch.no_grad():
             self._accumulate_on_device(loss_real_rows=row_loss[:2 * n_real].mean(),
                                        loss_synthetic_rows=row_loss[2 * n_real:].mean())
@@ -330,16 +360,19 @@ class Trainer:
             a, b = synthetic_emb[:2].flatten(0, 1), synthetic_emb[2:].flatten(0, 1).detach()
             loss_pair = losses.positive_pair_loss(a, b, target, mode=cfg.pair_mode)
             loss_g = loss_g + cfg.resolved_mu_pair * loss_pair
-            tracked.update(loss_pair=loss_pair, pair_cosine=F.cosine_similarity(a.detach(), b, dim=1).mean(),
-                           pair_target=torch.tensor(target))
-        stats.update(self._check_finite(tracked))
+            tracked.update(loss_pair=loss_pair, pair_cosine=F.cosine_similarity(a.detach().float(), b.float(), dim=1).mean(),
+                           pair_target=torch.full((), target, device=self.device))
+        self._track(**tracked)
         self._backward(loss, self.model, retain_graph=True)  # both gradients before either update:
         self._backward(loss_g, self.generator)                # loss_g's graph runs through the main model
         self.optimizer.step()
         self.g_optimizer.step()
         # 4. the moving-average generator
-        update_ema(self.generator_ema, self.generator, cfg.ema_decay)
-        return stats
+        self._update_ema()
+
+    def _update_ema(self) -> None:
+        """G_ema <- EMA of G; no move once the guard has tripped (G then no longer changes either)."""
+        update_ema(self.generator_ema, self.generator, (1.0 - self.config.ema_decay) * (1 - self.guard.tripped))
 
     def _accumulate_on_device(self, **values: torch.Tensor) -> None:
         for key, value in values.items():
@@ -347,12 +380,25 @@ class Trainer:
             self.device_sums[key] = self.device_sums[key] + value if key in self.device_sums else value
 
     def _device_means(self) -> dict[str, float | None]:
-        """This epoch's means of DEVICE_METRIC_KEYS, averaged over processes: one host sync per epoch."""
+        """This epoch's means of METRIC_KEYS and DEVICE_METRIC_KEYS (None: not recorded by this method), averaged
+        over processes: one host read. Called by every process (a collective)."""
+        means = {key: None for key in METRIC_KEYS + DEVICE_METRIC_KEYS}
         if not self.device_sums or not self.count:
-            return {key: None for key in DEVICE_METRIC_KEYS}
-        names = list(self.device_sums)
-        means = self.dist.mean(torch.stack([self.device_sums[n] for n in names]).float()).double() / self.count
-        return {key: None for key in DEVICE_METRIC_KEYS} | dict(zip(names, means.tolist()))
+            return means
+        sums = dict(self.device_sums)
+        per_process = [k for k in sums if k in DEVICE_METRIC_KEYS]  # _track averaged the others every step
+        if per_process:
+            averaged = self.dist.mean(torch.stack([sums[k] for k in per_process]).float()).double()
+            sums.update(zip(per_process, averaged.unbind()))
+        return means | dict(zip(sums, (torch.stack(list(sums.values())) / self.count).tolist()))
+
+    def _load_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """The training images at `indices`, on the device: on CUDA gathered into pinned host memory (torch's caching
+        host allocator keeps the block until the copy is done) and copied without blocking the host."""
+        images = self.data.train_images[indices]
+        if self.device.type == "cuda":
+            return images.pin_memory().to(self.device, non_blocking=True)
+        return images.to(self.device)
 
     def _sample_quality(self) -> dict[str, float | None]:
         """QUALITY_KEYS for the current G: a logistic regression on the pixels of the labeled train split
@@ -394,7 +440,6 @@ class Trainer:
 
     def fit(self) -> RunResult:
         cfg, start = self.config, time.perf_counter()
-        train_images = self.data.train_images
         while self.epoch < self.n_epochs:
             epoch_start = time.perf_counter()
             batches = self._epoch_batches(self.epoch)
@@ -404,16 +449,19 @@ class Trainer:
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch, leave=False, dynamic_ncols=True,
                        desc=f"{cfg.method} seed {cfg.seed} {where}", disable=not (self.progress and self.dist.is_main))
             while self.batch < self.steps_per_epoch:
-                real = train_images[batches[self.batch]].to(self.device)
-                stats = self.train_step(real)
+                self.train_step(self._load_batch(batches[self.batch]))
                 self.dist.average_buffers(self.model)
-                for key, value in stats.items():
-                    self.sums[key] = self.sums.get(key, 0.0) + value
                 self.count += 1
                 self.batch += 1
                 self.global_step += 1
                 bar.update(1)
-                bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in stats.items()}, refresh=False)
+                if self.device.type == "cpu" or self.global_step % HOST_READ_EVERY == 0:
+                    self._raise_if_nonfinite()
+                    if not bar.disable:  # the losses' running means (already averaged over processes)
+                        shown = [k for k in METRIC_KEYS if k in self.device_sums]
+                        values = (torch.stack([self.device_sums[k] for k in shown]) / self.count).tolist()
+                        bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in zip(shown, values)},
+                                        refresh=False)
                 if (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
                         and self.batch < self.steps_per_epoch):
                     self.save_checkpoint()
@@ -431,8 +479,8 @@ class Trainer:
     def _end_epoch(self, seconds: float) -> None:
         cfg, number = self.config, self.epoch_number(self.epoch)
         last = number == cfg.epochs
+        self._raise_if_nonfinite()
         row = {"epoch": number, "step": self.global_step, "phase": self.phase(self.epoch)}
-        row.update({key: self.sums[key] / self.count if key in self.sums else None for key in METRIC_KEYS})
         row.update(self._device_means())
         if self.dist.is_main:
             row.update(self._sample_quality())
@@ -448,8 +496,7 @@ class Trainer:
                 pairs = torch.stack([self.generator(self.sample_z), self.generator_ema(self.sample_z)], dim=1)
             self.snapshots[number] = (pairs * 255).round().to(torch.uint8).cpu()
         self.history.append(row)
-        self.epoch, self.batch, self.sums, self.count = self.epoch + 1, 0, {}, 0
-        self.device_sums = {}
+        self.epoch, self.batch, self.count, self.device_sums = self.epoch + 1, 0, 0, {}
         self.save_checkpoint()
         if self.dist.is_main:
             self._write_metrics()
