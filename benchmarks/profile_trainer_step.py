@@ -3,10 +3,11 @@ steps and the rest, forward and backward, for the trainer's joint synthcl step (
 
     python benchmarks/profile_trainer_step.py                         # default config (digits), the CPU
     python benchmarks/profile_trainer_step.py --method simclr --threads 1 --out benchmarks/results/trainer_step_profile.md
+    python benchmarks/profile_trainer_step.py --device cuda --steps 50           # on a GPU (bf16 autocast)
 
 How: the Trainer of synthcl_fast/trainer/loop.py is built as `synthcl-train` builds it (its defaults, the GAN
 warm-up skipped: weights do not change the work) and its unchanged `train_step` runs on real batches. First
-plain steps give the step's wall time; then steps under torch.profiler, with each stage's forward marked by a
+plain steps give the step's wall time (on a GPU, the device synchronized before and after the timed steps); then steps under torch.profiler, with each stage's forward marked by a
 record_function range from outside the trainer (forward hooks on its modules, wrappers around the loss
 functions and optimizer steps it calls). Backward work is given to the stage whose forward op created the
 autograd node (the profiler's sequence numbers link them). What no stage claims is "other" (concatenation of
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -126,24 +128,35 @@ def attribute(events) -> dict[tuple[str, str], float]:
 
 
 def profile_steps(trainer, batches, n_plain: int, n_profiled: int) -> tuple[list[float], dict, float]:
-    images = trainer.data.train_images
+    cuda = trainer.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for row in batches[:3]:  # warm-up: allocator, kernels, kornia's caches
-        trainer.train_step(images[row])
+        trainer.train_step(trainer._load_batch(row))
+    sync()
     plain = []
-    for row in batches[3:3 + n_plain]:
+    if cuda:  # the steps run ahead of the host (none reads the device): time them together, per step on average
         start = time.perf_counter()
-        trainer.train_step(images[row])
-        plain.append(time.perf_counter() - start)
+        for row in batches[3:3 + n_plain]:
+            trainer.train_step(trainer._load_batch(row))
+        sync()
+        plain = [(time.perf_counter() - start) / n_plain] * n_plain
+    else:
+        for row in batches[3:3 + n_plain]:
+            start = time.perf_counter()
+            trainer.train_step(trainer._load_batch(row))
+            plain.append(time.perf_counter() - start)
     profiled_rows = batches[3 + n_plain:3 + n_plain + n_profiled]
-    with marked_stages(trainer), profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with marked_stages(trainer), profile(activities=activities) as prof:
         start = time.perf_counter()
         for row in profiled_rows:
-            trainer.train_step(images[row])
+            trainer.train_step(trainer._load_batch(row))
+        sync()
         profiled_s = time.perf_counter() - start
     return plain, attribute(prof.events()), profiled_s / len(profiled_rows)
 
 
-def render(config, env, plain, times, profiled_step_s, n_profiled, command) -> str:
+def render(config, device, env, plain, times, profiled_step_s, n_profiled, command) -> str:
     step_us = profiled_step_s * 1e6
     per_step = {key: value / n_profiled for key, value in times.items()}
     attributed = sum(v for (stage, _), v in per_step.items() if stage != "other")
@@ -154,7 +167,8 @@ def render(config, env, plain, times, profiled_step_s, n_profiled, command) -> s
         f"`{command}`",
         "",
         f"Measured {env['date_utc']} on {env['cpu']} ({env['cpu_count']} logical cores, {env['torch_threads']} "
-        f"torch threads), torch {env['torch']}, commit {env['commit']}. Config: dataset {config.dataset} "
+        f"torch threads), torch {env['torch']}, commit {env['commit']}, device {device}, precision "
+        f"{config.resolved_precision(device.type)}. Config: dataset {config.dataset} "
         f"({config.resolved_image_size}x{config.resolved_image_size}), batch {config.batch_size} real images"
         + (f" + {config.synthetic_batch_size} synthetic pairs" if config.uses_generator else "")
         + f", encoder width {config.width}, projection {config.projection_dim}.",
@@ -192,13 +206,19 @@ def main(argv=None) -> str:
     parser.add_argument("--steps", type=int, default=10, help="plain steps timed (after 3 warm-up steps)")
     parser.add_argument("--profiled-steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=None, help="real images per step (default: the config's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--dataset", default=None, help="the config's --dataset (default: the config's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the step times (ms) as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"method": args.method, "device": "cpu", "warmup_epochs": 1}
+    overrides = {"method": args.method, "device": args.device, "precision": args.precision, "warmup_epochs": 1}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
+    if args.dataset:
+        overrides["dataset"] = args.dataset
     config = TrainConfig(**overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = loop.Trainer(config, Path(run_dir), progress=False)
@@ -207,9 +227,13 @@ def main(argv=None) -> str:
         batches = torch.cat([trainer._epoch_batches(trainer.epoch)] * (1 + n_steps // trainer.steps_per_epoch))
         plain, times, profiled_step_s = profile_steps(trainer, batches, args.steps, args.profiled_steps)
     command = "python benchmarks/profile_trainer_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = render(config, environment(), plain, times, profiled_step_s, args.profiled_steps, command.strip())
+    text = render(config, trainer.device, environment(), plain, times, profiled_step_s, args.profiled_steps,
+                  command.strip())
     if args.out:
         args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps({"step_ms": [t * 1e3 for t in plain], "median_ms": statistics.median(plain) * 1e3,
+                                         "profiled_step_ms": profiled_step_s * 1e3, "config": config.to_dict()}))
     print(text)
     return text
 

@@ -215,6 +215,30 @@ def test_a_nonfinite_loss_freezes_every_weight_on_the_device(tmp_path, monkeypat
     assert (step, name) == (8, "loss_contrastive") and np.isnan(value)
 
 
+def test_step_budgets_are_the_same_for_every_fraction_and_d_sees_augmented_images(tmp_path):
+    """--epoch-steps: every --train-fraction gets the same steps (passes over the smaller subset repeat, in a
+    seeded order); --d-augment: D's inputs go through DiffAugment and G still gets D's gradient through it."""
+    runs = {}
+    for fraction in (0.1, 0.25):
+        config = tiny(train_fraction=fraction, epoch_steps=12, d_augment=True)
+        trainer = Trainer.new(config, tmp_path / f"f{fraction}", progress=False)
+        batches = trainer._epoch_batches(0)
+        assert batches.shape == (12, config.batch_size) and trainer.steps_per_epoch == 12
+        assert set(batches.flatten().tolist()) <= set(trainer.data.pretrain_index.tolist())
+        assert torch.equal(batches, trainer._epoch_batches(0)) and not torch.equal(batches, trainer._epoch_batches(1))
+        runs[fraction] = trainer.fit()
+    for result in runs.values():
+        assert [row["step"] for row in result.history] == [12, 24, 36]
+    assert runs[0.1].history[-1]["probe_acc"] is not None
+
+    trainer = Trainer.new(tiny(d_augment=True), tmp_path / "grad", progress=False)
+    fake = torch.rand(4, 1, 8, 8, requires_grad=True)
+    views = trainer.d_view(fake)
+    assert views.shape == fake.shape and not torch.allclose(views, fake)
+    trainer.discriminator(views).sum().backward()
+    assert fake.grad.abs().sum() > 0
+
+
 # --- resuming -----------------------------------------------------------------------------------------
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -336,6 +360,9 @@ def test_nan_loss_stops_training_naming_the_step_and_never_writes_nan_weights(tm
     (dict(method="simclr", mu_pair=1.0), "--mu-pair"),
     (dict(method="synthcl-no-hard-samples", lambda_hard=0.5), "--lambda-hard"),
     (dict(pair_target_start=1.5), "--pair-target-start"),
+    (dict(epoch_steps=0), "--epoch-steps"),
+    (dict(d_augment="yes"), "--d-augment"),
+    (dict(precision="fp16"), "--precision"),
 ])
 def test_bad_config_is_a_clear_error_naming_the_option(changes, option):
     with pytest.raises(ConfigError, match=option):

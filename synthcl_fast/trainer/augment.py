@@ -40,6 +40,18 @@ def make_augmentation(channels: int, image_size: int) -> K.AugmentationSequentia
     return K.AugmentationSequential(*steps)
 
 
+def make_discriminator_augmentation(channels: int) -> K.AugmentationSequential:
+    """DiffAugment's policy "color, translation, cutout" (Zhao et al., NeurIPS 2020) for what the discriminator
+    sees, real and generated images alike: with few real images D otherwise memorizes them and its gradient stops
+    teaching G. Differentiable, so G learns through it. Every transform on every image (p = 1), as DiffAugment."""
+    colour = dict(brightness=0.5, contrast=0.5) | ({} if channels == 1 else dict(saturation=1.0))
+    return K.AugmentationSequential(
+        K.ColorJitter(**colour, p=1.0),
+        K.RandomAffine(degrees=0.0, translate=(0.125, 0.125), padding_mode="zeros", p=1.0),
+        K.RandomErasing(scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0.0, p=1.0),  # a square of half the side
+    )
+
+
 def _parameter_rows(params: list, rows: torch.Tensor) -> list:
     """kornia's sampled parameters (one ParamItem per step) for a new batch whose sample i takes the
     parameters of sample rows[i]."""

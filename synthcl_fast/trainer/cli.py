@@ -50,6 +50,10 @@ HELP = {
     "lr_gan": "Adam learning rate of G and D (betas 0, 0.9)",
     "ema_decay": "decay of G_ema, the moving average of G",
     "warmup_epochs": "epochs that train the GAN alone before the --epochs of contrastive training",
+    "epoch_steps": "steps per epoch (default: one pass over the training images); set, every --train-fraction "
+                   "gets the same number of steps, GAN warm-up included",
+    "d_augment": "true: D sees real and generated images through differentiable augmentation (DiffAugment: "
+                 "colour, translation, cutout), which keeps it from overfitting few images",
     "lambda_hard": "weight of the contrastive loss G maximizes (hard samples; default 0.1, 0 for the ablation)",
     "mu_pair": "weight of the positive-pair loss between G(z) and G_ema(z) (default 1.0, 0 for the ablation)",
     "pair_target_start": "target cosine similarity of the positive pairs after the warm-up",
@@ -66,15 +70,23 @@ HELP = {
 }
 
 
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _field_type(field: dataclasses.Field):
     kind = str(field.type).split("|")[0].strip()
-    return {"int": int, "float": float, "str": str}[kind]
+    return {"int": int, "float": float, "str": str, "bool": _boolean}[kind]
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training options (defaults: synthcl_fast.trainer.TrainConfig)")
     choices = {"method": METHODS, "dataset": DATASETS, "pair_schedule": ("linear", "cosine"),
-               "pair_mode": ("two_sided", "floor")}
+               "pair_mode": ("two_sided", "floor"), "precision": ("auto", "fp32", "bf16")}
     for field in dataclasses.fields(TrainConfig):
         default = field.default
         help_text = HELP[field.name] + ("" if default is None or "default" in HELP[field.name] else

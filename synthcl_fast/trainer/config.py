@@ -51,6 +51,8 @@ class TrainConfig:
     # optimization (shared by every method: the baseline gets exactly the same encoder and budget)
     seed: int = 0
     epochs: int = 30
+    epoch_steps: int | None = None          # steps per epoch; None: one pass over the training images. Set, it gives
+                                            # every --train-fraction the same number of steps (and of GAN warm-up steps)
     batch_size: int = 128                   # real images per step and per process
     lr: float = 2e-3
     weight_decay: float = 1e-5
@@ -65,6 +67,7 @@ class TrainConfig:
     lr_gan: float = 2e-4
     ema_decay: float = 0.99
     warmup_epochs: int = 5                  # GAN alone, before the `epochs` of the main model
+    d_augment: bool = False                 # D sees real and generated images through differentiable augmentation
     lambda_hard: float | None = None        # None: 0.1 for methods with hard samples, 0 otherwise
     mu_pair: float | None = None            # None: 1.0 for methods with hard pairs, 0 otherwise
     pair_target_start: float = 0.9
@@ -165,6 +168,9 @@ class TrainConfig:
             integer(name, 1)
         integer("checkpoint_every", 0)
         integer("warmup_epochs", 0)
+        integer("epoch_steps", 1, allow_none=True)
+        if not isinstance(self.d_augment, bool):
+            fail("d_augment", f"must be true or false; got {self.d_augment!r}")
         if self.batch_size < 2:
             fail("batch_size", f"must be at least 2 (a contrastive batch needs negatives); got {self.batch_size}")
         for name in ("lr", "lr_gan", "temperature"):

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import losses
-from .augment import augment_views, make_augmentation
+from .augment import augment_views, make_augmentation, make_discriminator_augmentation
 from .checkpoint import (atomic_write_bytes, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import ConfigError, TrainConfig
@@ -124,7 +124,8 @@ class Trainer:
         self.dist = dist or init_distributed(self.device)
         self.data = load_data(config)
         world_batch = config.batch_size * self.dist.world_size
-        self.steps_per_epoch = self.data.pretrain_index.numel() // world_batch
+        # an epoch: one pass over the training images, or config.epoch_steps steps (the same for every fraction)
+        self.steps_per_epoch = config.epoch_steps or self.data.pretrain_index.numel() // world_batch
         if self.steps_per_epoch == 0:
             raise ConfigError(f"--batch-size {config.batch_size} x {self.dist.world_size} processes is larger than "
                               f"the {self.data.pretrain_index.numel()} training images")
@@ -151,6 +152,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                           fused=True)
         self.augment = make_augmentation(channels, size)
+        # what D sees: the images themselves, or DiffAugment-style views of them (real and generated alike)
+        self.d_view = make_discriminator_augmentation(channels) if cfg.d_augment else torch.nn.Identity()
         self.guard = NonFiniteGuard(self.device)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=cfg.resolved_precision(self.device.type) == "bf16")
@@ -322,13 +325,13 @@ class Trainer:
         with self.autocast:
             fake = self.generator(z)  # one forward for both players: the D step does not change G
             # 1. the discriminator: M real images vs the M samples G(z), in one forward (D has no batch statistics)
-            scores = self.discriminator(torch.cat([real[:n_fake], fake.detach()]))
+            scores = self.discriminator(self.d_view(torch.cat([real[:n_fake], fake.detach()])))
             loss_d = discriminator_loss(scores[:n_fake], scores[n_fake:])
         self._track(loss_d=loss_d)
         self._backward(loss_d, self.discriminator)
         self.d_optimizer.step()
         with self.autocast:
-            loss_g_adv = generator_adversarial_loss(self.discriminator(fake))
+            loss_g_adv = generator_adversarial_loss(self.discriminator(self.d_view(fake)))
         if phase == "gan-warmup":  # the GAN alone
             self._track(loss_g_adv=loss_g_adv)
             self._backward(loss_g_adv, self.generator)
@@ -433,8 +436,10 @@ class Trainer:
         number = self.epoch_number(epoch)
         key = np.random.SeedSequence([self.config.seed, abs(number), int(number <= 0)]).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(key))
-        order = self.data.pretrain_index[torch.randperm(self.data.pretrain_index.numel(), generator=generator)]
         world_batch = self.config.batch_size * self.dist.world_size
+        n = self.data.pretrain_index.numel()
+        passes = -(-self.steps_per_epoch * world_batch // n)  # more than one where --epoch-steps asks for it
+        order = torch.cat([self.data.pretrain_index[torch.randperm(n, generator=generator)] for _ in range(passes)])
         order = order[:self.steps_per_epoch * world_batch].view(self.steps_per_epoch, self.dist.world_size, -1)
         return order[:, self.dist.rank]
 
