@@ -232,7 +232,8 @@ def main(argv=None) -> str:
     if args.out:
         args.out.write_text(text)
     if args.json:
-        args.json.write_text(json.dumps({"step_ms": [t * 1e3 for t in plain], "median_ms": statistics.median(plain) * 1e3,
+        args.json.write_text(json.dumps({"step_ms": [t * 1e3 for t in plain],
+                                         "median_ms": statistics.median(plain) * 1e3,
                                          "profiled_step_ms": profiled_step_s * 1e3, "config": config.to_dict()}))
     print(text)
     return text

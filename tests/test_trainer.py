@@ -175,7 +175,8 @@ def test_a_training_step_reads_nothing_on_the_host(tmp_path, method, phase):
     trainer.train_step(real)  # first-use work (the guard's name table) happens once, outside the check
     before = copy.deepcopy(trainer.model.state_dict())
     # what lives on the GPU in a GPU run: weights, optimizer states, the batch, the guard, the metric sums
-    on_device = [real, *trainer.device_sums.values(), *vars(trainer.guard).values(), *trainer.guard._name_index.values()]
+    on_device = [real, *trainer.device_sums.values(), *vars(trainer.guard).values(),
+                 *trainer.guard._name_index.values()]
     on_device += [t for module in trainer.modules.values() for t in module.state_dict(keep_vars=True).values()]
     on_device += [t for opt in trainer.optimizers.values() for state in opt.state.values() for t in state.values()]
     with FailOnHostSync([t for t in on_device if isinstance(t, torch.Tensor)]):

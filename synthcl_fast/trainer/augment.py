@@ -62,7 +62,8 @@ def _parameter_rows(params: list, rows: torch.Tensor) -> list:
         for key, value in data.items():
             if key == "forward_input_shape":
                 data[key] = torch.cat([value.new_tensor([rows.numel()]), value[1:]])
-            elif key not in _BATCH_WIDE_PARAMETERS and torch.is_tensor(value) and value.dim() and value.shape[0] == batch:
+            elif (key not in _BATCH_WIDE_PARAMETERS and torch.is_tensor(value) and value.dim()
+                  and value.shape[0] == batch):
                 data[key] = value[rows.to(value.device)]
         picked.append(type(item)(item.name, data))
     return picked

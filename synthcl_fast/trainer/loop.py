@@ -276,9 +276,10 @@ class Trainer:
         """This step's losses, averaged over processes: checked for NaN/Inf on the device (NonFiniteGuard) and
         summed into the epoch's metrics, without a host read."""
         names = list(values)
-        averaged = self.dist.mean(torch.stack([values[n].detach().float().reshape(()) for n in names]))
-        self.guard.check(self.global_step + 1, dict(zip(names, averaged.unbind())))
-        self._accumulate_on_device(**dict(zip(names, averaged.unbind())))
+        stacked = self.dist.mean(torch.stack([values[n].detach().float().reshape(()) for n in names]))
+        averaged = dict(zip(names, stacked.unbind()))
+        self.guard.check(self.global_step + 1, averaged)
+        self._accumulate_on_device(**averaged)
 
     def _raise_if_nonfinite(self) -> None:
         """NonFiniteLossError naming the first step whose loss was NaN or Inf (a host read of the guard)."""
@@ -347,7 +348,8 @@ class Trainer:
             else:  # ablation: 4 independent views of G(z) (same batch size, no G_ema partner)
                 real_views, synthetic_views = augment_views(self.augment, real, fake)
             emb = self.model(torch.cat([real_views.flatten(0, 1), synthetic_views.flatten(0, 1)]))
-            real_emb, synthetic_emb = emb[:2 * n_real].unflatten(0, (2, n_real)), emb[2 * n_real:].unflatten(0, (4, n_fake))
+            real_emb = emb[:2 * n_real].unflatten(0, (2, n_real))
+            synthetic_emb = emb[2 * n_real:].unflatten(0, (4, n_fake))
             # per-row losses (rows in ppcl_labels' order: 2N real views, then 4M synthetic views), whose mean is
             # ppcl's reduction="mean" (every row has a positive); the two group means are the hardness record
             row_loss = losses.ppcl(real_emb, synthetic_emb, temperature=cfg.temperature, reduction="none")
@@ -363,7 +365,8 @@ class Trainer:
             a, b = synthetic_emb[:2].flatten(0, 1), synthetic_emb[2:].flatten(0, 1).detach()
             loss_pair = losses.positive_pair_loss(a, b, target, mode=cfg.pair_mode)
             loss_g = loss_g + cfg.resolved_mu_pair * loss_pair
-            tracked.update(loss_pair=loss_pair, pair_cosine=F.cosine_similarity(a.detach().float(), b.float(), dim=1).mean(),
+            tracked.update(loss_pair=loss_pair,
+                           pair_cosine=F.cosine_similarity(a.detach().float(), b.float(), dim=1).mean(),
                            pair_target=torch.full((), target, device=self.device))
         self._track(**tracked)
         self._backward(loss, self.model, retain_graph=True)  # both gradients before either update:
