@@ -13,10 +13,6 @@ from __future__ import annotations
 import kornia.augmentation as K
 import torch
 
-# kornia's per-sample parameters that are not indexed by the sample (a batch shape, a batch-wide order)
-_BATCH_WIDE_PARAMETERS = ("forward_input_shape", "order")
-
-
 def make_augmentation(channels: int, image_size: int) -> K.AugmentationSequential:
     """SimCLR-style views. Digits keep their orientation (no flip: a mirrored 2 is no longer a 2) and,
     being grayscale, get brightness/contrast jitter only; colour images get the usual SimCLR recipe.
@@ -52,44 +48,22 @@ def make_discriminator_augmentation(channels: int) -> K.AugmentationSequential:
     )
 
 
-def _parameter_rows(params: list, rows: torch.Tensor) -> list:
-    """kornia's sampled parameters (one ParamItem per step) for a new batch whose sample i takes the
-    parameters of sample rows[i]."""
-    picked = []
-    for item in params:
-        data = dict(item.data)
-        batch = int(data["forward_input_shape"][0])
-        for key, value in data.items():
-            if key == "forward_input_shape":
-                data[key] = torch.cat([value.new_tensor([rows.numel()]), value[1:]])
-            elif (key not in _BATCH_WIDE_PARAMETERS and torch.is_tensor(value) and value.dim()
-                  and value.shape[0] == batch):
-                data[key] = value[rows.to(value.device)]
-        picked.append(type(item)(item.name, data))
-    return picked
-
-
 def augment_views(augment: K.AugmentationSequential, real: torch.Tensor, synthetic: torch.Tensor | None = None,
                   partner: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Every view of one step, in one kornia call.
+    """Every view of one step, in one kornia call, each view with random parameters of its own.
 
     Returns (real_views (2, N, C, S, S), synthetic_views (4, M, C, S, S) or None):
-    - real: two independently augmented views of each image;
-    - synthetic with a partner: [synthetic v1, synthetic v2, partner v1, partner v2], where the partner's view k
-      is augmented with the same random parameters as the synthetic image's view k (for the pair (G(z), G_ema(z))
-      the views 1 and 3, and 2 and 4, then differ only by the generator);
-    - synthetic alone: four independent views of each image.
+    - real: two views of each image;
+    - synthetic with a partner: [synthetic v1, synthetic v2, partner v1, partner v2], four independent views
+      (for the pair (G(z), G_ema(z)) no two of them share a crop: each positive differs by the generator gap and
+      by an augmentation, not by the generator gap alone);
+    - synthetic alone: four views of each image.
     """
     n = real.shape[0]
-    groups = [real, real] if synthetic is None else [real, real] + [synthetic] * (2 if partner is not None else 4)
-    images = torch.cat(groups)
-    if partner is None:
-        views = augment(images)
-    else:  # sample the parameters of the distinct views, then give the partner's views the synthetic ones'
-        params = augment.forward_parameters(images.shape)
-        m = synthetic.shape[0]
-        rows = torch.cat([torch.arange(images.shape[0]), torch.arange(2 * n, 2 * n + 2 * m)])
-        views = augment(torch.cat([images, partner, partner]), params=_parameter_rows(params, rows))
+    groups = [real, real]
+    if synthetic is not None:
+        groups += [synthetic, synthetic, partner, partner] if partner is not None else [synthetic] * 4
+    views = augment(torch.cat(groups))
     real_views = views[:2 * n].unflatten(0, (2, n))
     synthetic_views = None if synthetic is None else views[2 * n:].unflatten(0, (4, synthetic.shape[0]))
     return real_views, synthetic_views

@@ -59,6 +59,8 @@ HELP = {
     "pair_target_start": "target cosine similarity of the positive pairs after the warm-up",
     "pair_target_end": "target cosine similarity of the positive pairs at the last step",
     "pair_schedule": "shape of the falling target: linear or cosine",
+    "pair_target_mode": "absolute: the target is the schedule; relative: the schedule times the main model's "
+                        "current cosine of the two views of real images",
     "pair_mode": "two_sided: keep the similarity at the target; floor: only above it",
     "eval_every": "epochs between linear-probe / kNN evaluations (the last epoch is always evaluated)",
     "knn_k": "neighbours of the kNN evaluation",
@@ -86,7 +88,8 @@ def _field_type(field: dataclasses.Field):
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training options (defaults: synthcl_fast.trainer.TrainConfig)")
     choices = {"method": METHODS, "dataset": DATASETS, "pair_schedule": ("linear", "cosine"),
-               "pair_mode": ("two_sided", "floor"), "precision": ("auto", "fp32", "bf16")}
+               "pair_mode": ("two_sided", "floor"), "precision": ("auto", "fp32", "bf16"),
+               "pair_target_mode": ("absolute", "relative")}
     for field in dataclasses.fields(TrainConfig):
         default = field.default
         help_text = HELP[field.name] + ("" if default is None or "default" in HELP[field.name] else

@@ -73,6 +73,8 @@ class TrainConfig:
     pair_target_start: float = 0.9
     pair_target_end: float = 0.5
     pair_schedule: str = "cosine"
+    pair_target_mode: str = "absolute"      # absolute: s*(t) = schedule; relative: schedule x the main model's
+                                            # current cosine of real positive pairs (tracks its training state)
     pair_mode: str = "two_sided"
     # evaluation and outputs
     eval_every: int = 10                    # epochs between linear-probe/kNN evaluations (and always the last)
@@ -148,6 +150,7 @@ class TrainConfig:
         choice("method", METHODS)
         choice("dataset", DATASETS)
         choice("pair_schedule", ("linear", "cosine"))
+        choice("pair_target_mode", ("absolute", "relative"))
         choice("pair_mode", ("two_sided", "floor"))
         choice("precision", ("auto", "fp32", "bf16"))
         if self.dataset != "digits" and not self.data_path:

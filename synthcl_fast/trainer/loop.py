@@ -5,8 +5,7 @@ One step of `synthcl` after the GAN warm-up (N real images, M latent codes z):
     1. D learns real vs G(z):                    L_D = hinge(D(x[:M]), D(G(z)))
     2. one forward of the main model f over      2 views of each real image, and
                                                  4 views of each synthetic pair [G(z) v1, G(z) v2, G_ema(z) v1, G_ema(z) v2]
-       (G_ema(z) view k is augmented with the same random parameters as G(z) view k; every view of the
-       step comes from one kornia call)
+       (every view with augmentation parameters of its own, all views of the step from one kornia call)
     3. main model:   minimize L_PPCL = ppcl(real views, synthetic views)
        generator:    minimize L_G = adv(D(G(z))) - lambda * L_PPCL + mu * positive_pair(f(G(z)), f(G_ema(z)).detach(), s*(t))
        Both gradients come from the same forward (simultaneous min-max): L_PPCL is back-propagated into
@@ -340,6 +339,10 @@ class Trainer:
             self._update_ema()
             return
         # 2. one forward of the main model over real and synthetic views
+        if cfg.hard_pairs and self.global_step == self.warmup_epochs * self.steps_per_epoch:
+            # the partner starts the joint phase as G after the warm-up (not as G's random initialization, where
+            # a slow average would leave it); from here the gap between the two accumulates
+            self.generator_ema.load_state_dict(self.generator.state_dict())
         with self.autocast:
             if cfg.hard_pairs:
                 with torch.no_grad():
@@ -361,13 +364,16 @@ class Trainer:
         loss_g = loss_g_adv - cfg.resolved_lambda_hard * loss
         tracked = {"loss_contrastive": loss, "loss_g_adv": loss_g_adv}
         if cfg.hard_pairs:
-            target = self.schedule(self.global_step)
+            target = torch.full((), self.schedule(self.global_step), device=self.device)
+            if cfg.pair_target_mode == "relative":  # as hard as the main model now finds real positives, times s(t)
+                with torch.no_grad():
+                    target = target * F.cosine_similarity(real_emb[0].float(), real_emb[1].float(), dim=1).mean()
             a, b = synthetic_emb[:2].flatten(0, 1), synthetic_emb[2:].flatten(0, 1).detach()
             loss_pair = losses.positive_pair_loss(a, b, target, mode=cfg.pair_mode)
             loss_g = loss_g + cfg.resolved_mu_pair * loss_pair
             tracked.update(loss_pair=loss_pair,
                            pair_cosine=F.cosine_similarity(a.detach().float(), b.float(), dim=1).mean(),
-                           pair_target=torch.full((), target, device=self.device))
+                           pair_target=target)
         self._track(**tracked)
         self._backward(loss, self.model, retain_graph=True)  # both gradients before either update:
         self._backward(loss_g, self.generator)                # loss_g's graph runs through the main model
