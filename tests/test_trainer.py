@@ -95,10 +95,14 @@ def test_each_method_trains_and_writes_its_outputs(tmp_path, method):
     # the mechanism: PPCL per row group of the same forward (the epoch means recombine into the loss: 2N real
     # rows and 4M synthetic rows), and the pixel classifier on G(z) in every epoch, warm-up included
     n_real, n_fake = 2 * config.batch_size, 4 * config.synthetic_batch_size
-    assert warmup[0]["loss_real_rows"] is None and warmup[0]["loss_synthetic_rows"] is None
+    assert all(warmup[0][key] is None for key in loop.DEVICE_METRIC_KEYS)
     for row in rows:
         combined = (n_real * row["loss_real_rows"] + n_fake * row["loss_synthetic_rows"]) / (n_real + n_fake)
         assert combined == pytest.approx(row["loss_contrastive"], rel=1e-5)
+        # like with like: one positive per row, the same candidates (2N + 2M rows): each loss >= 0 and
+        # <= log(2N + 2M - 1), the uniform softmax's loss, plus the widest logit range 2 / t
+        ceiling = np.log(n_real + n_fake // 2 - 1) + 2 / config.temperature
+        assert 0 < row["hardness_real"] < ceiling and 0 < row["hardness_synthetic"] < ceiling
     for row in warmup + rows:
         assert 0.1 <= row["sample_confidence"] <= 1 and 1 <= row["sample_classes"] <= 10
         assert row["real_confidence"] == warmup[0]["real_confidence"] and 0.1 < row["real_confidence"] <= 1

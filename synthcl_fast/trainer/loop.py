@@ -63,8 +63,10 @@ N_SAMPLE_PAIRS = 8
 METRIC_KEYS = ("loss_contrastive", "loss_d", "loss_g_adv", "loss_pair", "pair_cosine", "pair_target")
 # The mechanism (DESIGN.md section 1), accumulated on the device and read once per epoch (no per-step sync):
 # the main model's PPCL loss averaged over the rows of real views and over the rows of synthetic views of the
-# same forward (the method says G(z) rows are harder: higher loss).
-DEVICE_METRIC_KEYS = ("loss_real_rows", "loss_synthetic_rows")
+# same forward (the method says G(z) rows are harder: higher loss); and the hardness compared like with like:
+# NT-Xent over the real views and G(z)'s views together (one positive per row, the other view of its image; the
+# same candidates for every row), averaged over real rows and over G(z) rows (G_ema(z)'s views left out).
+DEVICE_METRIC_KEYS = ("loss_real_rows", "loss_synthetic_rows", "hardness_real", "hardness_synthetic")
 # once per epoch for the methods with a generator: a pixel classifier (logistic regression on the labeled
 # train split) applied to G(z) for fixed z: mean top-class probability, and exp(entropy) of the mean class
 # distribution (how many classes the samples cover, 1..n_classes); the same classifier's confidence on real
@@ -358,8 +360,12 @@ class Trainer:
             row_loss = losses.ppcl(real_emb, synthetic_emb, temperature=cfg.temperature, reduction="none")
             loss = row_loss.mean()
         with torch.no_grad():
+            first, second = torch.cat([real_emb[0], synthetic_emb[0]]), torch.cat([real_emb[1], synthetic_emb[1]])
+            single = losses.nt_xent(first, second, temperature=cfg.temperature, reduction="none").unflatten(0, (2, -1))
             self._accumulate_on_device(loss_real_rows=row_loss[:2 * n_real].mean(),
-                                       loss_synthetic_rows=row_loss[2 * n_real:].mean())
+                                       loss_synthetic_rows=row_loss[2 * n_real:].mean(),
+                                       hardness_real=single[:, :n_real].mean(),
+                                       hardness_synthetic=single[:, n_real:].mean())
         # 3. the generator's objective: realistic, hard for the main model, paired with G_ema at similarity s*
         loss_g = loss_g_adv - cfg.resolved_lambda_hard * loss
         tracked = {"loss_contrastive": loss, "loss_g_adv": loss_g_adv}
