@@ -158,12 +158,13 @@ def test_every_view_of_a_step_in_one_call_each_with_its_own_parameters(channels)
     assert all(not torch.allclose(four[i], four[j]) for i in range(4) for j in range(i + 1, 4))
 
 
-@pytest.mark.parametrize("method, phase", [("simclr", "simclr"), ("synthcl", "gan-warmup"), ("synthcl", "joint"),
-                                           ("synthcl-no-hard-pairs", "joint")])
-def test_a_training_step_reads_nothing_on_the_host(tmp_path, method, phase):
+@pytest.mark.parametrize("method, phase, changes", [
+    ("simclr", "simclr", {}), ("synthcl", "gan-warmup", {"d_augment": True}), ("synthcl-no-hard-pairs", "joint", {}),
+    ("synthcl", "joint", {}), ("synthcl", "joint", {"pair_target_mode": "relative", "partner_update": "controlled"})])
+def test_a_training_step_reads_nothing_on_the_host(tmp_path, method, phase, changes):
     """The same dispatch check as the ops' (tests/conftest.py FailOnHostSync): no .item(), float(), bool() of a
     tensor, no copy to the CPU, in any phase of a step; on a GPU nothing in the step waits for the device."""
-    trainer = Trainer.new(tiny(method), tmp_path, progress=False)
+    trainer = Trainer.new(tiny(method, **changes), tmp_path, progress=False)
     trainer.epoch = 0 if phase != "joint" else trainer.warmup_epochs
     assert trainer.phase(trainer.epoch) == phase
     real = trainer.data.train_images[:16]
@@ -233,6 +234,30 @@ def test_step_budgets_are_the_same_for_every_fraction_and_d_sees_augmented_image
     assert views.shape == fake.shape and not torch.allclose(views, fake)
     trainer.discriminator(views).sum().backward()
     assert fake.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("target, moves", [(-1.0, False), (1.0, True)])
+def test_the_controlled_partner_waits_while_the_pair_is_easier_than_its_target(tmp_path, target, moves):
+    """partner_update "controlled": G_ema follows G only while the pair (G(z), G_ema(z)) is harder than its target;
+    and G_ema starts the joint phase as G after the warm-up."""
+    config = tiny(partner_update="controlled", pair_target_start=target, pair_target_end=target)
+    trainer = Trainer.new(config, tmp_path, progress=False)
+    real = trainer.data.train_images[:16]
+    for _ in range(trainer.warmup_epochs * trainer.steps_per_epoch):  # the GAN warm-up: G moves, G_ema lags
+        trainer.train_step(real)
+        trainer.global_step += 1
+    trainer.epoch = trainer.warmup_epochs
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.generator.parameters(),
+                                                      trainer.generator_ema.parameters()))
+    generator_before = [p.detach().clone() for p in trainer.generator.parameters()]
+    trainer.train_step(real)  # the first joint step: G_ema <- G (before G's update), then the controlled EMA
+    partner = [p.detach().clone() for p in trainer.generator_ema.parameters()]
+    moved = any(not torch.equal(p, q) for p, q in zip(partner, generator_before))
+    assert moved == moves
+    if not moves:
+        trainer.global_step += 1
+        trainer.train_step(real)
+        assert all(torch.equal(p, q) for p, q in zip(partner, trainer.generator_ema.parameters()))
 
 
 # --- resuming -----------------------------------------------------------------------------------------

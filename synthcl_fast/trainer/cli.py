@@ -49,6 +49,8 @@ HELP = {
     "synthetic_batch_size": "synthetic pairs (G(z), G_ema(z)) per step",
     "lr_gan": "Adam learning rate of G and D (betas 0, 0.9)",
     "ema_decay": "decay of G_ema, the moving average of G",
+    "partner_update": "ema: G_ema follows G at 1 - ema_decay per step; controlled: at that rate while the pair is "
+                      "harder than its target, not at all while it is easier (the gap then grows)",
     "warmup_epochs": "epochs that train the GAN alone before the --epochs of contrastive training",
     "epoch_steps": "steps per epoch (default: one pass over the training images); set, every --train-fraction "
                    "gets the same number of steps, GAN warm-up included",
@@ -89,7 +91,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training options (defaults: synthcl_fast.trainer.TrainConfig)")
     choices = {"method": METHODS, "dataset": DATASETS, "pair_schedule": ("linear", "cosine"),
                "pair_mode": ("two_sided", "floor"), "precision": ("auto", "fp32", "bf16"),
-               "pair_target_mode": ("absolute", "relative")}
+               "pair_target_mode": ("absolute", "relative"), "partner_update": ("ema", "controlled")}
     for field in dataclasses.fields(TrainConfig):
         default = field.default
         help_text = HELP[field.name] + ("" if default is None or "default" in HELP[field.name] else

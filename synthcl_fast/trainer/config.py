@@ -66,6 +66,8 @@ class TrainConfig:
     synthetic_batch_size: int = 32          # synthetic pairs (G(z), G_ema(z)) per step
     lr_gan: float = 2e-4
     ema_decay: float = 0.99
+    partner_update: str = "ema"             # ema: G_ema <- EMA of G; controlled: the EMA waits while the pair is
+                                            # easier than its target and catches up while it is harder
     warmup_epochs: int = 5                  # GAN alone, before the `epochs` of the main model
     d_augment: bool = False                 # D sees real and generated images through differentiable augmentation
     lambda_hard: float | None = None        # None: 0.1 for methods with hard samples, 0 otherwise
@@ -151,6 +153,7 @@ class TrainConfig:
         choice("dataset", DATASETS)
         choice("pair_schedule", ("linear", "cosine"))
         choice("pair_target_mode", ("absolute", "relative"))
+        choice("partner_update", ("ema", "controlled"))
         choice("pair_mode", ("two_sided", "floor"))
         choice("precision", ("auto", "fp32", "bf16"))
         if self.dataset != "digits" and not self.data_path:

@@ -77,6 +77,9 @@ CSV_COLUMNS = (("epoch", "step", "phase") + METRIC_KEYS + DEVICE_METRIC_KEYS + Q
 N_QUALITY_SAMPLES = 256
 # steps between the host's reads of the device (non-finite check, progress bar) on a GPU
 HOST_READ_EVERY = 25
+# partner_update "controlled": G_ema's EMA weight is (1 - ema_decay) * sigmoid((s* - cosine) / width): the full
+# rate where the pair is harder than its target by a few widths, none where it is easier by as much
+PARTNER_CONTROL_WIDTH = 0.02
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -273,14 +276,15 @@ class Trainer:
             return "simclr"
         return "gan-warmup" if epoch < self.warmup_epochs else "joint"
 
-    def _track(self, **values: torch.Tensor) -> None:
+    def _track(self, **values: torch.Tensor) -> dict[str, torch.Tensor]:
         """This step's losses, averaged over processes: checked for NaN/Inf on the device (NonFiniteGuard) and
-        summed into the epoch's metrics, without a host read."""
+        summed into the epoch's metrics, without a host read. Returns the averages (0-d device tensors)."""
         names = list(values)
         stacked = self.dist.mean(torch.stack([values[n].detach().float().reshape(()) for n in names]))
         averaged = dict(zip(names, stacked.unbind()))
         self.guard.check(self.global_step + 1, averaged)
         self._accumulate_on_device(**averaged)
+        return averaged
 
     def _raise_if_nonfinite(self) -> None:
         """NonFiniteLossError naming the first step whose loss was NaN or Inf (a host read of the guard)."""
@@ -380,17 +384,22 @@ class Trainer:
             tracked.update(loss_pair=loss_pair,
                            pair_cosine=F.cosine_similarity(a.detach().float(), b.float(), dim=1).mean(),
                            pair_target=target)
-        self._track(**tracked)
+        tracked = self._track(**tracked)
         self._backward(loss, self.model, retain_graph=True)  # both gradients before either update:
         self._backward(loss_g, self.generator)                # loss_g's graph runs through the main model
         self.optimizer.step()
         self.g_optimizer.step()
-        # 4. the moving-average generator
-        self._update_ema()
+        # 4. the moving-average generator: at its rate, or (controlled) only as fast as the pair's hardness needs
+        rate = None
+        if cfg.hard_pairs and cfg.partner_update == "controlled":  # the same in every process (averaged values)
+            rate = torch.sigmoid((tracked["pair_target"] - tracked["pair_cosine"]) / PARTNER_CONTROL_WIDTH)
+        self._update_ema(rate)
 
-    def _update_ema(self) -> None:
-        """G_ema <- EMA of G; no move once the guard has tripped (G then no longer changes either)."""
-        update_ema(self.generator_ema, self.generator, (1.0 - self.config.ema_decay) * (1 - self.guard.tripped))
+    def _update_ema(self, rate: torch.Tensor | None = None) -> None:
+        """G_ema <- EMA of G, its weight 1 - ema_decay times `rate` (in [0, 1], on the device); no move once the
+        guard has tripped (G then no longer changes either)."""
+        weight = (1.0 - self.config.ema_decay) * (1 - self.guard.tripped)
+        update_ema(self.generator_ema, self.generator, weight if rate is None else weight * rate)
 
     def _accumulate_on_device(self, **values: torch.Tensor) -> None:
         for key, value in values.items():
