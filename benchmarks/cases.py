@@ -230,6 +230,8 @@ def unavailable_reason(case: Case, implementation: str, device: torch.device,
                   "inf_cl": "inf_cl"}[implementation]
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed"
+        if implementation == "inf_cl" and torch.device(device).type != "cuda":
+            return "Inf-CL runs on CUDA tensors only"
         if implementation == "inf_cl" and inf_cl_head_dim(case.dim) is None:
             return f"Inf-CL needs D divisible by a head size of 16..256, got {case.dim}"
     needed = memory_estimate_bytes(case, implementation)

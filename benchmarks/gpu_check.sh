@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU job (issue 11) in one run of the device machine (one H200, 16 cores, no package registry):
 # install, GPU test lane, sweep, summary. Every log and result lands in OUT_DIR, in at most 8 files (what the
-# device tool brings back): summary.txt, logs.tar.gz (every log and JUnit XML), gpu_sweep.{json,csv,md,png}.
+# device tool brings back): summary.txt, logs.tar.gz (every log and JUnit XML), gpu_sweep.{json,csv,md,png}
+# (the csv: the sweep's rows of the long results CSV, to be appended to benchmarks/results/benchmarks.csv here).
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR               # on the GPU machine: ~6 minutes, never more than 7
 #   bash benchmarks/gpu_check.sh --rehearse OUT_DIR    # on a CPU machine: the same steps, with the GPU-only
@@ -20,8 +21,9 @@
 # 3. python -m synthcl_fast.env_report (versions, backends and why not)
 # 4. GPU tests: pytest -m gpu over tests/, then tests/test_conformance.py whole where it exists; -x and a
 #    per-test timeout (pytest-timeout)
-# 5. benchmarks/gpu_sweep.py with a time budget (its JSON/CSV/markdown are rewritten after every row, so a
-#    run cut short keeps what it measured), and its plot
+# 5. benchmarks/gpu_sweep.py with a time budget (its JSON/markdown are rewritten after every row, so a run cut
+#    short keeps what it measured; its CSV rows go to OUT_DIR/gpu_sweep.csv, not to the tree's results CSV, which
+#    does not come back), and its plot (benchmarks/plot.py on that CSV)
 # 6. summary.txt: each step's status and time, the failures, the sweep's table; printed at the end
 #
 # --rehearse (no GPU): step 4 runs the same selection (every test skips without a GPU; collection and imports
@@ -117,15 +119,18 @@ fi
 # 5. the sweep
 if [ $rehearse = 1 ]; then
   step sweep_plan 60 "$python" benchmarks/gpu_sweep.py --dry-run
-  TRITON_INTERPRET=1 step sweep_smoke 240 "$python" benchmarks/gpu_sweep.py --smoke --out "$out/gpu_sweep"
+  TRITON_INTERPRET=1 step sweep_smoke 240 "$python" benchmarks/gpu_sweep.py --smoke --out "$out/gpu_sweep" \
+    --csv "$out/gpu_sweep.csv"
 else
   # no new measurement 45 s before the step's end (one measurement, a torch.compile included, fits in that)
   sweep_limit=$(( $(left) - 30 ))
-  step sweep "$sweep_limit" "$python" benchmarks/gpu_sweep.py --out "$out/gpu_sweep" \
+  step sweep "$sweep_limit" "$python" benchmarks/gpu_sweep.py --out "$out/gpu_sweep" --csv "$out/gpu_sweep.csv" \
     --budget-s $(( sweep_limit > 60 ? sweep_limit - 45 : 15 ))
 fi
+if [ -f "$out/gpu_sweep.csv" ]; then
+  step plot 30 "$python" benchmarks/plot.py "$out/gpu_sweep.csv" --out "$out/gpu_sweep.png"
+fi
 if [ -f "$out/gpu_sweep.json" ]; then
-  step plot 30 "$python" benchmarks/plot_gpu_sweep.py "$out/gpu_sweep.json" "$out/gpu_sweep.png"
   [ -f "$out/gpu_sweep.md" ] && cat "$out/gpu_sweep.md" >> "$summary"
 fi
 exit $failed

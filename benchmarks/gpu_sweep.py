@@ -395,12 +395,21 @@ def main(argv=None) -> dict | None:
                  + f"peak {row.peak_extra_mb:9.1f} MiB" if row.status == "ok" else row.status), flush=True)
         # after every row: a run stopped from outside (benchmarks/gpu_check.sh's time limit) keeps what it measured
         write_results(result, rows, args.out, time.perf_counter() - started, complete=False)
+        if args.csv:
+            C.append_rows(csv_rows([row], env, run_id, device), args.csv)
     write_results(result, rows, args.out, time.perf_counter() - started, complete=True)
-    if args.csv:
-        C.append_rows(csv_rows(rows, env, run_id, device), args.csv)
     print(markdown(result))
     print(f"wrote {args.out}.{{json,md}}" + (f" and appended run {run_id} to {args.csv}" if args.csv else "")
           + f" in {result['elapsed_s']:.0f} s")
+    # a variant that raised (not one skipped, out of memory or out of time) is a broken code path: the run says
+    # so in its exit status, after every row was measured and written (under --smoke, where nothing is timed
+    # for real, such rows would otherwise pass for a checked script)
+    errors = [row for row in rows if row.status.startswith("error")]
+    if errors:
+        print(f"{len(errors)} of {len(rows)} measurements raised:", file=sys.stderr)
+        for row in errors:
+            print(f"  {row.case} {row.variant}: {row.status}", file=sys.stderr)
+        raise SystemExit(1)
     return result
 
 
