@@ -28,7 +28,9 @@
 #
 # --rehearse (no GPU): step 4 runs the same selection (every test skips without a GPU; collection and imports
 # are what is checked) and step 5 runs gpu_sweep.py --dry-run and --smoke (tiny shapes under TRITON_INTERPRET=1:
-# the script's own code paths, outputs and plot).
+# the script's own code paths, outputs and plot). triton 3.6.0's interpreter needs numpy < 2.4 (the GPU
+# machine's numpy 2.5.2 does not matter to its compiled kernels): rehearse in a venv with numpy 2.3, or
+# sweep_smoke fails, its triton rows naming numpy. benchmarks/results/gpu_rehearsal.md: the last rehearsal.
 #
 # Environment: PYTHON (default python3), BUDGET_S (default 400; 6x that and each step's limit with --rehearse),
 # PER_TEST_TIMEOUT_S (default 120), SYNTHCL_FAST_COMMIT (the
