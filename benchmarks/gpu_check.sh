@@ -19,8 +19,8 @@
 #    machine with torch 2.11.0+cu130, each .cu costs ~35 CPU-s for 9.0a and ~50 CPU-s for both (nvcc --threads 2
 #    compiles the two in parallel), and on 16 cores ninja compiles the 5 sources side by side.
 # 3. python -m synthcl_fast.env_report (versions, backends and why not)
-# 4. GPU tests: pytest -m gpu over tests/, then tests/test_conformance.py whole where it exists; -x and a
-#    per-test timeout (pytest-timeout)
+# 4. GPU tests: pytest -m gpu over tests/ (the conformance suite's GPU lanes, the Triton internals on the GPU);
+#    -x and a per-test timeout (pytest-timeout). With --rehearse also tests/test_conformance.py's CPU lanes.
 # 5. benchmarks/gpu_sweep.py with a time budget (its JSON/markdown are rewritten after every row, so a run cut
 #    short keeps what it measured; its CSV rows go to OUT_DIR/gpu_sweep.csv, not to the tree's results CSV, which
 #    does not come back), and its plot (benchmarks/plot.py on that CSV)
@@ -113,7 +113,10 @@ step env_report 60 "$python" -m synthcl_fast.env_report
 pytest_args=(-x -q -p no:cacheprovider -o addopts="" -rfE "--timeout=$per_test")
 step tests_gpu 160 "$python" -m pytest "${pytest_args[@]}" -m gpu --junitxml="$out/logs/tests_gpu.xml" tests/
 [ $? -eq 5 ] && note "    (exit 5: no test is marked gpu)"
-if [ -f tests/test_conformance.py ]; then
+# The conformance suite's GPU lanes are marked gpu (tests/conftest.py's lane_param): tests_gpu ran them. Its CPU
+# lanes, the only tests a rehearsal executes, run here with --rehearse alone (on the GPU machine they would
+# re-check what the rehearsal checked in the same stack, on the sweep's time).
+if [ $rehearse = 1 ]; then
   step tests_conformance 150 "$python" -m pytest "${pytest_args[@]}" --junitxml="$out/logs/tests_conformance.xml" \
     tests/test_conformance.py
 fi
