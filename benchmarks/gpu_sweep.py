@@ -39,8 +39,8 @@ list (cases.cases("cuda")): every loss at three sizes.
 Output: every timing appended to the long CSV after its row is measured (--csv; default
 benchmarks/results/benchmarks.csv, suite "gpu_sweep", passes "fwd" and "fwd+bwd"), and --out's .json
 (everything, ceilings included) and .md (the table), rewritten after every row. Exit status 1 where a
-measurement raised (its row says what; the others are still measured and written). Nothing here has been run on a GPU by its author: the numbers are still to be
-measured.
+measurement raised (its row says what; the others are still measured and written). Nothing here has been run
+on a GPU by its author: the numbers are still to be measured.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ for path in (str(ROOT), str(HERE)):
 
 import cases as C  # noqa: E402
 from cases import Case  # noqa: E402
+from synthcl_fast.benchmarking import _version  # noqa: E402
 from synthcl_fast.benchmarking import environment as base_environment  # noqa: E402
 from synthcl_fast.benchmarking import peak_memory_bytes, total_memory_bytes  # noqa: E402
 
@@ -349,18 +350,9 @@ def environment() -> dict:
     """synthcl_fast.benchmarking.environment() and what only the sweep needs to say."""
     info = base_environment()
     info["inf_cl"] = C.unavailable_reason(Case("clip", 16, 128), "inf_cl", torch.device("cuda"), 1 << 62) \
-        or f"available, version {_distribution_version('inf-cl')}"
+        or f"available, version {_version('inf-cl')}"
     info["fp32_precision"] = os.environ.get("SYNTHCL_FAST_TRITON_FP32_PRECISION", "tf32")
     return info
-
-
-def _distribution_version(name: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def markdown(result: dict) -> str:
