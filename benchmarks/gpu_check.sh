@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU job (issue 11) in one run of the device machine (one H100 by default, an H200 where named; 16 cores,
+# The whole GPU job (issue 11) in one run of the device machine (one H100 or H200, 16 cores, no package registry):
 # install, GPU test lane, sweep, summary. Every log and result lands in OUT_DIR, in at most 8 files (what the
 # device tool brings back): summary.txt, logs.tar.gz (every log and JUnit XML), gpu_sweep.{json,csv,md,png}
 # (the csv: the sweep's rows of the long results CSV, to be appended to benchmarks/results/benchmarks.csv here).
