@@ -42,8 +42,9 @@ RESULTS_CSV = ROOT / "benchmarks" / "results" / "benchmarks.csv"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 TEMPERATURE = {"nt_xent": 0.1, "nt_xent_negatives": 0.1, "supcon": 0.1, "ppcl": 0.1, "info_nce": 0.07, "dcl": 0.1,
-               "hcl": 0.5}
+               "dclw": 0.1, "per_positive": 0.1, "hcl": 0.5}
 HCL_BETA, HCL_TAU_PLUS = 1.0, 0.1  # Robinson et al.'s CIFAR-10 setting (t = 0.5)
+DCLW_SIGMA = 0.5  # Yeh et al.'s (and lightly's DCLWLoss default)
 CLIP_LOGIT_SCALE = 1 / 0.07
 PAIR_TARGET = 0.5
 SUPCON_CLASSES = 10
@@ -67,6 +68,8 @@ FAMILY_IMPLEMENTATIONS = {
     "clip": ("reference", "compiled", "open_clip", "inf_cl"),
     "positive_pair": ("reference", "compiled"),
     "dcl": ("reference", "compiled", "lightly"),
+    "dclw": ("reference", "compiled"),
+    "per_positive": ("reference", "compiled"),
     "hcl": ("reference", "compiled"),
 }
 # R x K fp32 buffers each materializing implementation holds at its peak during forward + backward, measured
@@ -79,6 +82,10 @@ LOGIT_COPIES = {"reference": 6, "compiled": 4, "lightly": 5, "pml": 12, "solo": 
 # pairs) fp32 matrix, P = R positive pairs, so memory and time grow as R^3 (measured: 4.25-4.5 such buffers,
 # 272 MiB at R = 256 and 17 GiB at R = 1024, where one call takes over a minute on 2 cores).
 PML_NTXENT_COPIES = 5
+# Families whose reference holds more R x K buffers than LOGIT_COPIES says: per_positive's reference
+# (contrastive_loss_variant, a softplus per positive pair) measured 9.45 at R = 1024; compiled is taken as the
+# same (not measured: torch.compile is left out of the estimate test).
+FAMILY_LOGIT_COPIES = {("per_positive", "reference"): 10, ("per_positive", "compiled"): 10}
 MEMORY_FRACTION = 0.7  # of the device's memory (CPU: RAM) that the estimated buffers may take
 
 
@@ -94,6 +101,8 @@ class Case:
     clip               B = R image-text pairs, symmetric (both directions)
     positive_pair      R pairs of rows (memory-bound: no R x K work)
     dcl                NT-Xent's rows with the positive out of the denominator (DCL), K = R
+    dclw               DCL with DCLW's per-row positive weights (positive_weight; sigma = DCLW_SIGMA), K = R
+    per_positive       SupCon's rows with denominator="per_positive" (each positive against the negatives), K = R
     hcl                NT-Xent's rows with HCL's hard, debiased negatives (beta = 1, tau_plus = 0.1), K = R
     """
 
@@ -106,7 +115,7 @@ class Case:
     def __post_init__(self):
         if self.family not in FAMILY_IMPLEMENTATIONS:
             raise ValueError(f"unknown case family {self.family!r}; one of {sorted(FAMILY_IMPLEMENTATIONS)}")
-        multiple = {"nt_xent": 2, "nt_xent_negatives": 8, "ppcl": 12, "dcl": 2, "hcl": 2}.get(self.family, 1)
+        multiple = {"nt_xent": 2, "nt_xent_negatives": 8, "ppcl": 12, "dcl": 2, "dclw": 2, "hcl": 2}.get(self.family, 1)
         if self.rows % multiple:
             raise ValueError(f"{self.family}: rows must be a multiple of {multiple}, got {self.rows}")
 
@@ -158,7 +167,8 @@ def cases(device_type: str = "cpu", sweep: str = "default") -> list[Case]:
     if sweep == "smoke":
         return [Case("nt_xent", 64, 32), Case("nt_xent", 128, 32), Case("nt_xent_negatives", 64, 32),
                 Case("supcon", 64, 32), Case("ppcl", 96, 32), Case("info_nce", 16, 32, queue=256),
-                Case("clip", 32, 32), Case("positive_pair", 256, 32), Case("dcl", 64, 32), Case("hcl", 64, 32)]
+                Case("clip", 32, 32), Case("positive_pair", 256, 32), Case("dcl", 64, 32), Case("dclw", 64, 32),
+                Case("per_positive", 64, 32), Case("hcl", 64, 32)]
     full = sweep == "full"
     nt_xent = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] if full else [512, 2048, 8192]
     sizes = {
@@ -169,6 +179,8 @@ def cases(device_type: str = "cpu", sweep: str = "default") -> list[Case]:
         "clip": [1024, 4096, 16384] if full else [4096],
         "positive_pair": [4096, 65536, 1 << 20] if full else [65536],
         "dcl": [512, 2048, 8192] if full else [2048],
+        "dclw": [512, 2048, 8192] if full else [2048],
+        "per_positive": [512, 2048, 8192] if full else [2048],
         "hcl": [512, 2048, 8192] if full else [2048],
     }
     out = [Case("nt_xent", n, 128, dtype) for n in nt_xent]
@@ -197,7 +209,8 @@ def memory_estimate_bytes(case: Case, implementation: str) -> int:
         # too there: K of them) and the candidates
         anchors = case.cols if case.family == "nt_xent_negatives" else case.rows
         return int(PML_NTXENT_COPIES * case.rows * anchors * case.cols * 4)
-    return LOGIT_COPIES[implementation] * case.rows * case.cols * 4
+    copies = FAMILY_LOGIT_COPIES.get((case.family, implementation), LOGIT_COPIES[implementation])
+    return copies * case.rows * case.cols * 4
 
 
 def memory_budget_bytes(device: torch.device | str) -> int:
@@ -230,6 +243,8 @@ def unavailable_reason(case: Case, implementation: str, device: torch.device,
                   "inf_cl": "inf_cl"}[implementation]
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed"
+        if implementation == "inf_cl" and torch.device(device).type != "cuda":
+            return "Inf-CL runs on CUDA tensors only"
         if implementation == "inf_cl" and inf_cl_head_dim(case.dim) is None:
             return f"Inf-CL needs D divisible by a head size of 16..256, got {case.dim}"
     needed = memory_estimate_bytes(case, implementation)
@@ -290,11 +305,11 @@ def make_inputs(case: Case, device: torch.device | str, seed: int = 0) -> dict:
         return x.requires_grad_(grad)
 
     n, dim = case.rows, case.dim
-    if case.family in ("nt_xent", "dcl", "hcl"):
+    if case.family in ("nt_xent", "dcl", "dclw", "hcl"):
         return {"z1": randn(n // 2, dim), "z2": randn(n // 2, dim)}
     if case.family == "nt_xent_negatives":  # generated rows come from G: they carry gradient
         return {"z1": randn(n // 2, dim), "z2": randn(n // 2, dim), "negatives": randn(n // 8, dim)}
-    if case.family == "supcon":
+    if case.family in ("supcon", "per_positive"):
         return {"features": randn(n, dim),
                 "labels": torch.randint(0, SUPCON_CLASSES, (n,), generator=generator, device=device)}
     if case.family == "ppcl":
@@ -389,11 +404,14 @@ def make_loss(case: Case, implementation: str, device: torch.device | str = "cpu
 
 LOSS_FUNCTIONS = {"nt_xent": "nt_xent", "nt_xent_negatives": "nt_xent", "supcon": "supcon", "ppcl": "ppcl",
                   "info_nce": "info_nce", "clip": "clip_loss", "positive_pair": "positive_pair_loss", "dcl": "dcl",
-                  "hcl": "nt_xent"}
+                  "dclw": "dcl", "per_positive": "contrastive_loss", "hcl": "nt_xent"}
 # the variant options (synthcl_fast.variants.FUSED_OPTIONS names) each variant case uses
-FAMILY_VARIANT_OPTIONS = {"dcl": ("denominator='negatives'",), "hcl": ("beta", "tau_plus")}
-# the reference's textbook forms of the variants (written independently of the general op)
-REFERENCE_FUNCTIONS = {"dcl": "dcl", "hcl": "hard_negative_nt_xent"}
+FAMILY_VARIANT_OPTIONS = {"dcl": ("denominator='negatives'",), "dclw": ("denominator='negatives'", "positive_weight"),
+                          "per_positive": ("denominator='per_positive'",), "hcl": ("beta", "tau_plus")}
+# the reference's textbook forms of the variants (written independently of the general op; per_positive has
+# none: the reference's general variant op)
+REFERENCE_FUNCTIONS = {"dcl": "dcl", "dclw": "dcl", "per_positive": "contrastive_loss_variant",
+                       "hcl": "hard_negative_nt_xent"}
 
 
 def _synthcl_loss(case: Case, implementation: str):
@@ -413,6 +431,15 @@ def _synthcl_loss(case: Case, implementation: str):
         return lambda x: fn(x["z1"], x["z2"], temperature=t, **kw)
     if family == "hcl":
         return lambda x: fn(x["z1"], x["z2"], temperature=t, beta=HCL_BETA, tau_plus=HCL_TAU_PLUS, **kw)
+    if family == "dclw" and implementation in FUSED:
+        return lambda x: fn(x["z1"], x["z2"], temperature=t, sigma=DCLW_SIGMA, **kw)
+    if family == "dclw":  # the reference: the weights by hand, the same for both views of an image
+        weights = ref.von_mises_fisher_weights
+        return lambda x: fn(x["z1"], x["z2"], temperature=t,
+                            positive_weight=weights(x["z1"], x["z2"], DCLW_SIGMA).repeat(2))
+    if family == "per_positive":
+        return lambda x: fn(x["features"], anchor_labels=x["labels"], temperature=t, denominator="per_positive",
+                            **kw)
     if family == "nt_xent_negatives":
         return lambda x: fn(x["z1"], x["z2"], temperature=t, negatives=x["negatives"], **kw)
     if family == "supcon":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole GPU job (issue 11) in one run of the device machine (one H200, 16 cores, no package registry):
+# The whole GPU job (issue 11) in one run of the device machine (one H100 or H200, 16 cores, no package registry):
 # install, GPU test lane, sweep, summary. Every log and result lands in OUT_DIR, in at most 8 files (what the
-# device tool brings back): summary.txt, logs.tar.gz (every log and JUnit XML), gpu_sweep.{json,csv,md,png}.
+# device tool brings back): summary.txt, logs.tar.gz (every log and JUnit XML), gpu_sweep.{json,csv,md,png}
+# (the csv: the sweep's rows of the long results CSV, to be appended to benchmarks/results/benchmarks.csv here).
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR               # on the GPU machine: ~6 minutes, never more than 7
 #   bash benchmarks/gpu_check.sh --rehearse OUT_DIR    # on a CPU machine: the same steps, with the GPU-only
@@ -18,15 +19,18 @@
 #    machine with torch 2.11.0+cu130, each .cu costs ~35 CPU-s for 9.0a and ~50 CPU-s for both (nvcc --threads 2
 #    compiles the two in parallel), and on 16 cores ninja compiles the 5 sources side by side.
 # 3. python -m synthcl_fast.env_report (versions, backends and why not)
-# 4. GPU tests: pytest -m gpu over tests/, then tests/test_conformance.py whole where it exists; -x and a
-#    per-test timeout (pytest-timeout)
-# 5. benchmarks/gpu_sweep.py with a time budget (its JSON/CSV/markdown are rewritten after every row, so a
-#    run cut short keeps what it measured), and its plot
+# 4. GPU tests: pytest -m gpu over tests/ (the conformance suite's GPU lanes, the Triton internals on the GPU);
+#    -x and a per-test timeout (pytest-timeout). With --rehearse also tests/test_conformance.py's CPU lanes.
+# 5. benchmarks/gpu_sweep.py with a time budget (its JSON/markdown are rewritten after every row, so a run cut
+#    short keeps what it measured; its CSV rows go to OUT_DIR/gpu_sweep.csv, not to the tree's results CSV, which
+#    does not come back), and its plot (benchmarks/plot.py on that CSV)
 # 6. summary.txt: each step's status and time, the failures, the sweep's table; printed at the end
 #
 # --rehearse (no GPU): step 4 runs the same selection (every test skips without a GPU; collection and imports
 # are what is checked) and step 5 runs gpu_sweep.py --dry-run and --smoke (tiny shapes under TRITON_INTERPRET=1:
-# the script's own code paths, outputs and plot).
+# the script's own code paths, outputs and plot). triton 3.6.0's interpreter needs numpy < 2.4 (the GPU
+# machine's numpy 2.5.2 does not matter to its compiled kernels): rehearse in a venv with numpy 2.3, or
+# sweep_smoke fails, its triton rows naming numpy. benchmarks/results/gpu_rehearsal.md: the last rehearsal.
 #
 # Environment: PYTHON (default python3), BUDGET_S (default 400; 6x that and each step's limit with --rehearse),
 # PER_TEST_TIMEOUT_S (default 120), SYNTHCL_FAST_COMMIT (the
@@ -109,7 +113,10 @@ step env_report 60 "$python" -m synthcl_fast.env_report
 pytest_args=(-x -q -p no:cacheprovider -o addopts="" -rfE "--timeout=$per_test")
 step tests_gpu 160 "$python" -m pytest "${pytest_args[@]}" -m gpu --junitxml="$out/logs/tests_gpu.xml" tests/
 [ $? -eq 5 ] && note "    (exit 5: no test is marked gpu)"
-if [ -f tests/test_conformance.py ]; then
+# The conformance suite's GPU lanes are marked gpu (tests/conftest.py's lane_param): tests_gpu ran them. Its CPU
+# lanes, the only tests a rehearsal executes, run here with --rehearse alone (on the GPU machine they would
+# re-check what the rehearsal checked in the same stack, on the sweep's time).
+if [ $rehearse = 1 ]; then
   step tests_conformance 150 "$python" -m pytest "${pytest_args[@]}" --junitxml="$out/logs/tests_conformance.xml" \
     tests/test_conformance.py
 fi
@@ -117,15 +124,18 @@ fi
 # 5. the sweep
 if [ $rehearse = 1 ]; then
   step sweep_plan 60 "$python" benchmarks/gpu_sweep.py --dry-run
-  TRITON_INTERPRET=1 step sweep_smoke 240 "$python" benchmarks/gpu_sweep.py --smoke --out "$out/gpu_sweep"
+  TRITON_INTERPRET=1 step sweep_smoke 240 "$python" benchmarks/gpu_sweep.py --smoke --out "$out/gpu_sweep" \
+    --csv "$out/gpu_sweep.csv"
 else
   # no new measurement 45 s before the step's end (one measurement, a torch.compile included, fits in that)
   sweep_limit=$(( $(left) - 30 ))
-  step sweep "$sweep_limit" "$python" benchmarks/gpu_sweep.py --out "$out/gpu_sweep" \
+  step sweep "$sweep_limit" "$python" benchmarks/gpu_sweep.py --out "$out/gpu_sweep" --csv "$out/gpu_sweep.csv" \
     --budget-s $(( sweep_limit > 60 ? sweep_limit - 45 : 15 ))
 fi
+if [ -f "$out/gpu_sweep.csv" ]; then
+  step plot 30 "$python" benchmarks/plot.py "$out/gpu_sweep.csv" --out "$out/gpu_sweep.png"
+fi
 if [ -f "$out/gpu_sweep.json" ]; then
-  step plot 30 "$python" benchmarks/plot_gpu_sweep.py "$out/gpu_sweep.json" "$out/gpu_sweep.png"
   [ -f "$out/gpu_sweep.md" ] && cat "$out/gpu_sweep.md" >> "$summary"
 fi
 exit $failed

@@ -20,20 +20,27 @@ What it does, in order (later parts are skipped, and say so, once --budget-s is 
    from one set of products); peak extra memory (synthcl_fast.benchmarking.peak_memory_bytes).
    Variants: every implementation of cases.py for the case on a GPU (triton; cuda, whose speed_vs_triton is
    the "within 1.25x" ratio; reference; compiled; lightly, pytorch-metric-learning, solo-learn, open_clip
-   where installed; inf_cl where `pip install inf-cl` was done), and for CLIP one direction alone
-   (triton_one_direction, inf_cl_one_direction). Implementations whose R x K buffers would not fit in 70% of
-   the card's memory (cases.memory_estimate_bytes) are skipped with that reason.
+   where installed; inf_cl where `pip install inf-cl` was done), for CLIP one direction alone
+   (triton_one_direction, inf_cl_one_direction), and triton_fp32_expsum: triton with the forward's sum of
+   exponentials in float32 instead of float64 (SYNTHCL_FAST_TRITON_EXPSUM, a measurement knob), whose
+   float64_expsum_cost is triton's forward time over its own, minus 1. Implementations whose R x K buffers
+   would not fit in 70% of the card's memory (cases.memory_estimate_bytes) are skipped with that reason.
 
-Cases (bf16 unless said): the sweep's own shapes first (NT-Xent R = K in {4096, 16384, 65536}, D in {128,
-256}, plus fp32 at 16384/128; InfoNCE R = 256 queries against 256 keys + a 65536-row queue; CLIP B in {16384,
-65536}, D in {512, 768}; NT-Xent R = K = 262144 (fused backends only: the others' logits do not fit);
-positive_pair R = 2^20, D = 256, bf16 and fp32: GB/s on the bytes it must move and the fraction of the measured
-copy bandwidth), then the suites' GPU list (cases.cases("cuda")): every loss at three sizes.
+Cases (bf16 unless said), the sweep's own shapes first and what issue 22 asks of them first of all (a run
+stopped by its time limit has measured those): NT-Xent R = K = 16384, D = 256 (TFLOP/s against the measured
+bf16 matrix rate, reference, cuda vs triton, the float64 exp-sum's cost); InfoNCE R = 256 queries against 256
+keys + a 65536-row queue and CLIP B = 16384, D = 512 (Inf-CL); NT-Xent R = K = 65536, D = 256 (memory) and
+262144, D = 128 (fused backends only: the others' logits do not fit); positive_pair R = 2^20, D = 256, bf16 and
+fp32 (GB/s on the bytes it must move and the fraction of the measured copy bandwidth); the variants at R = K =
+16384, D = 256 (dcl, dclw: positive_weight, per_positive, hcl: beta / tau_plus); then NT-Xent R = K in {4096,
+16384, 65536} at the other D, fp32 at 16384/128, CLIP B in {16384, 65536}, D in {512, 768}; then the suites' GPU
+list (cases.cases("cuda")): every loss at three sizes.
 
-Output: every timing appended to the long CSV (benchmarks/results/benchmarks.csv, suite "gpu_sweep", passes
-"fwd" and "fwd+bwd"), and benchmarks/results/gpu_sweep.json (everything, ceilings included) and
-gpu_sweep.md (the table). Nothing here has been run on a GPU by its author: the numbers are still to be
-measured.
+Output: every timing appended to the long CSV after its row is measured (--csv; default
+benchmarks/results/benchmarks.csv, suite "gpu_sweep", passes "fwd" and "fwd+bwd"), and --out's .json
+(everything, ceilings included) and .md (the table), rewritten after every row. Exit status 1 where a
+measurement raised (its row says what; the others are still measured and written). Nothing here has been run
+on a GPU by its author: the numbers are still to be measured.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ for path in (str(ROOT), str(HERE)):
 
 import cases as C  # noqa: E402
 from cases import Case  # noqa: E402
+from synthcl_fast.benchmarking import _version  # noqa: E402
 from synthcl_fast.benchmarking import environment as base_environment  # noqa: E402
 from synthcl_fast.benchmarking import peak_memory_bytes, total_memory_bytes  # noqa: E402
 
@@ -64,37 +72,58 @@ N_ROTATE = 3
 QUEUE = C.INFO_NCE_QUEUE
 
 SWEEP_CASES = [
-    # The headline target first (60% of the bf16 matrix rate), then the rest.
+    # What issue 22 asks of the one GPU run first, so that a run stopped by its time limit has measured it:
+    # TFLOP/s against the bf16 matrix rate, reference, cuda vs triton, the float64 exp-sum's cost (16384, 256);
+    # Inf-CL (InfoNCE with a 65536-row queue, CLIP); memory at R = K = 65536; R = K = 262144 running; the
+    # positive-pair kernel against the copy bandwidth.
     Case("nt_xent", 16384, 256, "bfloat16"),
     Case("info_nce", 256, 128, "bfloat16", QUEUE),
     Case("clip", 16384, 512, "bfloat16"),
+    Case("nt_xent", 65536, 256, "bfloat16"),
+    Case("nt_xent", 262144, 128, "bfloat16"),
+    Case("positive_pair", 1 << 20, 256, "bfloat16"),
+    Case("positive_pair", 1 << 20, 256, "float32"),
+    # the variants at the headline shape (their cost against the plain op's): DCL, DCLW's positive_weight,
+    # denominator="per_positive", HCL's beta / tau_plus
+    Case("dcl", 16384, 256, "bfloat16"),
+    Case("dclw", 16384, 256, "bfloat16"),
+    Case("per_positive", 16384, 256, "bfloat16"),
+    Case("hcl", 16384, 256, "bfloat16"),
+    # the rest of the sweep's shapes
     Case("nt_xent", 4096, 128, "bfloat16"),
     Case("nt_xent", 4096, 256, "bfloat16"),
     Case("nt_xent", 16384, 128, "bfloat16"),
     Case("nt_xent", 16384, 128, "float32"),
     Case("nt_xent", 65536, 128, "bfloat16"),
-    Case("nt_xent", 65536, 256, "bfloat16"),
     Case("clip", 16384, 768, "bfloat16"),
     Case("clip", 65536, 512, "bfloat16"),
     Case("clip", 65536, 768, "bfloat16"),
-    Case("nt_xent", 262144, 128, "bfloat16"),
-    Case("positive_pair", 1 << 20, 256, "bfloat16"),
-    Case("positive_pair", 1 << 20, 256, "float32"),
 ]
 CASES = SWEEP_CASES + [case for case in C.cases("cuda") if case not in SWEEP_CASES]
 
 # --smoke: the same code paths on the CPU (Triton's interpreter, tiny shapes), so that the script can be checked
 # on a machine without a GPU. Its numbers mean nothing.
 SMOKE_CASES = [Case("nt_xent", 64, 32), Case("info_nce", 16, 32, queue=144), Case("clip", 48, 32, "bfloat16"),
-               Case("positive_pair", 64, 32), Case("ppcl", 48, 32)]
+               Case("positive_pair", 64, 32), Case("ppcl", 48, 32), Case("dclw", 32, 32), Case("per_positive", 32, 32),
+               Case("hcl", 32, 32)]
 ONE_DIRECTION = {"triton_one_direction": "triton", "inf_cl_one_direction": "inf_cl"}  # CLIP, sweep only
+# What the Triton forward's float64 sum of exponentials costs: the same triton call with the sum in float32
+# (SYNTHCL_FAST_TRITON_EXPSUM=float32, a measurement knob), on the headline shape and on InfoNCE's few rows
+# against many columns (the column splits' merge); row.float64_expsum_cost = its forward time against triton's.
+FP32_EXPSUM = "triton_fp32_expsum"
+FP32_EXPSUM_CASES = (Case("nt_xent", 16384, 256, "bfloat16"), Case("info_nce", 256, 128, "bfloat16", QUEUE),
+                     Case("nt_xent", 64, 32), Case("info_nce", 16, 32, queue=144))  # the last two: --smoke's
+SWEEP_ONLY = {**ONE_DIRECTION, FP32_EXPSUM: "triton"}  # sweep-only variant -> the implementation it runs
 
 
 def variants(case: Case) -> list[str]:
-    """cases.py's GPU implementations of the case, and for CLIP one direction alone (against Inf-CL's)."""
+    """cases.py's GPU implementations of the case, for CLIP one direction alone (against Inf-CL's), and for
+    FP32_EXPSUM_CASES triton with a float32 sum of exponentials."""
     names = C.implementations(case, "cuda")
     if case.family == "clip":
         names += list(ONE_DIRECTION)
+    if case in FP32_EXPSUM_CASES:
+        names.append(FP32_EXPSUM)
     return names
 
 
@@ -132,6 +161,7 @@ class Row:
     fraction_of_copy: float | None = None     # positive_pair: of the measured device copy bandwidth
     memory_vs_reference: float | None = None
     fraction_of_bf16_matmul: float | None = None
+    float64_expsum_cost: float | None = None  # triton_fp32_expsum rows: triton's forward time / this one's - 1
 
 
 def make_plan(case_list, budget_bytes: int, compile_reference: bool, only: set[str] | None,
@@ -143,7 +173,7 @@ def make_plan(case_list, budget_bytes: int, compile_reference: bool, only: set[s
         if only and case.family not in only:
             continue
         for variant in variants(case):
-            implementation = ONE_DIRECTION.get(variant, variant)
+            implementation = SWEEP_ONLY.get(variant, variant)
             skip = None
             if variant == "compiled" and not compile_reference:
                 skip = "--no-compile"
@@ -163,7 +193,26 @@ def make_loss(case: Case, variant: str, device):
     if variant == "inf_cl_one_direction":
         one_direction = C.inf_cl_one_direction(case)
         return lambda x: one_direction(x["image"], x["text"], x["logit_scale"])
+    if variant == FP32_EXPSUM:
+        return _with_environment(C.make_loss(case, "triton", device), "SYNTHCL_FAST_TRITON_EXPSUM", "float32")
     return C.make_loss(case, variant, device)
+
+
+def _with_environment(fn, name: str, value: str):
+    """fn with the environment variable `name` set to `value` while it runs (the forward: the backward reads
+    no such setting), restored after."""
+    def call(x):
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn(x)
+        finally:
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+    return call
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -244,6 +293,8 @@ def add_ratios(rows: list[Row], ceilings: dict) -> None:
             triton = variants_of_case.get("triton")
             if row.variant == "cuda" and triton is not None and triton.status == "ok":
                 row.speed_vs_triton = triton.step_ms / row.step_ms
+            if row.variant == FP32_EXPSUM and triton is not None and triton.status == "ok":
+                row.float64_expsum_cost = triton.forward_ms / row.forward_ms - 1
             if row.step_gb_per_s and ceilings.get("copy_gb_per_s"):
                 row.fraction_of_copy = row.step_gb_per_s / ceilings["copy_gb_per_s"]
             base = variants_of_case.get("reference")
@@ -299,7 +350,7 @@ def environment() -> dict:
     """synthcl_fast.benchmarking.environment() and what only the sweep needs to say."""
     info = base_environment()
     info["inf_cl"] = C.unavailable_reason(Case("clip", 16, 128), "inf_cl", torch.device("cuda"), 1 << 62) \
-        or "available"
+        or f"available, version {_version('inf-cl')}"
     info["fp32_precision"] = os.environ.get("SYNTHCL_FAST_TRITON_FP32_PRECISION", "tf32")
     return info
 
@@ -312,8 +363,9 @@ def markdown(result: dict) -> str:
         lines.append(f"Ceilings measured here: bf16 matrix product {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s, "
                      f"device copy {ceilings['copy_gb_per_s']:.0f} GB/s.")
     lines += ["", "| case | variant | fwd ms | fwd+bwd ms | bwd ms | TFLOP/s (8RKD) | of bf16 mm | GB/s | of copy "
-                  "| peak extra MiB | vs reference | vs compiled | vs Inf-CL | speed vs triton | memory vs ref. | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| peak extra MiB | vs reference | vs compiled | vs Inf-CL | speed vs triton | memory vs ref. "
+                  "| fp64 sum cost | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
@@ -325,7 +377,7 @@ def markdown(result: dict) -> str:
                      f"{fmt(r['fraction_of_copy'], '.0%')} | {fmt(r['peak_extra_mb'], '.1f')} | "
                      f"{fmt(r['speedup_vs_reference'], '.2f')} | {fmt(r['speedup_vs_compiled'], '.2f')} | "
                      f"{fmt(r['speedup_vs_inf_cl'], '.2f')} | {fmt(r['speed_vs_triton'], '.2f')} | "
-                     f"{fmt(r['memory_vs_reference'], '.2%')} | "
+                     f"{fmt(r['memory_vs_reference'], '.2%')} | {fmt(r.get('float64_expsum_cost'), '+.1%')} | "
                      f"{r['status']} |")
     return "\n".join(lines)
 
@@ -370,7 +422,7 @@ def main(argv=None) -> dict | None:
             c = p.case
             work = (f"fwd+bwd moves {c.bytes_step / 1e9:6.2f} GB" if c.bytes_step else
                     f"fwd {c.flops_step / 4e12:8.2f} TFLOP  fwd+bwd {c.flops_step / 1e12:8.2f} TFLOP  "
-                    f"buffers ~{C.memory_estimate_bytes(c, ONE_DIRECTION.get(p.variant, p.variant)) / 2**30:7.1f} GiB")
+                    f"buffers ~{C.memory_estimate_bytes(c, SWEEP_ONLY.get(p.variant, p.variant)) / 2**30:7.1f} GiB")
             print(f"  {c.name:<42} {p.variant:<22} {work}" + (f"  SKIP: {p.skip}" if p.skip else ""))
         return {"plan": [{"case": p.case.name, "variant": p.variant, "skip": p.skip} for p in plan]}
     if not have_gpu and not args.smoke:
@@ -395,12 +447,21 @@ def main(argv=None) -> dict | None:
                  + f"peak {row.peak_extra_mb:9.1f} MiB" if row.status == "ok" else row.status), flush=True)
         # after every row: a run stopped from outside (benchmarks/gpu_check.sh's time limit) keeps what it measured
         write_results(result, rows, args.out, time.perf_counter() - started, complete=False)
+        if args.csv:
+            C.append_rows(csv_rows([row], env, run_id, device), args.csv)
     write_results(result, rows, args.out, time.perf_counter() - started, complete=True)
-    if args.csv:
-        C.append_rows(csv_rows(rows, env, run_id, device), args.csv)
     print(markdown(result))
     print(f"wrote {args.out}.{{json,md}}" + (f" and appended run {run_id} to {args.csv}" if args.csv else "")
           + f" in {result['elapsed_s']:.0f} s")
+    # a variant that raised (not one skipped, out of memory or out of time) is a broken code path: the run says
+    # so in its exit status, after every row was measured and written (under --smoke, where nothing is timed
+    # for real, such rows would otherwise pass for a checked script)
+    errors = [row for row in rows if row.status.startswith("error")]
+    if errors:
+        print(f"{len(errors)} of {len(rows)} measurements raised:", file=sys.stderr)
+        for row in errors:
+            print(f"  {row.case} {row.variant}: {row.status}", file=sys.stderr)
+        raise SystemExit(1)
     return result
 
 

@@ -27,6 +27,7 @@ STYLE = {name: (f"C{i}", "o-" if name in C.FUSED else "s--") for i, name in enum
 TITLES = {"nt_xent": "NT-Xent (K = R)", "nt_xent_negatives": "NT-Xent + R/8 generated", "supcon": "SupCon, 10 classes",
           "ppcl": "PPCL (2N real + 4M synthetic)", "info_nce": "InfoNCE, R queries vs R keys + queue", "clip": "CLIP symmetric",
           "positive_pair": "positive pair", "dcl": "DCL (positive out of the sum)",
+          "dclw": "DCLW (DCL, positive_weight)", "per_positive": "SupCon, per_positive denominator",
           "hcl": "HCL (beta 1, tau+ 0.1)"}
 
 

@@ -39,6 +39,9 @@ VARIABLES = (
              "block_n, block_d, block_do, splits, num_warps, num_stages)"),
     Variable("SYNTHCL_FAST_TRITON_FP32_PRECISION", "runtime", "tf32",
              "tl.dot input precision for float32 rows: tf32 (tensor cores, ~3e-4 relative), tf32x3 or ieee"),
+    Variable("SYNTHCL_FAST_TRITON_EXPSUM", "runtime", "float64",
+             "the accumulator of the Triton forward's sum of exponentials (plain op): float64, or float32 only to "
+             "measure what float64 costs (the GPU sweep's triton_fp32_expsum rows; a small loss loses digits)"),
     Variable("SYNTHCL_FAST_TRITON_PLAN_SMS", "runtime", "132",
              "under Triton's interpreter (CPU tensors), the multiprocessor count tile plans are made for, so that "
              "the interpreter runs a GPU's plans"),

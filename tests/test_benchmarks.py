@@ -22,7 +22,8 @@ from synthcl_fast.benchmarking import peak_memory_bytes  # noqa: E402
 CPU = torch.device("cpu")
 SMALL = [C.Case("nt_xent", 24, 16), C.Case("nt_xent_negatives", 32, 16), C.Case("supcon", 30, 16),
          C.Case("ppcl", 36, 16), C.Case("info_nce", 8, 16, queue=40), C.Case("clip", 12, 16),
-         C.Case("positive_pair", 20, 16), C.Case("dcl", 24, 16), C.Case("hcl", 24, 16)]
+         C.Case("positive_pair", 20, 16), C.Case("dcl", 24, 16), C.Case("dclw", 24, 16),
+         C.Case("per_positive", 30, 16), C.Case("hcl", 24, 16)]
 
 
 def _runnable(case):
@@ -72,7 +73,8 @@ def _assert_estimate_bounds_peak(case, name):
 
 @pytest.mark.parametrize("case", [C.Case("nt_xent", 1024, 32), C.Case("nt_xent_negatives", 1024, 32),
                                   C.Case("supcon", 1024, 32), C.Case("ppcl", 1020, 32),
-                                  C.Case("info_nce", 256, 32, queue=8192), C.Case("clip", 1024, 32)],
+                                  C.Case("info_nce", 256, 32, queue=8192), C.Case("clip", 1024, 32),
+                                  C.Case("dclw", 1024, 32), C.Case("per_positive", 1024, 32)],
                          ids=lambda c: c.id)
 def test_memory_estimates_bound_the_measured_peaks(case):
     """The estimates decide which runs are skipped as out of memory: each must bound the peak it stands for,

@@ -157,6 +157,17 @@ def test_tile_override_parsing(monkeypatch):
         triton_support.fp32_precision()
 
 
+def test_expsum_dtype_setting(monkeypatch):
+    """The measurement knob of the forward's sum of exponentials: float64 unless set, and only its two values."""
+    monkeypatch.delenv("SYNTHCL_FAST_TRITON_EXPSUM", raising=False)
+    assert triton_support.expsum_dtype() == "float64"
+    monkeypatch.setenv("SYNTHCL_FAST_TRITON_EXPSUM", "float32")
+    assert triton_support.expsum_dtype() == "float32"
+    monkeypatch.setenv("SYNTHCL_FAST_TRITON_EXPSUM", "float16")
+    with pytest.raises(ValueError, match="SYNTHCL_FAST_TRITON_EXPSUM"):
+        triton_support.expsum_dtype()
+
+
 def test_split_float_is_exact_to_float64_tolerance():
     for value in (1e-12, 1.0 / 3, 1.0 / 65536, 0.1):
         hi, lo = triton_support.split_float(value)

@@ -182,6 +182,33 @@ def test_hard_negative_stats_over_split_columns(beta, exclude_self, generator, m
         assert_close(actual, wanted, 1e-10, "split columns: gradient")
 
 
+@pytest.mark.parametrize("tiles", ["splits=1", SPLIT])
+def test_float32_expsum_knob(tiles, generator, monkeypatch):
+    """SYNTHCL_FAST_TRITON_EXPSUM=float32 (the GPU sweep's measure of what the float64 sum costs) reaches the
+    forward kernel and the split merge: on float64 rows the loss then has float32's accuracy (it differs from the
+    float64 sum's, which has float64's), and so do the gradients (the backward reads the forward's log-sum)."""
+    from synthcl_fast.backends.triton_contrastive import _forward_tiles
+
+    monkeypatch.setenv("SYNTHCL_FAST_TRITON_TILES", tiles)
+    anchors, candidates = _randn(45, 7, generator=generator), _randn(64, 7, generator=generator)
+    anchor_labels = torch.randint(0, 5, (45,), generator=generator).to(DEVICE)
+    candidate_labels = torch.randint(0, 5, (64,), generator=generator).to(DEVICE)
+    assert (_forward_tiles(45, 64, 7, torch.float64, DEVICE).splits > 1) == (tiles == SPLIT)
+    kwargs = dict(temperature=0.2, reduction="none")
+    expected = ref.contrastive_loss(anchors, candidates, anchor_labels, candidate_labels, **kwargs)
+    losses = {}
+    for dtype in ("float64", "float32"):
+        monkeypatch.setenv("SYNTHCL_FAST_TRITON_EXPSUM", dtype)
+        losses[dtype] = L.contrastive_loss(anchors, candidates, anchor_labels, candidate_labels, backend="triton",
+                                           **kwargs)
+    assert_close(losses["float64"], expected, 1e-12, "float64 sum: loss")
+    assert_close(losses["float32"], expected, 1e-6, "float32 sum: loss")
+    assert not torch.equal(losses["float32"], losses["float64"]), "the setting did not reach the kernel"
+    wanted = torch.autograd.grad(expected.sum(), [anchors, candidates])
+    for actual, grad in zip(torch.autograd.grad(losses["float32"].sum(), [anchors, candidates]), wanted):
+        assert_close(actual, grad, 1e-6, "float32 sum: gradient")
+
+
 def triton_cdiv(a, b):
     return -(-a // b)
 

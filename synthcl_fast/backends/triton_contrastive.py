@@ -65,7 +65,7 @@ from torch import Tensor
 from ._ops import (Denominator, Reduction, accumulate_dtype, register_contrastive_op, register_hard_negative_op,
                    register_variant_op)
 from .triton_common import TL_DTYPES, cast_output, inverse_temperature, reduce_rows, round_by_hand
-from .triton_support import (empty_output, fp32_precision, next_power_of_2, plan_multiprocessors,
+from .triton_support import (empty_output, expsum_dtype, fp32_precision, next_power_of_2, plan_multiprocessors,
                              half_dot_operand, split_float, tile_overrides)
 
 _MEAN, _SUM, _NONE = int(Reduction.MEAN), int(Reduction.SUM), int(Reduction.NONE)
@@ -219,7 +219,7 @@ def _contrastive_forward_kernel(
         EXCLUDE_SELF: tl.constexpr, FINAL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D_CHUNK: tl.constexpr,
         DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, VARIANT: tl.constexpr = False,
-        POSMEAN_ptr=None):
+        POSMEAN_ptr=None, SUM: tl.constexpr = tl.float64):
     """Row statistics of rows [pid_m*BLOCK_M, +BLOCK_M) over columns [pid_s*n_per_split, +n_per_split).
 
     VARIANT (the variants' statistics, contrastive_variant_forward): m and S over the negatives only (a row
@@ -238,10 +238,11 @@ def _contrastive_forward_kernel(
     if SINGLE_D_CHUNK:
         x_tile = _load_rows(X_ptr, stride_x, offs_m, mask_m, 0, dim, BLOCK_D).to(DOT)
 
-    # S is summed in float64: in float32 every term added to a running S near 1 (the max's own term) would
-    # round at 1.2e-7 of S, most of a small loss log S ~ S - 1.
+    # S is summed in float64 (SUM): in float32 every term added to a running S near 1 (the max's own term) would
+    # round at 1.2e-7 of S, most of a small loss log S ~ S - 1. SUM = float32 only measures what that costs
+    # (triton_support.expsum_dtype).
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
-    row_sumexp = tl.zeros([BLOCK_M], dtype=tl.float64)
+    row_sumexp = tl.zeros([BLOCK_M], dtype=SUM)
     row_gap = tl.zeros([BLOCK_M], dtype=ACC)
     row_npos = tl.zeros([BLOCK_M], dtype=tl.int32)
     n_begin = pid_s * n_per_split
@@ -257,8 +258,8 @@ def _contrastive_forward_kernel(
             new_max = tl.maximum(row_max, tl.max(s_negative, axis=1))
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)
             row_gap += row_npos.to(ACC) * (tl.where(row_max == float("-inf"), 0.0, row_max) - shift)
-            row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(tl.float64)
-                          + tl.sum(tl.exp(s_negative - shift[:, None]).to(tl.float64), axis=1))
+            row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(SUM)
+                          + tl.sum(tl.exp(s_negative - shift[:, None]).to(SUM), axis=1))
             row_gap += tl.sum(tl.where(positive, s - shift[:, None], 0.0), axis=1)
         else:
             s_allowed = tl.where(allowed, s, float("-inf"))
@@ -267,8 +268,8 @@ def _contrastive_forward_kernel(
             shifted = s_allowed - shift[:, None]
             # the earlier tiles' terms, moved from row_max to the new shift (no positive yet: nothing to move)
             row_gap += row_npos.to(ACC) * (tl.where(row_npos > 0, row_max, shift) - shift)
-            row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(tl.float64)
-                          + tl.sum(tl.exp(shifted).to(tl.float64), axis=1))
+            row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(SUM)
+                          + tl.sum(tl.exp(shifted).to(SUM), axis=1))
             row_gap += tl.sum(tl.where(positive, shifted, 0.0), axis=1)
         row_npos += tl.sum(positive.to(tl.int32), axis=1)
         row_max = new_max
@@ -463,7 +464,7 @@ def _store_hard_stats(ref0, ref1, ref2, sum0, sum1, sum2, positive_sum, n_negati
 def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NPOS_ptr,
                             MAX_ptr, LOGSUM_ptr, NPOS_ptr, LOSS_ptr, n_x, n_splits,
                             ACC: tl.constexpr, BLOCK_M: tl.constexpr, VARIANT: tl.constexpr = False,
-                            POSMEAN_ptr=None):
+                            POSMEAN_ptr=None, SUM: tl.constexpr = tl.float64):
     """Merges the per-split row statistics in split order (deterministic): each split's sum and positive gap
     are moved from its own max to the row max, then added. VARIANT: a split's gap is relative to its max, or
     to 0 where it saw no negative (max -inf), and the variants' statistics are stored."""
@@ -474,7 +475,7 @@ def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NP
     for split in range(0, n_splits):
         row_max = tl.maximum(row_max, tl.load(PART_MAX_ptr + split * n_x + offs_m, mask=mask_m, other=0.0))
     shift = tl.where(row_max == float("-inf"), 0.0, row_max)
-    row_sumexp = tl.zeros([BLOCK_M], dtype=tl.float64)
+    row_sumexp = tl.zeros([BLOCK_M], dtype=SUM)
     row_gap = tl.zeros([BLOCK_M], dtype=ACC)
     row_npos = tl.zeros([BLOCK_M], dtype=tl.int32)
     for split in range(0, n_splits):
@@ -482,7 +483,7 @@ def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NP
         part_max = tl.load(PART_MAX_ptr + offs_part, mask=mask_m, other=float("-inf"))
         part_npos = tl.load(PART_NPOS_ptr + offs_part, mask=mask_m, other=0)
         row_sumexp += (tl.load(PART_SUMEXP_ptr + offs_part, mask=mask_m, other=0.0)
-                       * tl.exp(part_max - shift).to(tl.float64))
+                       * tl.exp(part_max - shift).to(SUM))
         row_gap += tl.load(PART_GAP_ptr + offs_part, mask=mask_m, other=0.0)
         if VARIANT:
             row_gap += part_npos.to(ACC) * (tl.where(part_max == float("-inf"), 0.0, part_max) - shift)
@@ -982,22 +983,23 @@ def _row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool
     row_max, log_sum, loss = (empty_output((n_x,), acc, x.device) for _ in range(3))
     npos = empty_output((n_x,), torch.int32, x.device)
     final = t.splits == 1
+    sum_torch, sum_tl = {"float64": (torch.float64, tl.float64), "float32": (torch.float32, tl.float32)}[expsum_dtype()]
     if final:
         part = (row_max, row_max, row_max, npos)  # not written (FINAL)
     else:
-        part = tuple(empty_output((t.splits, n_x), d, x.device) for d in (acc, torch.float64, acc, torch.int32))
+        part = tuple(empty_output((t.splits, n_x), d, x.device) for d in (acc, sum_torch, acc, torch.int32))
     grid = (triton.cdiv(n_x, t.block_m), t.splits)
     _launch(
         _contrastive_forward_kernel, grid,
         x, y, x.stride(0), y.stride(0), rows.inv, cols.inv, rows.labels, cols.labels, temperature,
         *part, row_max, log_sum, npos, loss, n_x, n_y, dim, t.n_per_split,
         EXCLUDE_SELF=exclude_self, FINAL=final, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d,
-        SINGLE_D_CHUNK=t.block_d >= dim, DOT=dot, ACC=acc_tl, PRECISION=precision,
+        SINGLE_D_CHUNK=t.block_d >= dim, DOT=dot, ACC=acc_tl, PRECISION=precision, SUM=sum_tl,
         num_warps=t.num_warps, num_stages=t.num_stages)
     if not final:
         block_m = 128
         _merge_row_stats_kernel[(triton.cdiv(n_x, block_m),)](*part, row_max, log_sum, npos, loss, n_x, t.splits,
-                                                              ACC=acc_tl, BLOCK_M=block_m, num_warps=4)
+                                                              ACC=acc_tl, BLOCK_M=block_m, SUM=sum_tl, num_warps=4)
     return _Stats(row_max, log_sum, npos), loss
 
 

@@ -4,7 +4,7 @@ Nothing here imports triton, so `synthcl_fast` imports (and `backend="auto"` res
 without it. The kernel modules (triton_contrastive.py, triton_positive_pair.py) are imported on first use.
 
 Environment variables (TRITON_INTERPRET, SYNTHCL_FAST_TRITON_TILES, SYNTHCL_FAST_TRITON_FP32_PRECISION,
-SYNTHCL_FAST_TRITON_PLAN_SMS, SYNTHCL_FAST_POISON_OUTPUTS): docs/environment.md.
+SYNTHCL_FAST_TRITON_EXPSUM, SYNTHCL_FAST_TRITON_PLAN_SMS, SYNTHCL_FAST_POISON_OUTPUTS): docs/environment.md.
 """
 
 from __future__ import annotations
@@ -146,6 +146,19 @@ def fp32_precision() -> str:
     value = os.environ.get("SYNTHCL_FAST_TRITON_FP32_PRECISION", "tf32")
     if value not in FP32_PRECISIONS:
         raise ValueError(f"SYNTHCL_FAST_TRITON_FP32_PRECISION must be one of {FP32_PRECISIONS}, got {value!r}")
+    return value
+
+
+EXPSUM_DTYPES = ("float64", "float32")
+
+
+def expsum_dtype() -> str:
+    """The accumulator of the plain op's forward sum S = sum_j e^(s_ij - m_i): float64 (the default; see
+    _contrastive_forward_kernel for why) or float32, which exists only to measure what the float64 sum costs
+    (benchmarks/gpu_sweep.py's triton_fp32_expsum rows): in float32 a small loss log S ~ S - 1 loses digits."""
+    value = os.environ.get("SYNTHCL_FAST_TRITON_EXPSUM", "float64")
+    if value not in EXPSUM_DTYPES:
+        raise ValueError(f"SYNTHCL_FAST_TRITON_EXPSUM must be one of {EXPSUM_DTYPES}, got {value!r}")
     return value
 
 
