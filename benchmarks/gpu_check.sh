@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU job (issue 11) in one run of the device machine (one H100 or H200, 16 cores, no package registry):
 # install, GPU test lane, sweep, summary. Every log and result lands in OUT_DIR, in at most 8 files (what the
-# device tool brings back): summary.txt, logs.tar.gz (every log and JUnit XML), gpu_sweep.{json,csv,md,png}
+# device tool brings back): summary.txt, logs.tar.gz (every log and JUnit XML), trainer_step.md, gpu_sweep.{json,csv,md,png}
 # (the csv: the sweep's rows of the long results CSV, to be appended to benchmarks/results/benchmarks.csv here).
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR               # on the GPU machine: ~6 minutes, never more than 7
@@ -21,6 +21,8 @@
 # 3. python -m synthcl_fast.env_report (versions, backends and why not)
 # 4. GPU tests: pytest -m gpu over tests/ (the conformance suite's GPU lanes, the Triton internals on the GPU);
 #    -x and a per-test timeout (pytest-timeout). With --rehearse also tests/test_conformance.py's CPU lanes.
+# 4b. the trainer on the GPU (issue 26): a short synthcl-train run (bf16 autocast, channels-last, pinned
+#    non-blocking batches, no host read inside a step) and the step profile, trainer_step.md (also in summary.txt)
 # 5. benchmarks/gpu_sweep.py with a time budget (its JSON/markdown are rewritten after every row, so a run cut
 #    short keeps what it measured; its CSV rows go to OUT_DIR/gpu_sweep.csv, not to the tree's results CSV, which
 #    does not come back), and its plot (benchmarks/plot.py on that CSV)
@@ -120,6 +122,16 @@ if [ $rehearse = 1 ]; then
   step tests_conformance 150 "$python" -m pytest "${pytest_args[@]}" --junitxml="$out/logs/tests_conformance.xml" \
     tests/test_conformance.py
 fi
+
+# 4b. the trainer: two short epochs end to end (evaluation, checkpoints, figures), then the step's time and profile
+device=$([ $rehearse = 1 ] && echo cpu || echo cuda)
+run_dir="$(mktemp -d)/trainer_run"  # its checkpoints stay out of logs.tar.gz; its metrics go in
+step trainer_run 90 "$python" -m synthcl_fast.trainer train --device "$device" --epochs 2 --warmup-epochs 1 \
+  --eval-every 2 --no-progress --output-dir "$run_dir"
+cp "$run_dir/metrics.csv" "$out/logs/trainer_run_metrics.csv" 2>/dev/null
+step trainer_step 60 "$python" benchmarks/profile_trainer_step.py --device "$device" \
+  --steps "$([ $rehearse = 1 ] && echo 3 || echo 30)" --profiled-steps 3 --out "$out/trainer_step.md" \
+  && cat "$out/trainer_step.md" >> "$summary"
 
 # 5. the sweep
 if [ $rehearse = 1 ]; then
