@@ -5,7 +5,8 @@
     synthcl-train resume RUN_DIR               # continue a run exactly where its last checkpoint left it
 
 Layout: config (options and checks), data (datasets), augment (kornia views), models (encoder, head),
-gan (G, G_ema, D), loop (the joint step, epochs, checkpoints), evaluate (linear probe, kNN),
+gan (G, G_ema, D), loop (the joint step, epochs, checkpoints), guard (NaN/Inf caught on the device),
+evaluate (linear probe, kNN),
 checkpoint (atomic, verified files), distributed (torchrun), plots, compare, cli.
 """
 
