@@ -1,14 +1,18 @@
 """The compiled kernels load, whichever way they were built."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from synthcl_fast.backends.native import CSRC, load_error
+import synthcl_fast
+from synthcl_fast.backends.native import CSRC, build_mismatch, load_error
 
 
 def test_extension_loads():
@@ -41,3 +45,68 @@ def test_labels_on_another_device_are_rejected():
         import synthcl_fast.losses as L
 
         L.contrastive_loss(features, anchor_labels=torch.zeros(4, dtype=torch.long, device="meta"))
+
+
+@pytest.mark.parametrize("info, torch_version, torch_cuda, expected", [
+    (None, "2.14.1+cu130", "13.0", None),  # no ahead-of-time build
+    ({"torch": "2.13.0+cpu", "cuda": None}, "2.13.0+cpu", None, None),
+    ({"torch": "2.14.01+cu130", "cuda": "13.0"}, "2.14.1+cu130", "13.0", None),  # the same version, spelled apart
+    ({"torch": "2.13.0+cpu", "cuda": None}, "2.14.1+cu130", "13.0",
+     "built against torch 2.13.0+cpu but torch 2.14.1+cu130"),
+    ({"torch": "2.14.1", "cuda": None}, "2.14.1+cpu", None, "built against torch 2.14.1 but torch 2.14.1+cpu"),
+    ({"torch": "2.14.0", "cuda": None}, "2.14.1", None, "built against torch 2.14.0 but torch 2.14.1"),
+    ({"torch": "2.14.1+cu130", "cuda": "13.0"}, "2.14.1+cu130", "12.8",
+     "CUDA 13.0 kernels but this torch has CUDA 12.8"),
+    ({"torch": "not a version"}, "2.14.1", None, "built against torch not a version but torch 2.14.1"),
+    ({"cuda": None}, "2.14.1", None, "built against torch None"),
+    ({"unreadable": "x/_build_info.json cannot be read (bad JSON)"}, "2.14.1", None, "cannot be read (bad JSON)"),
+])
+def test_build_mismatch(info, torch_version, torch_cuda, expected):
+    """_C is loaded only under the torch (release and local build) and CUDA it was compiled against."""
+    found = build_mismatch(info, torch_version, torch_cuda)
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None and expected in found
+
+
+def test_a_mismatched_build_is_not_loaded(tmp_path):
+    """An installed package (its own csrc/) whose _build_info.json names another torch: importing and calling it
+    never loads _C (here a module that raises if imported), warns once naming both versions, and, with the
+    first-use compile switched off, `auto` runs the reference while `backend="cpu"` raises naming the mismatch.
+    The package lane (.ci/package_lane.sh) runs the fallback compile itself on an installed wheel."""
+    package = tmp_path / "site" / "synthcl_fast"
+    shutil.copytree(Path(synthcl_fast.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__", "_C.*", "_build_info.json", "csrc"))
+    shutil.copytree(CSRC, package / "csrc")
+    (package / "_C.py").write_text("raise RuntimeError('the mismatched build was loaded')\n")
+    (package / "_build_info.json").write_text(json.dumps({"torch": "2.4.0", "cuda": None}))
+    script = textwrap.dedent("""
+        import warnings, torch
+        import synthcl_fast, synthcl_fast.losses as L
+        from synthcl_fast.backends import native
+        print(native.CSRC)
+        z = torch.randn(20, 8, dtype=torch.float64)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = L.nt_xent(z[:10], z[10:])
+        assert float((value - L.nt_xent(z[:10], z[10:], backend="reference")).abs()) == 0
+        for w in caught:
+            print("WARNING", w.message)
+        try:
+            L.nt_xent(z[:10], z[10:], backend="cpu")
+        except Exception as error:
+            print("RAISED", type(error).__name__, error)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(package.parent), SYNTHCL_FAST_NO_JIT="1")
+    env.pop("SYNTHCL_FAST_FORCE_JIT", None)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == str(package / "csrc")
+    mismatch = f"built against torch 2.4.0 but torch {torch.__version__} is installed"
+    warned = [line for line in lines if line.startswith("WARNING") and mismatch in line]
+    assert len(warned) == 1, run.stdout
+    raised = [line for line in lines if line.startswith("RAISED")]
+    assert len(raised) == 1 and mismatch in raised[0] and "SYNTHCL_FAST_NO_JIT=1" in raised[0], run.stdout
