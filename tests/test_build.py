@@ -19,24 +19,48 @@ def test_extension_loads():
     assert load_error() is None
 
 
+def _installed_copy(site):
+    """The package as a wheel installs it: synthcl_fast/ with its kernel sources in synthcl_fast/csrc/, without
+    an ahead-of-time build. Returns its synthcl_fast/ folder (put site on PYTHONPATH)."""
+    package = site / "synthcl_fast"
+    shutil.copytree(Path(synthcl_fast.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__", "_C.*", "_build_info.json", "csrc"))
+    shutil.copytree(CSRC, package / "csrc")
+    return package
+
+
 @pytest.mark.skipif(not CSRC.is_dir(), reason="no csrc/ next to the package (not a source checkout)")
 def test_compile_on_first_use(tmp_path):
     """What `pip install -e .` without torch at build time relies on: a one-line message, a compile into
-    the cache, the same numbers as the reference; a second process finds the cache and prints nothing."""
+    the cache, the same numbers as the reference; a second process finds the cache and prints nothing, also
+    from an installed copy of the package (its own csrc/, files newer than the build): the cache is keyed by
+    the sources' contents, and ninja does not rebuild it for another place or newer file times."""
     script = textwrap.dedent("""
         import torch, synthcl_fast.losses as L
+        from synthcl_fast.backends import native
         z = torch.randn(20, 8, dtype=torch.float64)
+        print(native.CSRC)
         print(float((L.nt_xent(z[:10], z[10:], backend="cpu") - L.nt_xent(z[:10], z[10:], backend="reference")).abs()))
     """)
-    env = dict(os.environ, SYNTHCL_FAST_FORCE_JIT="1", SYNTHCL_FAST_CACHE=str(tmp_path))
-    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-            for _ in range(2)]
-    for run in runs:
-        assert run.returncode == 0, run.stderr
-        assert float(run.stdout.strip().splitlines()[-1]) < 1e-12
+    package = _installed_copy(tmp_path / "site")
+    later = (package / "__init__.py").stat().st_mtime + 3600
+    for source in (package / "csrc").iterdir():
+        os.utime(source, (later, later))
+    cache = tmp_path / "cache"
+    env = dict(os.environ, SYNTHCL_FAST_FORCE_JIT="1", SYNTHCL_FAST_CACHE=str(cache))
+    runs, library_times = [], []
+    for run_env in (env, dict(env, PYTHONPATH=str(package.parent))):
+        runs.append(subprocess.run([sys.executable, "-c", script], env=run_env, capture_output=True, text=True,
+                                   timeout=600, cwd=tmp_path))
+        assert runs[-1].returncode == 0, runs[-1].stderr
+        library_times.append([path.stat().st_mtime_ns for path in cache.rglob("synthcl_fast_cpu.so")])
+    for run, csrc in zip(runs, (CSRC, package / "csrc")):
+        lines = run.stdout.strip().splitlines()
+        assert lines[-2] == str(csrc)
+        assert float(lines[-1]) < 1e-12
     assert "synthcl_fast: compiling the CPU kernels" in runs[0].stderr
     assert "compiling" not in runs[1].stderr
-    assert any(tmp_path.rglob("synthcl_fast_cpu.so"))
+    assert len(library_times[0]) == 1 and library_times[1] == library_times[0]  # not rebuilt
 
 
 def test_labels_on_another_device_are_rejected():
@@ -75,10 +99,7 @@ def test_a_mismatched_build_is_not_loaded(tmp_path):
     never loads _C (here a module that raises if imported), warns once naming both versions, and, with the
     first-use compile switched off, `auto` runs the reference while `backend="cpu"` raises naming the mismatch.
     The package lane (.ci/package_lane.sh) runs the fallback compile itself on an installed wheel."""
-    package = tmp_path / "site" / "synthcl_fast"
-    shutil.copytree(Path(synthcl_fast.__file__).parent, package,
-                    ignore=shutil.ignore_patterns("__pycache__", "_C.*", "_build_info.json", "csrc"))
-    shutil.copytree(CSRC, package / "csrc")
+    package = _installed_copy(tmp_path / "site")
     (package / "_C.py").write_text("raise RuntimeError('the mismatched build was loaded')\n")
     (package / "_build_info.json").write_text(json.dumps({"torch": "2.4.0", "cuda": None}))
     script = textwrap.dedent("""

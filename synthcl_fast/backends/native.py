@@ -18,7 +18,9 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -72,6 +74,23 @@ def cache_dir() -> Path:
     return root / f"torch-{torch.__version__}-{platform.machine()}-{key.hexdigest()[:16]}"
 
 
+def _cached_sources(build_dir: Path) -> Path:
+    """The sources build_dir's key was made of, copied into it once. ninja rebuilds by file times: compiling from
+    the package's own files would rebuild after every reinstall of the same sources, and in every venv sharing
+    the cache, although the key (their contents) says the build is there."""
+    sources = build_dir / "src"
+    if not sources.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix="src-", dir=build_dir))
+        for path in CSRC.iterdir():
+            if path.name in CPU_SOURCES or path.suffix == ".h":  # what cache_dir's key reads
+                shutil.copyfile(path, staging / path.name)
+        try:
+            staging.rename(sources)
+        except OSError:  # another process copied them first: the same contents
+            shutil.rmtree(staging, ignore_errors=True)
+    return sources
+
+
 def _jit_build() -> None:
     from torch.utils.cpp_extension import load
 
@@ -80,7 +99,8 @@ def _jit_build() -> None:
     if not (build_dir / "synthcl_fast_cpu.so").exists():
         print(f"synthcl_fast: compiling the CPU kernels for torch {torch.__version__} once (cache: {build_dir})",
               file=sys.stderr)
-    load(name="synthcl_fast_cpu", sources=[str(CSRC / s) for s in CPU_SOURCES], extra_cflags=cxx_flags(),
+    sources = _cached_sources(build_dir)
+    load(name="synthcl_fast_cpu", sources=[str(sources / s) for s in CPU_SOURCES], extra_cflags=cxx_flags(),
          extra_ldflags=OPENMP_FLAGS, build_directory=str(build_dir), is_python_module=False, verbose=False)
 
 
