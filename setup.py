@@ -10,9 +10,9 @@
   whose nvcc is on PATH, or /usr/local/cuda when that nvcc is a wrapper outside a toolkit (no libcudart beside).
 - Writes _build_info.json beside the compiled synthcl_fast._C (in the wheel; in the source tree for an editable
   install): what was built, against which torch. backends/native.py loads _C only under that same torch.
-- Every build (with or without torch, wheel or editable) ships the kernel sources: MANIFEST.in puts csrc/ into
-  the sdist, and build_py copies it into the package (synthcl_fast/csrc/) so that an installed wheel can
-  compile its kernels on first use. An editable install reads the checkout's csrc/ instead.
+- Every sdist and wheel (built with or without torch) carries the kernel sources: MANIFEST.in puts csrc/ into
+  the sdist, and build_py copies it into the package (synthcl_fast/csrc/), from which an installed wheel
+  compiles its kernels on first use. An editable install reads the checkout's csrc/ instead.
 """
 
 import glob
