@@ -16,7 +16,6 @@
 #   (default: 3.11 "torch==2.13.0" for both: torch's CPU-only build from disk, small and fast)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 wheel_python_version="${1:-3.11}" wheel_specs="${2:-torch==2.13.0}"
 sdist_python_version="${3:-3.11}" sdist_specs="${4:-torch==2.13.0}"
 started=$(date +%s) last=$(date +%s)
@@ -46,7 +45,7 @@ smoke() {  # VENV EXPECT [--train-extra]
   step "smoke $2"
 }
 
-# shellcheck disable=SC2086  # PIP_SPECS is a list of requirement specifiers
+# shellcheck disable=SC2086  # WHEEL_SPECS and SDIST_SPECS are lists of requirement specifiers
 {
   "$wheel_python" -m venv "$work/venv-wheel"
   "$work/venv-wheel/bin/pip" install -q $wheel_specs "$wheel[train]"

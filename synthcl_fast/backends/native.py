@@ -117,7 +117,7 @@ def build_info() -> dict | None:
 def build_mismatch(info: dict | None, torch_version: str | None = None, torch_cuda: str | None = None) -> str | None:
     """Why the ahead-of-time build described by `info` must not be loaded under this torch, or None. Its machine
     code is tied to the torch (release and local build, e.g. +cpu or +cu130) it was compiled against, and to
-    that torch's CUDA when it has CUDA kernels: loading it under another fails with undefined symbols, or worse.
+    that torch's CUDA when it has CUDA kernels: under another it fails with undefined symbols, or loads and runs.
     torch_version / torch_cuda default to the installed torch's."""
     if info is None:
         return None
@@ -158,7 +158,8 @@ def _load() -> str | None:
     try:
         if os.environ.get("SYNTHCL_FAST_FORCE_JIT") == "1":  # test the first-use compile path
             raise ImportError("SYNTHCL_FAST_FORCE_JIT=1")
-        # checked before the import: a build for another torch may fail with undefined symbols, or load and crash
+        # checked before the import: a build for another torch may fail with undefined symbols, or load silently
+        # (a 2.13.0+cpu build imports under 2.14.1+cu130) and run code compiled against other headers
         mismatch = build_mismatch(build_info()) if importlib.util.find_spec("synthcl_fast._C") else None
         if mismatch:
             raise ImportError(mismatch)
