@@ -8,7 +8,11 @@
 - TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0+PTX;9.0a": Ampere machine code and PTX that
   later GPUs compile at load, and Hopper machine code). CUDA_HOME picks the toolkit; without it, the toolkit
   whose nvcc is on PATH, or /usr/local/cuda when that nvcc is a wrapper outside a toolkit (no libcudart beside).
-- Writes synthcl_fast/_build_info.json: what was built, against which torch.
+- Writes _build_info.json beside the compiled synthcl_fast._C (in the wheel; in the source tree for an editable
+  install): what was built, against which torch. backends/native.py loads _C only under that same torch.
+- Every sdist and wheel (built with or without torch) carries the kernel sources: MANIFEST.in puts csrc/ into
+  the sdist, and build_py copies it into the package (synthcl_fast/csrc/), from which an installed wheel
+  compiles its kernels on first use. An editable install reads the checkout's csrc/ instead.
 """
 
 import glob
@@ -20,8 +24,10 @@ import subprocess
 import sys
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+# The kernel sources the package carries (synthcl_fast/csrc/ in a wheel; csrc/ in the sdist: MANIFEST.in)
+KERNEL_SOURCE_PATTERNS = ("*.cpp", "*.h", "*.cu", "*.cuh")
 
 
 def _flag(name):
@@ -103,7 +109,9 @@ def _extension_config():
             info = {"torch": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,
                     "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
                     "cxx_flags": cxx, "sources": sources + (cuda_sources if with_cuda else [])}
-            with open(os.path.join(ROOT, "synthcl_fast", "_build_info.json"), "w") as f:
+            # beside _C: in build/lib (the wheel), or in the source tree when building in place (editable)
+            folder = os.path.dirname(self.get_ext_fullpath("synthcl_fast._C"))
+            with open(os.path.join(folder, "_build_info.json"), "w") as f:
                 json.dump(info, f, indent=2)
 
     jobs = max(1, min(os.cpu_count() or 1, 8))
@@ -111,5 +119,24 @@ def _extension_config():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+class BuildPyWithKernelSources(build_py):
+    """Copies csrc/ into the built package as synthcl_fast/csrc/ (backends/native.py compiles from it on first
+    use). Not in editable mode: there the package is the checkout's, beside its csrc/."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        files = sorted(path for pattern in KERNEL_SOURCE_PATTERNS for path in glob.glob(os.path.join("csrc", pattern)))
+        if not files:
+            raise RuntimeError(f"no kernel sources ({', '.join(KERNEL_SOURCE_PATTERNS)}) in csrc/ under "
+                               f"{os.getcwd()}: an sdist without csrc/ (MANIFEST.in) would build a wheel without "
+                               "kernels")
+        target = os.path.join(self.build_lib, "synthcl_fast", "csrc")
+        self.mkpath(target)
+        for path in files:
+            self.copy_file(path, os.path.join(target, os.path.basename(path)))
+
+
 ext_modules, cmdclass = _extension_config()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(ext_modules=ext_modules, cmdclass={"build_py": BuildPyWithKernelSources, **cmdclass})

@@ -14,14 +14,7 @@ shift 3
 lane="build/compat-$name"
 started=$(date +%s)
 
-python=""
-for candidate in "python$python_version" "$(pyenv root 2>/dev/null)/versions/$python_version".*/bin/python3; do
-  if "$candidate" -c "" > /dev/null 2>&1; then python="$candidate"; break; fi
-done
-if [ -z "$python" ]; then
-  python=python3
-  echo "compat lane $name: NOTE: no Python $python_version here; running on $(python3 --version)" >&2
-fi
+python=$(bash .ci/find_python.sh "$python_version")
 
 rm -rf "$lane"
 mkdir -p "$lane/src"

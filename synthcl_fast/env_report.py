@@ -5,23 +5,17 @@ side by side."""
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from . import __version__
 from .backends import available_backends
+from .backends.native import CSRC, build_info, build_mismatch
 from .benchmarking import environment, peak_memory_bytes
 from .environment import VARIABLES, current_values
 from .versions import check_versions
-
-
-def _build_info() -> dict | None:
-    path = Path(__file__).with_name("_build_info.json")
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _time(fn, repeats: int) -> float:
@@ -70,7 +64,12 @@ def main(argv=None) -> None:
     print(f"synthcl_fast {__version__}")
     for key, value in environment().items():
         print(f"  {key}: {value}")
-    print(f"  build: {_build_info() or 'no ahead-of-time build (kernels compiled on first use)'}")
+    info = build_info()
+    print(f"  build: {info or 'no ahead-of-time build (kernels compiled on first use)'}")
+    mismatch = build_mismatch(info)
+    if mismatch:
+        print(f"  build NOT loaded: {mismatch} (kernels compiled on first use instead)")
+    print(f"  kernel sources: {CSRC if CSRC.is_dir() else 'none (' + str(CSRC) + ' missing)'}")
     print("environment variables (docs/environment.md):")
     values = current_values()
     for variable in VARIABLES:

@@ -16,9 +16,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 DISTRIBUTION = "synthcl_fast"
-# The newest of each that CI tests: Python and torch in the main lane, triton in the newest-triton lane
-# (tests/test_versions.py checks these against .ci/run).
-NEWEST_TESTED = {"python": "3.11", "torch": "2.14.1", "triton": "3.9.0"}
+# The newest of each that CI tests: Python in the package lane (the wheel installed there), torch in the main
+# lane, triton in the newest-triton lane (tests/test_versions.py checks these against .ci/run).
+NEWEST_TESTED = {"python": "3.13", "torch": "2.14.1", "triton": "3.9.0"}
 
 
 @dataclass(frozen=True)

@@ -63,13 +63,14 @@ def _pyproject_bound(name: str) -> str:
 
 def test_ci_lanes_test_the_ends_of_the_declared_ranges():
     """pyproject.toml's lower bounds are what the oldest-torch lane installs, and NEWEST_TESTED is what the
-    newest-triton lane installs: change one, and the others must follow."""
+    package lane (Python) and the newest-triton lane install: change one, and the others must follow."""
     ci = (ROOT / ".ci" / "run").read_text()
     lane = {key: re.search(rf"^{key}=(\S+)$", ci, re.M).group(1)
-            for key in ("oldest_python", "oldest_torch", "newest_triton", "oldest_triton")}
+            for key in ("oldest_python", "newest_python", "oldest_torch", "newest_triton", "oldest_triton")}
     requires_python = re.search(r'requires-python\s*=\s*">=\s*([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
     assert lane["oldest_python"] == requires_python.group(1)
     assert Version(lane["oldest_torch"]).release[:2] == Version(_pyproject_bound("torch")).release[:2]
+    assert lane["newest_python"] == versions.NEWEST_TESTED["python"]
     assert lane["newest_triton"] == versions.NEWEST_TESTED["triton"]
     assert Version(lane["oldest_triton"]).release[:2] == Version(_pyproject_bound("triton")).release[:2]
     assert "torch==2.14.1" in ci and versions.NEWEST_TESTED["torch"] == "2.14.1"  # the main lane

@@ -4,25 +4,36 @@ The ops are defined in C++ (csrc/bindings.cpp, TORCH_LIBRARY) with CPU and, wher
 implementations. Here they get an autograd formula and a fake (shape-only) implementation through
 torch.library, so they work under torch.compile(fullgraph=True) and torch.library.opcheck.
 
-Loading order: the ahead-of-time build `synthcl_fast._C` (made by `pip install --no-build-isolation`
-against the torch in the environment), else a one-time compile of the CPU sources on first use,
-cached per torch version (needs ninja and a C++ compiler).
+Loading order: the ahead-of-time build `synthcl_fast._C` (made by `pip install --no-build-isolation` or
+`pip wheel --no-build-isolation` against the torch in the environment), when `_build_info.json` beside it
+names the torch installed now; else a one-time compile of the CPU sources on first use, cached per torch
+version (needs ninja and a C++ compiler). The sources are the package's own (synthcl_fast/csrc/, in every
+wheel and sdist install) or, in an editable install, the checkout's csrc/.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+from packaging.version import InvalidVersion, Version
 
 from ._ops import (assume_constant_result, register_contrastive_op, register_hard_negative_op,
                    register_positive_pair_op, register_variant_op)
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+PACKAGE = Path(__file__).resolve().parents[1]
+# The kernel sources: the installed package's copy (wheel, sdist), else the checkout's (editable install)
+CSRC = next((path for path in (PACKAGE / "csrc", PACKAGE.parent / "csrc") if path.is_dir()), PACKAGE / "csrc")
+BUILD_INFO = PACKAGE / "_build_info.json"
 CPU_SOURCES = ("bindings.cpp", "contrastive_cpu.cpp", "positive_pair_cpu.cpp")
 # -fopenmp: ATen's at::parallel_for is a header template that runs its body on one thread unless the
 # extension itself is compiled with OpenMP (it then joins torch's libgomp, loaded under the same soname).
@@ -63,6 +74,23 @@ def cache_dir() -> Path:
     return root / f"torch-{torch.__version__}-{platform.machine()}-{key.hexdigest()[:16]}"
 
 
+def _cached_sources(build_dir: Path) -> Path:
+    """The sources build_dir's key was made of, copied into it once. ninja rebuilds by file times: compiling from
+    the package's own files would rebuild after every reinstall of the same sources, and in every venv sharing
+    the cache, although the key (their contents) says the build is there."""
+    sources = build_dir / "src"
+    if not sources.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix="src-", dir=build_dir))
+        for path in CSRC.iterdir():
+            if path.name in CPU_SOURCES or path.suffix == ".h":  # what cache_dir's key reads
+                shutil.copyfile(path, staging / path.name)
+        try:
+            staging.rename(sources)
+        except OSError:  # another process copied them first: the same contents
+            shutil.rmtree(staging, ignore_errors=True)
+    return sources
+
+
 def _jit_build() -> None:
     from torch.utils.cpp_extension import load
 
@@ -71,8 +99,42 @@ def _jit_build() -> None:
     if not (build_dir / "synthcl_fast_cpu.so").exists():
         print(f"synthcl_fast: compiling the CPU kernels for torch {torch.__version__} once (cache: {build_dir})",
               file=sys.stderr)
-    load(name="synthcl_fast_cpu", sources=[str(CSRC / s) for s in CPU_SOURCES], extra_cflags=cxx_flags(),
+    sources = _cached_sources(build_dir)
+    load(name="synthcl_fast_cpu", sources=[str(sources / s) for s in CPU_SOURCES], extra_cflags=cxx_flags(),
          extra_ldflags=OPENMP_FLAGS, build_directory=str(build_dir), is_python_module=False, verbose=False)
+
+
+def build_info() -> dict | None:
+    """What setup.py recorded of the ahead-of-time build (torch, CUDA, flags, sources); None without one."""
+    try:
+        return json.loads(BUILD_INFO.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return {"unreadable": f"{BUILD_INFO} cannot be read ({error})"}
+
+
+def build_mismatch(info: dict | None, torch_version: str | None = None, torch_cuda: str | None = None) -> str | None:
+    """Why the ahead-of-time build described by `info` must not be loaded under this torch, or None. Its machine
+    code is tied to the torch (release and local build, e.g. +cpu or +cu130) it was compiled against, and to
+    that torch's CUDA when it has CUDA kernels: under another it fails with undefined symbols, or loads and runs.
+    torch_version / torch_cuda default to the installed torch's."""
+    if info is None:
+        return None
+    if "unreadable" in info:
+        return info["unreadable"]
+    installed = torch.__version__ if torch_version is None else torch_version
+    cuda = torch.version.cuda if torch_cuda is None else torch_cuda
+    built = info.get("torch")
+    try:
+        same = built is not None and Version(str(built)) == Version(installed)
+    except InvalidVersion:
+        same = False
+    if not same:
+        return f"synthcl_fast._C was built against torch {built} but torch {installed} is installed"
+    if info.get("cuda") and info["cuda"] != cuda:
+        return f"synthcl_fast._C was built with CUDA {info['cuda']} kernels but this torch has CUDA {cuda}"
+    return None
 
 
 _UNLOADED = object()
@@ -92,19 +154,31 @@ def load_error() -> str | None:
 
 
 def _load() -> str | None:
+    mismatch = None
     try:
         if os.environ.get("SYNTHCL_FAST_FORCE_JIT") == "1":  # test the first-use compile path
             raise ImportError("SYNTHCL_FAST_FORCE_JIT=1")
+        # checked before the import: a build for another torch may fail with undefined symbols, or load silently
+        # (a 2.13.0+cpu build imports under 2.14.1+cu130) and run code compiled against other headers
+        mismatch = build_mismatch(build_info()) if importlib.util.find_spec("synthcl_fast._C") else None
+        if mismatch:
+            raise ImportError(mismatch)
         import synthcl_fast._C  # noqa: F401  (registers the ops)
     except ImportError as aot_error:
+        unusable = (f"the compiled extension is not loaded ({mismatch})" if mismatch else
+                    f"the compiled extension synthcl_fast._C is missing ({aot_error})")
         if os.environ.get("SYNTHCL_FAST_NO_JIT") == "1":
-            return f"the compiled extension synthcl_fast._C is missing ({aot_error}) and SYNTHCL_FAST_NO_JIT=1"
+            return f"{unusable} and SYNTHCL_FAST_NO_JIT=1"
         if not CSRC.is_dir():
-            return f"the compiled extension is missing ({aot_error}) and no csrc/ to compile it from"
+            return f"{unusable} and no csrc/ to compile it from ({CSRC})"
+        if mismatch:
+            warnings.warn(f"synthcl_fast: {mismatch}; compiling the CPU kernels on first use instead (reinstall "
+                          "synthcl_fast against this torch to load its ahead-of-time build)", RuntimeWarning,
+                          stacklevel=2)
         try:
             _jit_build()
         except Exception as jit_error:  # a compiler or ninja problem: report it, do not crash the caller
-            return f"the compiled extension is missing and compiling it failed: {jit_error}"
+            return f"{unusable} and compiling it failed: {jit_error}"
     ops = torch.ops.synthcl_fast
     register_contrastive_op(ops.contrastive_forward, ops.contrastive_backward, sides=1)
     register_variant_op(ops.contrastive_variant_forward, ops.contrastive_variant_backward)

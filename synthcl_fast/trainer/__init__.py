@@ -10,9 +10,16 @@ evaluate (linear probe, kNN),
 checkpoint (atomic, verified files), distributed (torchrun), plots, compare, cli.
 """
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import METHODS, ConfigError, TrainConfig
-from .loop import NonFiniteLossError, RunResult, Trainer, train
+try:
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .config import METHODS, ConfigError, TrainConfig
+    from .loop import NonFiniteLossError, RunResult, Trainer, train
+except ModuleNotFoundError as error:  # a plain `pip install synthcl_fast` has the losses, not the trainer's libraries
+    if error.name is None or error.name.split(".")[0] in ("synthcl_fast", "torch"):
+        raise
+    raise ModuleNotFoundError(f"the trainer (synthcl-train, synthcl_fast.trainer) needs {error.name}, which is not "
+                              "installed: pip install 'synthcl_fast[train]' installs the trainer's libraries",
+                              name=error.name) from error
 
 __all__ = ["CheckpointError", "ConfigError", "METHODS", "NonFiniteLossError", "RunResult", "TrainConfig", "Trainer",
            "load_checkpoint", "train"]
