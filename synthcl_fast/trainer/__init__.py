@@ -6,8 +6,7 @@
 
 Layout: config (options and checks), data (datasets), augment (kornia views), models (encoder, head),
 gan (G, G_ema, D), loop (the joint step, epochs, checkpoints), guard (NaN/Inf caught on the device),
-evaluate (linear probe, kNN),
-checkpoint (atomic, verified files), distributed (torchrun), plots, compare, cli.
+evaluate (linear probe, kNN), checkpoint (atomic, verified files), distributed (torchrun), plots, compare, cli.
 """
 
 try:
