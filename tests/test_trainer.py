@@ -190,9 +190,10 @@ def test_a_nonfinite_loss_freezes_every_weight_on_the_device(tmp_path, monkeypat
     real = trainer.data.train_images[:16]
     for _ in range(2):
         trainer.train_step(real)
-    trainer.epoch = trainer.warmup_epochs  # the joint phase
+    trainer.epoch = trainer.warmup_epochs  # the joint phase, from its first step (where G_ema starts as G)
+    trainer.global_step = trainer.warmup_epochs * trainer.steps_per_epoch
     trainer.train_step(real)
-    trainer.global_step = 7
+    trainer.global_step += 1
     real_ppcl = loop.losses.ppcl
     monkeypatch.setattr(loop.losses, "ppcl", lambda *a, **k: real_ppcl(*a, **k) * float("nan"))
     def weights(name):  # parameters (batch-norm running statistics are no weights: every forward moves them)
@@ -200,16 +201,16 @@ def test_a_nonfinite_loss_freezes_every_weight_on_the_device(tmp_path, monkeypat
 
     frozen = {name: weights(name) for name in ("model", "generator", "generator_ema")}
     discriminator = weights("discriminator")
-    trainer.train_step(real)  # step 8: D still learns (its loss is finite), then everything stops
+    trainer.train_step(real)  # step 10: D still learns (its loss is finite), then everything stops
     monkeypatch.setattr(loop.losses, "ppcl", real_ppcl)
     after_d_step = weights("discriminator")
     assert any(not torch.equal(discriminator[k], v) for k, v in after_d_step.items())
-    trainer.global_step = 8
+    trainer.global_step += 1
     trainer.train_step(real)  # finite again, but the guard has tripped: nothing moves
     assert_same_modules(frozen, {name: weights(name) for name in frozen})
     assert_same_modules({"discriminator": after_d_step}, {"discriminator": weights("discriminator")})
     step, name, value = trainer.guard.first_nonfinite()
-    assert (step, name) == (8, "loss_contrastive") and np.isnan(value)
+    assert (step, name) == (10, "loss_contrastive") and np.isnan(value)
 
 
 def test_step_budgets_are_the_same_for_every_fraction_and_d_sees_augmented_images(tmp_path):
