@@ -1,6 +1,8 @@
-"""`compare`: train several methods with the same seeds (and data fractions), then tabulate the linear-probe
-and kNN accuracy over the seeds, with 95 % confidence intervals, and each method's difference to the baseline
-paired by seed (runs of different methods with the same seed share the initial encoder and the data order).
+"""`compare`: train several methods with the same seeds (and data fractions), then tabulate the linear-probe,
+few-label-probe and kNN accuracy over the seeds, with 95 % confidence intervals, and each method's difference to
+the baseline paired by seed (runs of different methods with the same seed share the initial encoder and the data
+order). Every table also holds the baselines of evaluate.py, measured by the same evaluation code: the raw pixels
+and the randomly initialized encoder of each seed (cached in <output>/baselines/).
 
 `compare --study data-efficiency` is the data-efficiency study (STUDIES): fixed methods, fractions, seeds and
 training settings, a table, a CSV/JSON and a plot of accuracy against the fraction of training images.
@@ -26,6 +28,9 @@ from .config import ConfigError, TrainConfig
 from .loop import Trainer
 
 
+METRICS = ("probe_acc", "few_label_acc", "knn_acc")   # evaluate.py's primary metrics, in table order
+
+
 @dataclass
 class CompareRow:
     method: str
@@ -34,6 +39,8 @@ class CompareRow:
     probe_acc: list[float]
     knn_acc: list[float]
     seconds: list[float]
+    few_label_acc: list[float] = field(default_factory=list)
+    baseline: bool = False       # a row of evaluate.BASELINES: no training (train_fraction is meaningless)
 
 
 def run_name(config: TrainConfig) -> str:
@@ -52,18 +59,76 @@ def _run_one(config: TrainConfig, run_dir: Path, **trainer_kwargs) -> dict:
         Trainer.resume(run_dir, **trainer_kwargs).fit()
     else:
         Trainer.new(config, run_dir, **trainer_kwargs).fit()
-    return json.loads(result_file.read_text()) if result_file.exists() else {}
+    return _with_last_evaluation(json.loads(result_file.read_text()), run_dir) if result_file.exists() else {}
+
+
+def _with_last_evaluation(result: dict, run_dir: Path) -> dict:
+    """result.json's content plus the metrics of the run's last evaluation (metrics.json) that result.json does
+    not hold (the few-label probe)."""
+    history_file = run_dir / "metrics.json"
+    if all(key in result for key in METRICS) or not history_file.exists():
+        return result
+    history = json.loads(history_file.read_text())
+    last = next((row for row in reversed(history) if row.get("probe_acc") is not None), {})
+    return {key: last.get(key) for key in METRICS} | result
+
+
+def baseline_rows(base: TrainConfig, seeds: list[int], output_dir: Path) -> list[CompareRow]:
+    """The rows of evaluate.BASELINES for `seeds`: raw pixels (the same value for every seed: nothing in it
+    depends on the seed) and the randomly initialized encoder of each seed. Each result is cached in
+    output_dir/baselines/<name>-seed<s>.json with the settings it depends on, and recomputed if they change."""
+    from .data import load_data
+    from .evaluate import BASELINES, random_encoder, raw_pixel_metrics, evaluate
+
+    import torch
+
+    folder = Path(output_dir) / "baselines"
+    # what the baselines depend on: the data (and its split), the encoder's shape, the kNN's k
+    keys = ("dataset", "data_path", "image_size", "test_fraction", "split_seed", "width", "projection_dim",
+            "knn_k")
+    settings = {key: getattr(base, key) for key in keys}
+    data = None
+    rows = {name: CompareRow(name, 1.0, [], [], [], [], [], baseline=True) for name in BASELINES}
+    raw = None
+    for seed in seeds:
+        for name in BASELINES:
+            path = folder / f"{name}-seed{seed}.json"
+            stored = json.loads(path.read_text()) if path.exists() else None
+            wanted = settings | ({"seed": seed} if name == "random-encoder" else {})
+            if stored is None or stored.get("settings") != wanted:
+                start = time.perf_counter()
+                if data is None:
+                    data = load_data(base.for_method("simclr", train_fraction=1.0))
+                if name == "raw-pixels":
+                    raw = raw if raw is not None else raw_pixel_metrics(data, base.knn_k)
+                    metrics = raw
+                else:
+                    config = base.for_method("simclr", seed=seed)
+                    model = random_encoder(config, data.channels)
+                    metrics = evaluate(model, data, torch.device("cpu"), base.knn_k)
+                stored = {"settings": wanted, "metrics": metrics, "seconds": time.perf_counter() - start}
+                atomic_write_bytes(path, (json.dumps(stored, indent=2) + "\n").encode())
+            row = rows[name]
+            row.seeds.append(seed)
+            for key in METRICS:
+                getattr(row, key).append(stored["metrics"].get(key))
+            row.seconds.append(0.0)
+    return list(rows.values())
 
 
 def compare(base: TrainConfig, methods: list[str], seeds: list[int], fractions: list[float], output_dir: Path,
-            after_seed: Callable[[list[CompareRow]], None] | None = None, **trainer_kwargs) -> list[CompareRow]:
+            after_seed: Callable[[list[CompareRow]], None] | None = None, baselines: bool = True,
+            **trainer_kwargs) -> list[CompareRow]:
     """Train every (seed, fraction, method) into output_dir/<method>-frac<f>-seed<s>; one row per
-    (method, fraction). Runs of different methods with the same seed share the data order and initial encoder.
-    Seeds are the outer loop, so a comparison stopped early holds whole seeds; `after_seed(rows so far)` is
-    called after each."""
+    (method, fraction), then (`baselines`) one row per evaluate.BASELINES. Runs of different methods with the
+    same seed share the data order and initial encoder. Seeds are the outer loop, so a comparison stopped early
+    holds whole seeds; `after_seed(rows so far)` is called after each."""
     output_dir = Path(output_dir)
     rows = {(m, f): CompareRow(m, f, [], [], [], []) for f in fractions for m in methods}
-    for seed in seeds:
+    dist = trainer_kwargs.get("dist")
+    main_process = dist is None or dist.is_main
+    extra: list[CompareRow] = []
+    for index, seed in enumerate(seeds):
         for fraction in fractions:
             for method in methods:
                 config = base.for_method(method, seed=seed, train_fraction=fraction)
@@ -71,13 +136,15 @@ def compare(base: TrainConfig, methods: list[str], seeds: list[int], fractions: 
                 result = _run_one(config, output_dir / run_name(config), **trainer_kwargs)
                 row = rows[(method, fraction)]
                 row.seeds.append(seed)
-                row.probe_acc.append(result.get("probe_acc"))
-                row.knn_acc.append(result.get("knn_acc"))
+                for key in METRICS:
+                    getattr(row, key).append(result.get(key))
                 # the training time the run recorded (a run finished by an earlier call is reused in ~0 s)
                 row.seconds.append(result.get("train_seconds_this_process", time.perf_counter() - start))
+        if baselines and main_process:  # evaluation only: the main process computes them
+            extra = baseline_rows(base, list(seeds[:index + 1]), output_dir)
         if after_seed is not None:
-            after_seed(list(rows.values()))
-    return list(rows.values())
+            after_seed(list(rows.values()) + extra)
+    return list(rows.values()) + extra
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -150,25 +217,48 @@ def _difference_cell(interval: Interval) -> str:
     return f"{100 * interval.mean:+.2f} [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}] {verdict}"
 
 
-def format_table(rows: list[CompareRow], baseline: str = "simclr") -> str:
-    """A markdown table in percent: mean and 95 % t interval over the seeds of the linear-probe and kNN
-    accuracy, and the difference to the baseline method on the same training images, paired by seed, with
-    its 95 % interval and whether that excludes zero."""
-    baselines = {r.train_fraction: r for r in rows if r.method == baseline}
-    lines = ["| method | train images | seeds | linear probe acc (%) [95 % CI] | kNN acc (%) [95 % CI] | "
-             f"probe - {baseline}, same images, paired [95 % CI] | kNN - {baseline}, paired [95 % CI] | "
-             "per-seed probe (%) | train s/run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def _references(rows: list[CompareRow], baseline: str) -> dict:
+    """For each row, the row of the baseline method it is compared with: the baseline method's row on the same
+    training images; for the rows of evaluate.BASELINES (no training), its row on the most images."""
+    by_fraction = {r.train_fraction: r for r in rows if r.method == baseline and not r.baseline}
+    most = by_fraction[max(by_fraction)] if by_fraction else None
+    references = {}
     for row in rows:
-        reference = baselines.get(row.train_fraction)
-        compared = reference is not None and row is not reference
-        probe_delta = _difference_cell(paired_difference(row, reference, "probe_acc")) if compared else ""
-        knn_delta = _difference_cell(paired_difference(row, reference, "knn_acc")) if compared else ""
+        reference = most if row.baseline else by_fraction.get(row.train_fraction)
+        if reference is not None and reference is not row:
+            references[id(row)] = reference
+    return references
+
+
+def format_table(rows: list[CompareRow], baseline: str = "simclr") -> str:
+    """A markdown table in percent: mean and 95 % t interval over the seeds of the linear-probe, few-label-probe
+    and kNN accuracy, and the difference to the baseline method on the same training images, paired by seed, with
+    its 95 % interval and whether that excludes zero. The rows of evaluate.BASELINES (raw pixels, the random
+    encoder: 'none' trained on) are compared with the baseline method on the most training images."""
+    references = _references(rows, baseline)
+    most = next((r.train_fraction for r in references.values() if r.method == baseline), None)
+    lines = ["| method | train images | seeds | linear probe acc (%) [95 % CI] | "
+             f"few-label probe acc (%), {_few_labels()} labels/class [95 % CI] | kNN acc (%) [95 % CI] | "
+             f"probe - {baseline}, same images, paired [95 % CI] | few-label - {baseline}, paired [95 % CI] | "
+             f"kNN - {baseline}, paired [95 % CI] | per-seed probe (%) | train s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        reference = references.get(id(row))
+        deltas = [_difference_cell(paired_difference(row, reference, key)) if reference is not None else ""
+                  for key in METRICS]
         per_seed = ", ".join("n/a" if v is None else f"{100 * v:.2f}" for v in row.probe_acc)
-        lines.append(f"| {row.method} | {row.train_fraction:.0%} | {len(row.seeds)} | "
-                     f"{_pct(t_interval(row.probe_acc))} | {_pct(t_interval(row.knn_acc))} | {probe_delta} | "
-                     f"{knn_delta} | {per_seed} | {mean_std(row.seconds)[0]:.0f} |")
+        images = f"none (vs {baseline} at {most:.0%})" if row.baseline and most is not None else \
+            "none" if row.baseline else f"{row.train_fraction:.0%}"
+        cells = " | ".join(_pct(t_interval(getattr(row, key))) for key in METRICS)
+        lines.append(f"| {row.method} | {images} | {len(row.seeds)} | {cells} | {' | '.join(deltas)} | "
+                     f"{per_seed} | {mean_std(row.seconds)[0]:.0f} |")
     return "\n".join(lines)
+
+
+def _few_labels() -> int:
+    from .evaluate import FEW_LABELS
+
+    return FEW_LABELS
 
 
 def write_report(rows: list[CompareRow], output_dir: Path, header: str) -> str:
@@ -213,16 +303,17 @@ STUDIES = {
 def study_summary(rows: list[CompareRow], baseline: str = "simclr") -> list[dict]:
     """One record per (method, fraction): accuracy means and 95 % intervals, and the paired difference to
     the baseline at the same fraction."""
-    baselines = {r.train_fraction: r for r in rows if r.method == baseline}
+    references = _references(rows, baseline)
     records = []
     for row in rows:
-        record = {"method": row.method, "train_fraction": row.train_fraction, "seeds": row.seeds}
-        for key in ("probe_acc", "knn_acc"):
+        record = {"method": row.method, "train_fraction": None if row.baseline else row.train_fraction,
+                  "seeds": row.seeds}
+        for key in METRICS:
             interval = t_interval(getattr(row, key))
             record.update({key: interval.mean, f"{key}_ci_low": interval.low, f"{key}_ci_high": interval.high,
                            f"{key}_per_seed": getattr(row, key)})
-            reference = baselines.get(row.train_fraction)
-            if reference is not None and reference is not row:
+            reference = references.get(id(row))
+            if reference is not None:
                 delta = paired_difference(row, reference, key)
                 record.update({f"{key}_minus_{baseline}": delta.mean, f"{key}_minus_{baseline}_ci_low": delta.low,
                                f"{key}_minus_{baseline}_ci_high": delta.high,
