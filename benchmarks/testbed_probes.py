@@ -29,12 +29,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="simclr epochs (0: baselines only)")
     parser.add_argument("--no-raw-probe", action="store_true", help="raw pixels: 5-NN only (the probe is slow)")
     parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--eval-every", type=int, default=0, help="epochs between evaluations (0: the last only)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     glyphs.STYLE.update(json.loads(args.style))
     print("STYLE", json.dumps(glyphs.STYLE), flush=True)
     config = TrainConfig(method="simclr", dataset="glyphs", seed=args.seed, device="cpu", epochs=max(args.epochs, 1),
-                         eval_every=max(args.epochs, 1))
+                         eval_every=args.eval_every or max(args.epochs, 1))
     start = time.perf_counter()
     data = load_data(config)
     print(f"load_data: {time.perf_counter() - start:.1f} s", flush=True)
@@ -58,6 +59,7 @@ def main() -> None:
         result = trainer.fit()
         print(f"simclr {trainer.global_step} steps", json.dumps(
             {k: result.history[-1].get(k) for k in ("probe_acc", "few_label_acc", "knn_acc")}
+            | {"curve": [(r["step"], r.get("probe_acc"), r.get("knn_acc")) for r in result.history if r.get("probe_acc")]}
             | {"train_seconds": round(result.seconds, 1), "seconds": round(time.perf_counter() - start, 1)}),
             flush=True)
 

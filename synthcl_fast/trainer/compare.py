@@ -323,14 +323,24 @@ def study_summary(rows: list[CompareRow], baseline: str = "simclr") -> list[dict
 
 
 def plot_study(rows: list[CompareRow], path: Path, title: str) -> None:
-    """Accuracy against the fraction of training images, one line per method, 95 % intervals as bars."""
+    """Accuracy against the fraction of training images, one line per method, 95 % intervals as bars; the
+    baselines (no training) as horizontal dashed lines."""
     from .plots import plt, _save
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    methods = list(dict.fromkeys(r.method for r in rows))
-    for axis, key, name in ((axes[0], "probe_acc", "linear probe"), (axes[1], "knn_acc", "kNN")):
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    methods = list(dict.fromkeys(r.method for r in rows if not r.baseline))
+    panels = ((axes[0], "probe_acc", "linear probe"), (axes[1], "few_label_acc", f"few-label probe ({_few_labels()}/class)"),
+              (axes[2], "knn_acc", "kNN"))
+    for axis, key, name in panels:
+        for row in rows:
+            interval = t_interval(getattr(row, key))
+            if row.baseline and interval.n:
+                axis.axhline(100 * interval.mean, linestyle="--", linewidth=1, color="gray")
+                axis.annotate(row.method, (0, 100 * interval.mean), xycoords=("axes fraction", "data"), fontsize=7,
+                              color="gray", va="bottom")
         for offset, method in enumerate(methods):
-            points = sorted((r.train_fraction, t_interval(getattr(r, key))) for r in rows if r.method == method)
+            points = sorted(((r.train_fraction, t_interval(getattr(r, key))) for r in rows
+                             if r.method == method and not r.baseline), key=lambda p: p[0])
             points = [(f, i) for f, i in points if i.n]
             if not points:
                 continue
@@ -340,7 +350,7 @@ def plot_study(rows: list[CompareRow], path: Path, title: str) -> None:
             half = np.array([0 if i.n < 2 else 100 * i.half_width() for _, i in points])
             axis.errorbar(x, mean, yerr=half, marker="o", capsize=3, label=method)
         axis.set_xscale("log")
-        fractions = sorted({r.train_fraction for r in rows})
+        fractions = sorted({r.train_fraction for r in rows if not r.baseline})
         axis.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
         axis.minorticks_off()
         axis.set_xlabel("fraction of the training images used for contrastive training")

@@ -99,10 +99,12 @@ def few_label_draws(train_y, per_class: int = FEW_LABELS, draws: int = FEW_LABEL
 
 
 def few_label_accuracy(train_x, train_y, test_x, test_y, per_class: int = FEW_LABELS,
-                       draws: int = FEW_LABEL_DRAWS, seed: int = FEW_LABEL_SEED) -> float:
+                       draws: int = FEW_LABEL_DRAWS, seed: int = FEW_LABEL_SEED) -> float | None:
     """The linear probe trained on `per_class` labeled images per class, mean test accuracy over `draws`
-    draws of those images."""
+    draws of those images; None where a class has fewer than `per_class` training images (a small folder)."""
     train_y = np.asarray(train_y)
+    if np.unique(train_y, return_counts=True)[1].min() < per_class:
+        return None
     scores = [linear_probe_accuracy(train_x[index], train_y[index], test_x, test_y)
               for index in few_label_draws(train_y, per_class, draws, seed)]
     return float(np.mean(scores))

@@ -5,11 +5,17 @@ Mono and Serif in four styles each, STIX General in four, and the Computer Moder
 cmtt10, cmti10). Every image is one source's glyph under random nuisances that a good representation must
 ignore and raw pixels cannot:
 
-- geometry: position, scale, rotation, shear and aspect ratio, plus a smooth elastic deformation;
-- stroke width: the glyph's mask thickened or thinned before it is drawn;
-- colour: random foreground and background colours (either may be the lighter one), each with a smooth
-  random shading; a low-frequency colour texture on the background; pixel noise;
-- clutter: thin line segments in a third colour.
+- geometry: position (anywhere that keeps most of the glyph in the image), scale (the glyph's longer side 55-90 %
+  of the image side), rotation (+-10 degrees), shear, aspect ratio, and a smooth elastic deformation;
+- stroke width: the glyph's mask thickened by 0 or 1 mask pixel before it is drawn;
+- colour: random foreground and background colours, uniform in RGB with a luminance difference of at least
+  0.35 (either may be the lighter one), each with a smooth random shading; a low-frequency colour texture on
+  the background; pixel noise;
+- clutter: a thin line segment in a third colour.
+
+Why these strengths (STYLE): the data set must be learnable by the trainer's encoder within a short budget while
+raw pixels fail. Stronger geometry (rotation +-25 degrees, smaller glyphs, thinning) and more clutter and texture
+left simclr near the random encoder after a few hundred steps (benchmarks/results/testbed/design_probes.md).
 
 Split rule: a font is a source family. One font of each of the five families (DejaVu Sans, Sans Mono, Serif,
 STIX, Computer Modern) is drawn for the test split; all images of a font live in one split, so the test split
@@ -56,15 +62,15 @@ FONTS = (
 # they are part of the cache key)
 STYLE = {
     "palette": 0,          # 0: colours drawn uniformly in RGB; k > 0: from k fixed colours
-    "shading": 0.12,       # amplitude of the smooth shading of the foreground and background colours
-    "texture": 0.08,       # amplitude of the background's colour texture (8 x 8 lattice)
-    "clutter": 2,          # line segments of clutter
-    "noise": 0.03,         # pixel noise (standard deviation)
-    "rotation": 25.0,      # degrees, either way
-    "scale": (0.45, 0.8),  # the glyph's longer side as a share of the image side
-    "shear": 0.25,         # horizontal shear, either way
-    "elastic": 0.04,       # amplitude of the elastic deformation (normalized coordinates)
-    "stroke": (-1, 2),     # stroke width change in mask pixels (thinned by 1 .. thickened by 2)
+    "shading": 0.1,        # amplitude of the smooth shading of the foreground and background colours
+    "texture": 0.04,       # amplitude of the background's colour texture (8 x 8 lattice)
+    "clutter": 1,          # line segments of clutter
+    "noise": 0.02,         # pixel noise (standard deviation)
+    "rotation": 10.0,      # degrees, either way
+    "scale": (0.55, 0.9),  # the glyph's longer side as a share of the image side
+    "shear": 0.1,          # horizontal shear, either way
+    "elastic": 0.02,       # amplitude of the elastic deformation (normalized coordinates)
+    "stroke": (0, 1),      # stroke width change in mask pixels (0 .. thickened by 1)
 }
 MASK_SIZE = 64              # glyph masks are drawn at 2x and averaged down to 32 x 32 (antialiasing)
 GLYPH_BOX = 48              # a glyph's longer side in the mask before the random scale
@@ -102,7 +108,7 @@ def load_glyphs(seed: int = 0, cache: bool = True) -> dict[str, np.ndarray]:
     return data
 
 
-def test_fonts(seed: int) -> list[int]:
+def held_out_fonts(seed: int) -> list[int]:
     """Indices into FONTS of the test split's fonts: one per family, drawn with `seed`."""
     rng = np.random.RandomState(seed)
     families = list(dict.fromkeys(family for _, family in FONTS))
@@ -180,7 +186,7 @@ def _draw(masks, fonts, labels, generator):
     """uint8 (n, 3, 32, 32) images of the glyphs masks[fonts[k], labels[k]] under random nuisances."""
     n, s = labels.shape[0], MASK_SIZE
     glyph = masks[fonts, labels].unsqueeze(1)                       # (n, 1, 64, 64)
-    # stroke width: dilate (max-pool) or thin (min-pool) the coverage by 0-2 mask pixels (0-1 output pixels)
+    # stroke width: dilate (max-pool) or thin (min-pool) the coverage by STYLE["stroke"] mask pixels
     width = torch.randint(STYLE["stroke"][0], STYLE["stroke"][1] + 1, (n,), generator=generator)
     out = glyph.clone()
     for radius in (1, 2):
@@ -241,7 +247,7 @@ def _clutter(image, generator, count, strength):
 def generate_glyphs(seed: int = 0) -> dict[str, np.ndarray]:
     """Generate the data set of `seed` (no cache); see load_glyphs for the keys."""
     masks = render_masks()
-    test = test_fonts(seed)
+    test = held_out_fonts(seed)
     train = [i for i in range(len(FONTS)) if i not in test]
     generator = torch.Generator().manual_seed(seed)
     out = {}
