@@ -55,7 +55,7 @@ def _run_one(config: TrainConfig, run_dir: Path, **trainer_kwargs) -> dict:
         if saved != config:
             raise ConfigError(f"{run_dir} holds a run with another configuration; use another --output-dir")
         if result_file.exists():
-            return json.loads(result_file.read_text())
+            return _with_last_evaluation(json.loads(result_file.read_text()), run_dir)
         Trainer.resume(run_dir, **trainer_kwargs).fit()
     else:
         Trainer.new(config, run_dir, **trainer_kwargs).fit()
