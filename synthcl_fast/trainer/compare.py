@@ -74,13 +74,14 @@ def _with_last_evaluation(result: dict, run_dir: Path) -> dict:
 
 
 def baseline_rows(base: TrainConfig, seeds: list[int], output_dir: Path) -> list[CompareRow]:
-    """The rows of evaluate.BASELINES for `seeds`: raw pixels (the same value for every seed: nothing in it
-    depends on the seed) and the randomly initialized encoder of each seed. Each result is cached in
-    output_dir/baselines/<name>-seed<s>.json with the settings it depends on, and recomputed if they change."""
-    from .data import load_data
-    from .evaluate import BASELINES, random_encoder, raw_pixel_metrics, evaluate
-
+    """The rows of evaluate.BASELINES for `seeds`: raw pixels (one result, repeated for every seed: nothing in
+    it depends on the seed) and the randomly initialized encoder of each seed. Each result is cached in
+    output_dir/baselines/ (raw-pixels.json, random-encoder-seed<s>.json) with the settings it depends on, and
+    recomputed if they change (the raw-pixel probe is slow: minutes on 32 x 32 RGB images)."""
     import torch
+
+    from .data import load_data
+    from .evaluate import BASELINES, evaluate, random_encoder, raw_pixel_metrics
 
     folder = Path(output_dir) / "baselines"
     # what the baselines depend on: the data (and its split), the encoder's shape, the kNN's k
@@ -88,30 +89,31 @@ def baseline_rows(base: TrainConfig, seeds: list[int], output_dir: Path) -> list
             "knn_k")
     settings = {key: getattr(base, key) for key in keys}
     data = None
+
+    def cached(path: Path, wanted: dict, measure: Callable[[], dict]) -> dict:
+        nonlocal data
+        stored = json.loads(path.read_text()) if path.exists() else None
+        if stored is None or stored.get("settings") != wanted:
+            start = time.perf_counter()
+            if data is None:
+                data = load_data(base.for_method("simclr", train_fraction=1.0))
+            stored = {"settings": wanted, "metrics": measure(), "seconds": time.perf_counter() - start}
+            atomic_write_bytes(path, (json.dumps(stored, indent=2) + "\n").encode())
+        return stored["metrics"]
+
     rows = {name: CompareRow(name, 1.0, [], [], [], [], [], baseline=True) for name in BASELINES}
-    raw = None
+    raw = cached(folder / "raw-pixels.json", settings, lambda: raw_pixel_metrics(data, base.knn_k))
     for seed in seeds:
-        for name in BASELINES:
-            path = folder / f"{name}-seed{seed}.json"
-            stored = json.loads(path.read_text()) if path.exists() else None
-            wanted = settings | ({"seed": seed} if name == "random-encoder" else {})
-            if stored is None or stored.get("settings") != wanted:
-                start = time.perf_counter()
-                if data is None:
-                    data = load_data(base.for_method("simclr", train_fraction=1.0))
-                if name == "raw-pixels":
-                    raw = raw if raw is not None else raw_pixel_metrics(data, base.knn_k)
-                    metrics = raw
-                else:
-                    config = base.for_method("simclr", seed=seed)
-                    model = random_encoder(config, data.channels)
-                    metrics = evaluate(model, data, torch.device("cpu"), base.knn_k)
-                stored = {"settings": wanted, "metrics": metrics, "seconds": time.perf_counter() - start}
-                atomic_write_bytes(path, (json.dumps(stored, indent=2) + "\n").encode())
+        config = base.for_method("simclr", seed=seed)
+        results = {"raw-pixels": raw,
+                   "random-encoder": cached(folder / f"random-encoder-seed{seed}.json", settings | {"seed": seed},
+                                            lambda: evaluate(random_encoder(config, data.channels), data,
+                                                             torch.device("cpu"), base.knn_k))}
+        for name, metrics in results.items():
             row = rows[name]
             row.seeds.append(seed)
             for key in METRICS:
-                getattr(row, key).append(stored["metrics"].get(key))
+                getattr(row, key).append(metrics.get(key))
             row.seconds.append(0.0)
     return list(rows.values())
 
