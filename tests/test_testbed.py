@@ -22,11 +22,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def generated():
-    """The data set of seed 0, generated twice without the cache, and that of seed 1."""
-    return glyphs.generate_glyphs(0), glyphs.generate_glyphs(0), glyphs.generate_glyphs(1)
+    """The data set of seed 0, generated twice without the cache (once with 1 torch thread, once with 2), and
+    that of seed 1."""
+    threads = torch.get_num_threads()
+    first = glyphs.generate_glyphs(0)
+    torch.set_num_threads(2)
+    try:
+        second = glyphs.generate_glyphs(0)
+    finally:
+        torch.set_num_threads(threads)
+    return first, second, glyphs.generate_glyphs(1)
 
 
-def test_same_bytes_for_the_same_seed_and_other_images_for_another(generated):
+def test_same_bytes_for_the_same_seed_and_thread_count_independent_other_images_for_another(generated):
     first, second, other = generated
     assert first.keys() == second.keys() == other.keys()
     for key in first:

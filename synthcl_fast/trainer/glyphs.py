@@ -23,8 +23,9 @@ measures generalization to unseen fonts and never recognition of a glyph seen in
 training and 200 test images per class (10,000 and 2,000), the images of a class spread evenly over its split's
 fonts.
 
-The images are a deterministic function of (GLYPHS_VERSION, seed) and the installed matplotlib (its fonts and
-its FreeType): generation is seeded torch arithmetic on the CPU. They are cached as uint8 in
+The images are a deterministic function of (GLYPHS_VERSION, STYLE, seed) and the installed matplotlib (its fonts
+and its FreeType): generation is seeded elementwise torch arithmetic on the CPU (no matrix products, whose bits can
+depend on the BLAS kernel). They are cached as uint8 in
 $SYNTHCL_FAST_CACHE/datasets (default ~/.cache/synthcl_fast/datasets), one file per version, seed and
 matplotlib version.
 """
@@ -157,7 +158,8 @@ def _smooth_noise(generator, n, channels, grid, size):
 
 
 def _luminance(rgb):
-    return rgb @ torch.tensor([0.299, 0.587, 0.114])
+    # elementwise, not a matrix product: the same bits whatever BLAS kernel or thread count
+    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
 
 
 def _colours(generator, k, palette):
@@ -186,7 +188,7 @@ def _draw(masks, fonts, labels, generator):
     """uint8 (n, 3, 32, 32) images of the glyphs masks[fonts[k], labels[k]] under random nuisances."""
     n, s = labels.shape[0], MASK_SIZE
     glyph = masks[fonts, labels].unsqueeze(1)                       # (n, 1, 64, 64)
-    # stroke width: dilate (max-pool) or thin (min-pool) the coverage by STYLE["stroke"] mask pixels
+    # stroke width: dilate (max-pool) or thin (min-pool) the coverage by STYLE["stroke"] mask pixels (-2..2)
     width = torch.randint(STYLE["stroke"][0], STYLE["stroke"][1] + 1, (n,), generator=generator)
     out = glyph.clone()
     for radius in (1, 2):
@@ -208,8 +210,12 @@ def _draw(masks, fonts, labels, generator):
     a = a * torch.stack([zoom * aspect, zoom / aspect], -1).unsqueeze(-1)
     room = (1 - scale * 0.9).clamp(min=0)                             # keep most of the glyph in the image
     shift = torch.stack([u(-1, 1) * room, u(-1, 1) * room], -1)
-    theta = torch.cat([a, -(a @ shift.unsqueeze(-1))], -1)            # (n, 2, 3)
-    grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
+    # the sampling grid (n, s, s, 2) = A (p - shift), written out elementwise rather than with affine_grid's
+    # matrix product, so that the bytes do not depend on the BLAS kernel or the thread count
+    centres = (torch.arange(s) + 0.5) / s * 2 - 1
+    px, py = centres.view(1, 1, s) - shift[:, 0, None, None], centres.view(1, s, 1) - shift[:, 1, None, None]
+    grid = torch.stack([a[:, 0, 0, None, None] * px + a[:, 0, 1, None, None] * py,
+                        a[:, 1, 0, None, None] * px + a[:, 1, 1, None, None] * py], -1)
     grid = grid + STYLE["elastic"] * _smooth_noise(generator, n, 2, 4, s).permute(0, 2, 3, 1)   # elastic deformation
     coverage = F.avg_pool2d(F.grid_sample(glyph, grid, mode="bilinear", padding_mode="zeros",
                                           align_corners=False), 2)      # (n, 1, 32, 32)
@@ -220,7 +226,7 @@ def _draw(masks, fonts, labels, generator):
     bg_img = (bg.view(n, 3, 1, 1) + STYLE["shading"] * _smooth_noise(generator, n, 3, 3, size)
               + STYLE["texture"] * _smooth_noise(generator, n, 3, 8, size)).clamp(0, 1)
     image = coverage * fg_img + (1 - coverage) * bg_img
-    # clutter: two thin line segments in a third colour, random ends anywhere in the image
+    # clutter: STYLE["clutter"] thin line segments in a third colour, random ends anywhere in the image
     image = _clutter(image, generator, count=STYLE["clutter"], strength=u(0.3, 0.8))
     image = image + STYLE["noise"] * torch.randn(image.shape, generator=generator)
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
