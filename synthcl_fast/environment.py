@@ -28,7 +28,8 @@ VARIABLES = (
              "the argument, at one host synchronization per call; by default an out-of-range value gives NaN"),
     Variable("SYNTHCL_FAST_CACHE", "runtime", "~/.cache/synthcl_fast",
              "where the kernels compiled on first use are cached (one build per torch, sources, flags and "
-             "machine)"),
+             "machine), and, under datasets/, the trainer's generated glyphs data set (one file per version, "
+             "seed, style and matplotlib)"),
     Variable("SYNTHCL_FAST_NO_JIT", "runtime", "0",
              "1: never compile the CPU kernels on first use (the cpu backend is then unavailable without an "
              "ahead-of-time build)"),

@@ -458,21 +458,33 @@ def test_compare_trains_each_method_per_seed_and_tabulates(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| simclr | 100% | 2 |" in table and "| synthcl | 100% | 2 |" in table
     rows = json.loads((out / "compare.json").read_text())
-    assert [(r["method"], r["train_fraction"], r["seeds"]) for r in rows] == [("simclr", 1.0, [0, 1]),
-                                                                               ("synthcl", 1.0, [0, 1])]
+    # the trained rows, then the baselines of the same evaluation code (no training): raw pixels, random encoder
+    assert [(r["method"], r["train_fraction"], r["seeds"], r["baseline"]) for r in rows] == [
+        ("simclr", 1.0, [0, 1], False), ("synthcl", 1.0, [0, 1], False),
+        ("raw-pixels", 1.0, [0, 1], True), ("random-encoder", 1.0, [0, 1], True)]
+    assert "| raw-pixels | none (vs simclr at 100%) | 2 |" in table and "| random-encoder | none" in table
     run = json.loads((out / "synthcl-frac1-seed1" / "result.json").read_text())
     assert rows[1]["probe_acc"][1] == run["probe_acc"] and run["seed"] == 1
+    history = json.loads((out / "synthcl-frac1-seed1" / "metrics.json").read_text())
+    assert rows[1]["few_label_acc"][1] == history[-1]["few_label_acc"] is not None
+    assert rows[2]["probe_acc"][0] == rows[2]["probe_acc"][1]  # raw pixels: nothing depends on the seed
+    baseline_files = sorted(p.name for p in (out / "baselines").glob("*.json"))
+    assert baseline_files == ["random-encoder-seed0.json", "random-encoder-seed1.json", "raw-pixels.json"]
     mean = (rows[1]["probe_acc"][0] + rows[1]["probe_acc"][1]) / 2
     assert f"| synthcl | 100% | 2 | {100 * mean:.2f} [" in table
-    assert table.count("includes 0") + table.count("excludes 0") == 2  # synthcl's probe and kNN differences
+    # the probe, few-label and kNN differences of synthcl and of the two baselines to simclr
+    assert table.count("includes 0") + table.count("excludes 0") == 9
     # a second call reuses the finished runs: same accuracies, no training (each run's checkpoint untouched), and
     # the table reports each run's recorded training time, not the ~0 s of reading its result
     (out / "compare.json").unlink()
     checkpoints = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoints/*")}
+    baselines = {p: p.stat().st_mtime_ns for p in out.glob("baselines/*.json")}
     assert checkpoints
     assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("baselines/*.json")} == baselines  # read back, not redone
     again = json.loads((out / "compare.json").read_text())
     assert [r["probe_acc"] for r in again] == [r["probe_acc"] for r in rows]
+    assert [r["few_label_acc"] for r in again] == [r["few_label_acc"] for r in rows]
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoints/*")} == checkpoints
     assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]
     assert rows[1]["seconds"][1] == run["train_seconds_this_process"] > 0

@@ -2,13 +2,17 @@
 same evaluation of the same encoder at its random initialization by margins that a broken loss or a
 detached gradient does not reach.
 
-Digits at their native 8x8 pixels, 4 epochs, an 8-wide encoder. Measured gaps (trained - random, probe /
-kNN accuracy) when this test was written, on the 2-core CPU machine:
-    simclr 0.63 -> 0.84 / 0.54 -> 0.76: +0.20 / +0.22;   synthcl: +0.22 / +0.27
-    encoder output detached from the loss (head and batch-norm statistics still learn): simclr +0.01 / +0.13,
-        synthcl +0.02 / +0.12
-    positives misaligned (the second real view rolled by one row): simclr +0.09 / +0.11, synthcl +0.03 / +0.09
-The margins sit between the broken runs' largest gaps and the working runs' smallest."""
+Digits at their native 8x8 pixels, 4 epochs, an 8-wide encoder. Both evaluations re-estimate the encoder's
+batch-norm statistics on the training images (evaluate.py), so neither side gains from running statistics alone.
+Measured gaps (trained - random, probe / kNN accuracy), on the 2-core CPU machine, when the evaluation began to
+re-estimate them (random encoder 0.656 / 0.662):
+    simclr +0.21 / +0.12;   synthcl +0.19 / +0.14
+    encoder output detached from the loss (head and batch-norm statistics still learn): simclr and synthcl
+        +0.00 / +0.00
+    positives misaligned (the second real view rolled by one row): simclr +0.02 / -0.04, synthcl +0.01 / -0.02
+The margins sit between the broken runs' largest gaps and the working runs' smallest. (With the running
+statistics of training instead, the random encoder scored 0.63 / 0.54 and the detached encoder gained +0.13 kNN
+from its batch-norm statistics alone.)"""
 
 import pytest
 import torch
@@ -19,7 +23,7 @@ pytest.importorskip("sklearn")
 from synthcl_fast.trainer import TrainConfig, Trainer  # noqa: E402
 from synthcl_fast.trainer.evaluate import evaluate  # noqa: E402
 
-PROBE_MARGIN, KNN_MARGIN = 0.15, 0.18
+PROBE_MARGIN, KNN_MARGIN = 0.10, 0.06
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

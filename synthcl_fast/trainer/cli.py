@@ -30,7 +30,7 @@ from .loop import NonFiniteLossError, Trainer, resolve_device
 
 HELP = {
     "method": "what to train (default: synthcl)",
-    "dataset": "digits (scikit-learn's, bundled), cifar10 (local python-format copy) or folder (class subfolders)",
+    "dataset": "digits (scikit-learn's, bundled), glyphs (RGB digits drawn from matplotlib's fonts, made on first use and cached), cifar10 (local python-format copy) or folder (class subfolders)",
     "data_path": "folder of the cifar10 or folder dataset (nothing is downloaded)",
     "image_size": "side of the square images (default: 16 for digits, 32 otherwise)",
     "test_fraction": "test share of the seeded train/test split for digits and folder (default: 0.25)",

@@ -1,6 +1,8 @@
-"""`compare`: train several methods with the same seeds (and data fractions), then tabulate the linear-probe
-and kNN accuracy over the seeds, with 95 % confidence intervals, and each method's difference to the baseline
-paired by seed (runs of different methods with the same seed share the initial encoder and the data order).
+"""`compare`: train several methods with the same seeds (and data fractions), then tabulate the linear-probe,
+few-label-probe and kNN accuracy over the seeds, with 95 % confidence intervals, and each method's difference to
+the baseline paired by seed (runs of different methods with the same seed share the initial encoder and the data
+order). Every table also holds the baselines of evaluate.py, measured by the same evaluation code: the raw pixels
+and the randomly initialized encoder of each seed (cached in <output>/baselines/).
 
 `compare --study data-efficiency` is the data-efficiency study (STUDIES): fixed methods, fractions, seeds and
 training settings, a table, a CSV/JSON and a plot of accuracy against the fraction of training images.
@@ -26,6 +28,9 @@ from .config import ConfigError, TrainConfig
 from .loop import Trainer
 
 
+METRICS = ("probe_acc", "few_label_acc", "knn_acc")   # evaluate.py's primary metrics, in table order
+
+
 @dataclass
 class CompareRow:
     method: str
@@ -34,6 +39,8 @@ class CompareRow:
     probe_acc: list[float]
     knn_acc: list[float]
     seconds: list[float]
+    few_label_acc: list[float] = field(default_factory=list)
+    baseline: bool = False       # a row of evaluate.BASELINES: no training (train_fraction is meaningless)
 
 
 def run_name(config: TrainConfig) -> str:
@@ -48,22 +55,82 @@ def _run_one(config: TrainConfig, run_dir: Path, **trainer_kwargs) -> dict:
         if saved != config:
             raise ConfigError(f"{run_dir} holds a run with another configuration; use another --output-dir")
         if result_file.exists():
-            return json.loads(result_file.read_text())
+            return _with_last_evaluation(json.loads(result_file.read_text()), run_dir)
         Trainer.resume(run_dir, **trainer_kwargs).fit()
     else:
         Trainer.new(config, run_dir, **trainer_kwargs).fit()
-    return json.loads(result_file.read_text()) if result_file.exists() else {}
+    return _with_last_evaluation(json.loads(result_file.read_text()), run_dir) if result_file.exists() else {}
+
+
+def _with_last_evaluation(result: dict, run_dir: Path) -> dict:
+    """result.json's content plus the metrics of the run's last evaluation (metrics.json) that result.json does
+    not hold (the few-label probe)."""
+    history_file = run_dir / "metrics.json"
+    if all(key in result for key in METRICS) or not history_file.exists():
+        return result
+    history = json.loads(history_file.read_text())
+    last = next((row for row in reversed(history) if row.get("probe_acc") is not None), {})
+    return {key: last.get(key) for key in METRICS} | result
+
+
+def baseline_rows(base: TrainConfig, seeds: list[int], output_dir: Path) -> list[CompareRow]:
+    """The rows of evaluate.BASELINES for `seeds`: raw pixels (one result, repeated for every seed: nothing in
+    it depends on the seed) and the randomly initialized encoder of each seed. Each result is cached in
+    output_dir/baselines/ (raw-pixels.json, random-encoder-seed<s>.json) with the settings it depends on, and
+    recomputed if they change (the raw-pixel probe is slow: minutes on 32 x 32 RGB images)."""
+    import torch
+
+    from .data import load_data
+    from .evaluate import BASELINES, evaluate, random_encoder, raw_pixel_metrics
+
+    folder = Path(output_dir) / "baselines"
+    # what the baselines depend on: the data (and its split), the encoder's shape, the kNN's k
+    keys = ("dataset", "data_path", "image_size", "test_fraction", "split_seed", "width", "projection_dim",
+            "knn_k")
+    settings = {key: getattr(base, key) for key in keys}
+    data = None
+
+    def cached(path: Path, wanted: dict, measure: Callable[[], dict]) -> dict:
+        nonlocal data
+        stored = json.loads(path.read_text()) if path.exists() else None
+        if stored is None or stored.get("settings") != wanted:
+            start = time.perf_counter()
+            if data is None:
+                data = load_data(base.for_method("simclr", train_fraction=1.0))
+            stored = {"settings": wanted, "metrics": measure(), "seconds": time.perf_counter() - start}
+            atomic_write_bytes(path, (json.dumps(stored, indent=2) + "\n").encode())
+        return stored["metrics"]
+
+    rows = {name: CompareRow(name, 1.0, [], [], [], [], [], baseline=True) for name in BASELINES}
+    raw = cached(folder / "raw-pixels.json", settings, lambda: raw_pixel_metrics(data, base.knn_k))
+    for seed in seeds:
+        config = base.for_method("simclr", seed=seed)
+        results = {"raw-pixels": raw,
+                   "random-encoder": cached(folder / f"random-encoder-seed{seed}.json", settings | {"seed": seed},
+                                            lambda: evaluate(random_encoder(config, data.channels), data,
+                                                             torch.device("cpu"), base.knn_k))}
+        for name, metrics in results.items():
+            row = rows[name]
+            row.seeds.append(seed)
+            for key in METRICS:
+                getattr(row, key).append(metrics.get(key))
+            row.seconds.append(0.0)
+    return list(rows.values())
 
 
 def compare(base: TrainConfig, methods: list[str], seeds: list[int], fractions: list[float], output_dir: Path,
-            after_seed: Callable[[list[CompareRow]], None] | None = None, **trainer_kwargs) -> list[CompareRow]:
+            after_seed: Callable[[list[CompareRow]], None] | None = None, baselines: bool = True,
+            **trainer_kwargs) -> list[CompareRow]:
     """Train every (seed, fraction, method) into output_dir/<method>-frac<f>-seed<s>; one row per
-    (method, fraction). Runs of different methods with the same seed share the data order and initial encoder.
-    Seeds are the outer loop, so a comparison stopped early holds whole seeds; `after_seed(rows so far)` is
-    called after each."""
+    (method, fraction), then (`baselines`) one row per evaluate.BASELINES. Runs of different methods with the
+    same seed share the data order and initial encoder. Seeds are the outer loop, so a comparison stopped early
+    holds whole seeds; `after_seed(rows so far)` is called after each."""
     output_dir = Path(output_dir)
     rows = {(m, f): CompareRow(m, f, [], [], [], []) for f in fractions for m in methods}
-    for seed in seeds:
+    dist = trainer_kwargs.get("dist")
+    main_process = dist is None or dist.is_main
+    extra: list[CompareRow] = []
+    for index, seed in enumerate(seeds):
         for fraction in fractions:
             for method in methods:
                 config = base.for_method(method, seed=seed, train_fraction=fraction)
@@ -71,13 +138,15 @@ def compare(base: TrainConfig, methods: list[str], seeds: list[int], fractions: 
                 result = _run_one(config, output_dir / run_name(config), **trainer_kwargs)
                 row = rows[(method, fraction)]
                 row.seeds.append(seed)
-                row.probe_acc.append(result.get("probe_acc"))
-                row.knn_acc.append(result.get("knn_acc"))
+                for key in METRICS:
+                    getattr(row, key).append(result.get(key))
                 # the training time the run recorded (a run finished by an earlier call is reused in ~0 s)
                 row.seconds.append(result.get("train_seconds_this_process", time.perf_counter() - start))
+        if baselines and main_process:  # evaluation only: the main process computes them
+            extra = baseline_rows(base, list(seeds[:index + 1]), output_dir)
         if after_seed is not None:
-            after_seed(list(rows.values()))
-    return list(rows.values())
+            after_seed(list(rows.values()) + extra)
+    return list(rows.values()) + extra
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -150,25 +219,48 @@ def _difference_cell(interval: Interval) -> str:
     return f"{100 * interval.mean:+.2f} [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}] {verdict}"
 
 
-def format_table(rows: list[CompareRow], baseline: str = "simclr") -> str:
-    """A markdown table in percent: mean and 95 % t interval over the seeds of the linear-probe and kNN
-    accuracy, and the difference to the baseline method on the same training images, paired by seed, with
-    its 95 % interval and whether that excludes zero."""
-    baselines = {r.train_fraction: r for r in rows if r.method == baseline}
-    lines = ["| method | train images | seeds | linear probe acc (%) [95 % CI] | kNN acc (%) [95 % CI] | "
-             f"probe - {baseline}, same images, paired [95 % CI] | kNN - {baseline}, paired [95 % CI] | "
-             "per-seed probe (%) | train s/run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def _references(rows: list[CompareRow], baseline: str) -> dict:
+    """For each row, the row of the baseline method it is compared with: the baseline method's row on the same
+    training images; for the rows of evaluate.BASELINES (no training), its row on the most images."""
+    by_fraction = {r.train_fraction: r for r in rows if r.method == baseline and not r.baseline}
+    most = by_fraction[max(by_fraction)] if by_fraction else None
+    references = {}
     for row in rows:
-        reference = baselines.get(row.train_fraction)
-        compared = reference is not None and row is not reference
-        probe_delta = _difference_cell(paired_difference(row, reference, "probe_acc")) if compared else ""
-        knn_delta = _difference_cell(paired_difference(row, reference, "knn_acc")) if compared else ""
+        reference = most if row.baseline else by_fraction.get(row.train_fraction)
+        if reference is not None and reference is not row:
+            references[id(row)] = reference
+    return references
+
+
+def format_table(rows: list[CompareRow], baseline: str = "simclr") -> str:
+    """A markdown table in percent: mean and 95 % t interval over the seeds of the linear-probe, few-label-probe
+    and kNN accuracy, and the difference to the baseline method on the same training images, paired by seed, with
+    its 95 % interval and whether that excludes zero. The rows of evaluate.BASELINES (raw pixels, the random
+    encoder: 'none' trained on) are compared with the baseline method on the most training images."""
+    references = _references(rows, baseline)
+    most = next((r.train_fraction for r in references.values() if r.method == baseline), None)
+    lines = ["| method | train images | seeds | linear probe acc (%) [95 % CI] | "
+             f"few-label probe acc (%), {_few_labels()} labels/class [95 % CI] | kNN acc (%) [95 % CI] | "
+             f"probe - {baseline}, same images, paired [95 % CI] | few-label - {baseline}, paired [95 % CI] | "
+             f"kNN - {baseline}, paired [95 % CI] | per-seed probe (%) | train s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        reference = references.get(id(row))
+        deltas = [_difference_cell(paired_difference(row, reference, key)) if reference is not None else ""
+                  for key in METRICS]
         per_seed = ", ".join("n/a" if v is None else f"{100 * v:.2f}" for v in row.probe_acc)
-        lines.append(f"| {row.method} | {row.train_fraction:.0%} | {len(row.seeds)} | "
-                     f"{_pct(t_interval(row.probe_acc))} | {_pct(t_interval(row.knn_acc))} | {probe_delta} | "
-                     f"{knn_delta} | {per_seed} | {mean_std(row.seconds)[0]:.0f} |")
+        images = f"none (vs {baseline} at {most:.0%})" if row.baseline and most is not None else \
+            "none" if row.baseline else f"{row.train_fraction:.0%}"
+        cells = " | ".join(_pct(t_interval(getattr(row, key))) for key in METRICS)
+        lines.append(f"| {row.method} | {images} | {len(row.seeds)} | {cells} | {' | '.join(deltas)} | "
+                     f"{per_seed} | {mean_std(row.seconds)[0]:.0f} |")
     return "\n".join(lines)
+
+
+def _few_labels() -> int:
+    from .evaluate import FEW_LABELS
+
+    return FEW_LABELS
 
 
 def write_report(rows: list[CompareRow], output_dir: Path, header: str) -> str:
@@ -213,16 +305,17 @@ STUDIES = {
 def study_summary(rows: list[CompareRow], baseline: str = "simclr") -> list[dict]:
     """One record per (method, fraction): accuracy means and 95 % intervals, and the paired difference to
     the baseline at the same fraction."""
-    baselines = {r.train_fraction: r for r in rows if r.method == baseline}
+    references = _references(rows, baseline)
     records = []
     for row in rows:
-        record = {"method": row.method, "train_fraction": row.train_fraction, "seeds": row.seeds}
-        for key in ("probe_acc", "knn_acc"):
+        record = {"method": row.method, "train_fraction": None if row.baseline else row.train_fraction,
+                  "seeds": row.seeds}
+        for key in METRICS:
             interval = t_interval(getattr(row, key))
             record.update({key: interval.mean, f"{key}_ci_low": interval.low, f"{key}_ci_high": interval.high,
                            f"{key}_per_seed": getattr(row, key)})
-            reference = baselines.get(row.train_fraction)
-            if reference is not None and reference is not row:
+            reference = references.get(id(row))
+            if reference is not None:
                 delta = paired_difference(row, reference, key)
                 record.update({f"{key}_minus_{baseline}": delta.mean, f"{key}_minus_{baseline}_ci_low": delta.low,
                                f"{key}_minus_{baseline}_ci_high": delta.high,
@@ -232,14 +325,24 @@ def study_summary(rows: list[CompareRow], baseline: str = "simclr") -> list[dict
 
 
 def plot_study(rows: list[CompareRow], path: Path, title: str) -> None:
-    """Accuracy against the fraction of training images, one line per method, 95 % intervals as bars."""
+    """Accuracy against the fraction of training images, one line per method, 95 % intervals as bars; the
+    baselines (no training) as horizontal dashed lines."""
     from .plots import plt, _save
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    methods = list(dict.fromkeys(r.method for r in rows))
-    for axis, key, name in ((axes[0], "probe_acc", "linear probe"), (axes[1], "knn_acc", "kNN")):
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    methods = list(dict.fromkeys(r.method for r in rows if not r.baseline))
+    panels = ((axes[0], "probe_acc", "linear probe"), (axes[1], "few_label_acc", f"few-label probe ({_few_labels()}/class)"),
+              (axes[2], "knn_acc", "kNN"))
+    for axis, key, name in panels:
+        for row in rows:
+            interval = t_interval(getattr(row, key))
+            if row.baseline and interval.n:
+                axis.axhline(100 * interval.mean, linestyle="--", linewidth=1, color="gray")
+                axis.annotate(row.method, (0, 100 * interval.mean), xycoords=("axes fraction", "data"), fontsize=7,
+                              color="gray", va="bottom")
         for offset, method in enumerate(methods):
-            points = sorted((r.train_fraction, t_interval(getattr(r, key))) for r in rows if r.method == method)
+            points = sorted(((r.train_fraction, t_interval(getattr(r, key))) for r in rows
+                             if r.method == method and not r.baseline), key=lambda p: p[0])
             points = [(f, i) for f, i in points if i.n]
             if not points:
                 continue
@@ -249,7 +352,7 @@ def plot_study(rows: list[CompareRow], path: Path, title: str) -> None:
             half = np.array([0 if i.n < 2 else 100 * i.half_width() for _, i in points])
             axis.errorbar(x, mean, yerr=half, marker="o", capsize=3, label=method)
         axis.set_xscale("log")
-        fractions = sorted({r.train_fraction for r in rows})
+        fractions = sorted({r.train_fraction for r in rows if not r.baseline})
         axis.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
         axis.minorticks_off()
         axis.set_xlabel("fraction of the training images used for contrastive training")

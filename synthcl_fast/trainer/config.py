@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ("simclr", "synthcl", "synthcl-no-hard-pairs", "synthcl-no-hard-samples")
-DATASETS = ("digits", "cifar10", "folder")
-DEFAULT_IMAGE_SIZE = {"digits": 16, "cifar10": 32, "folder": 32}
+DATASETS = ("digits", "glyphs", "cifar10", "folder")
+DEFAULT_IMAGE_SIZE = {"digits": 16, "glyphs": 32, "cifar10": 32, "folder": 32}
+# made by the code from what the installed packages ship: no --data-path
+EMBEDDED_DATASETS = ("digits", "glyphs")
 
 
 class ConfigError(ValueError):
@@ -45,7 +47,7 @@ class TrainConfig:
     dataset: str = "digits"
     data_path: str | None = None
     image_size: int | None = None          # None: 16 for digits, 32 otherwise
-    test_fraction: float = 0.25             # for digits and folder; CIFAR-10 keeps its official test batch
+    test_fraction: float = 0.25             # for digits and folder; CIFAR-10 and glyphs keep their own test split
     train_fraction: float = 1.0             # fraction of the training images used for (unlabeled) training
     split_seed: int = 0                     # the train/test split and the train-fraction subset
     # optimization (shared by every method: the baseline gets exactly the same encoder and budget)
@@ -156,10 +158,11 @@ class TrainConfig:
         choice("partner_update", ("ema", "controlled"))
         choice("pair_mode", ("two_sided", "floor"))
         choice("precision", ("auto", "fp32", "bf16"))
-        if self.dataset != "digits" and not self.data_path:
+        if self.dataset not in EMBEDDED_DATASETS and not self.data_path:
             fail("data_path", f"is required for --dataset {self.dataset} (nothing is downloaded)")
-        if self.dataset == "digits" and self.data_path:
-            fail("data_path", "is not used by --dataset digits (scikit-learn ships those images)")
+        if self.dataset in EMBEDDED_DATASETS and self.data_path:
+            fail("data_path", f"is not used by --dataset {self.dataset} (its images are made from what the "
+                              f"installed packages ship)")
         integer("image_size", 8, allow_none=True)
         if self.image_size is not None and self.image_size % 4:
             fail("image_size", f"must be a multiple of 4 (the generator upsamples twice); got {self.image_size}")

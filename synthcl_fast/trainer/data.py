@@ -1,13 +1,17 @@
 """Datasets, held in memory as float images in [0, 1] of shape (N, C, S, S). Nothing is downloaded.
 
 - digits: scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), resized to S x S.
+- glyphs: RGB 32 x 32 digits drawn from the fonts matplotlib ships under random position, scale, rotation,
+  stroke width, elastic deformation, colours, texture and clutter (glyphs.py): 10,000 training and 2,000 test
+  images, 10 classes, the test split's fonts unseen in training. Made on first use and cached; its split is
+  its own (fonts, not images, are split), drawn with `split_seed`.
 - cifar10: a local copy of CIFAR-10 in its standard python format (the folder `cifar-10-batches-py` with
   data_batch_1..5 and test_batch, or its parent); its official train/test split is kept.
 - folder: a folder of images in class subfolders, root/<class>/<image>.png|jpg|... (the labels are used
   for evaluation only), resized to S x S.
 
 Labels never reach the contrastive training; they serve the linear probe and kNN evaluation. The
-train/test split (digits, folder) and the `train_fraction` subset are drawn from `split_seed`, so every
+train/test split (digits, folder, glyphs) and the `train_fraction` subset are drawn from `split_seed`, so every
 method and training seed sees the same images.
 """
 
@@ -54,6 +58,12 @@ def load_data(config: TrainConfig) -> ImageData:
         images, labels = _load_digits()
         train, test = _split(labels, config.test_fraction, config.split_seed)
         train_images, train_labels, test_images, test_labels = images[train], labels[train], images[test], labels[test]
+    elif config.dataset == "glyphs":
+        from .glyphs import load_glyphs
+
+        glyphs = load_glyphs(config.split_seed)
+        train_images, train_labels, test_images, test_labels = (
+            torch.from_numpy(glyphs[key]) for key in ("train_images", "train_labels", "test_images", "test_labels"))
     elif config.dataset == "cifar10":
         train_images, train_labels, test_images, test_labels = _load_cifar10(Path(config.data_path))
     else:
