@@ -142,15 +142,19 @@ def test_joint_step_sends_each_gradient_to_its_player(tmp_path):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_every_view_of_a_step_in_one_call_each_with_its_own_parameters(channels):
+def test_the_views_of_a_step_each_with_its_own_parameters(channels):
     """Two views per real image, four per synthetic pair, no two alike (the partner's views included: a pair of
-    identical images still gets four different views), and gradients reach the synthetic images through them."""
+    identical images still gets four different views); gradients reach the synthetic images through their views,
+    and only those views record a backward."""
     augment = make_augmentation(channels, 8)
     real, fake = torch.rand(6, channels, 8, 8), torch.rand(3, channels, 8, 8, requires_grad=True)
     real_views, synthetic_views = augment_views(augment, real, fake, fake.detach().clone())
     assert real_views.shape == (2, 6, channels, 8, 8) and synthetic_views.shape == (4, 3, channels, 8, 8)
     assert not torch.allclose(real_views[0], real_views[1])
     assert all(not torch.allclose(synthetic_views[i], synthetic_views[j]) for i in range(4) for j in range(i + 1, 4))
+    assert not real_views.requires_grad  # augmented without recording a backward
+    partner_grad, = torch.autograd.grad(synthetic_views[2:].sum(), fake, retain_graph=True)
+    assert not partner_grad.any()
     synthetic_views[:2].sum().backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
     _, four = augment_views(augment, real, fake.detach())  # no partner (the ablation): four views of G(z)

@@ -4,8 +4,9 @@ The augmentations are differentiable in their input, so the contrastive loss of 
 generated image G(z) back-propagates into G: that is how G learns to make hard samples. Random
 parameters are drawn from torch's global generator (saved in checkpoints, so resuming is exact).
 
-Every view of a training step is made by one kornia call (`augment_views`): kornia's per-call overhead
-(parameter sampling, matrix set-up) is paid once, not once per view and image group.
+The views of a training step are made by two kornia calls (`augment_views`), not one per view and image
+group: kornia's per-call overhead (parameter sampling, matrix set-up) is paid twice a step, and only the views
+of G(z) record a backward.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def make_discriminator_augmentation(channels: int) -> K.AugmentationSequential:
 
 def augment_views(augment: K.AugmentationSequential, real: torch.Tensor, synthetic: torch.Tensor | None = None,
                   partner: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Every view of one step, in one kornia call, each view with random parameters of its own.
+    """Every view of one step, each with random parameters of its own, in two kornia calls: one for the images
+    the loss differentiates (G(z): its gradient reaches G through the augmentation) and one for those it does
+    not (real images, G_ema(z)), whose augmentation then records no backward at all.
 
     Returns (real_views (2, N, C, S, S), synthetic_views (4, M, C, S, S) or None):
     - real: two views of each image;
@@ -60,10 +63,11 @@ def augment_views(augment: K.AugmentationSequential, real: torch.Tensor, synthet
     - synthetic alone: four views of each image.
     """
     n = real.shape[0]
-    groups = [real, real]
-    if synthetic is not None:
-        groups += [synthetic, synthetic, partner, partner] if partner is not None else [synthetic] * 4
-    views = augment(torch.cat(groups))
-    real_views = views[:2 * n].unflatten(0, (2, n))
-    synthetic_views = None if synthetic is None else views[2 * n:].unflatten(0, (4, synthetic.shape[0]))
-    return real_views, synthetic_views
+    if synthetic is None:
+        return augment(torch.cat([real, real])).unflatten(0, (2, n)), None
+    m, copies = synthetic.shape[0], 2 if partner is not None else 4
+    with torch.no_grad():
+        fixed = augment(torch.cat([real, real] + ([partner, partner] if partner is not None else [])))
+    differentiated = augment(torch.cat([synthetic] * copies))
+    synthetic_views = torch.cat([differentiated, fixed[2 * n:]]).unflatten(0, (4, m))
+    return fixed[:2 * n].unflatten(0, (2, n)), synthetic_views

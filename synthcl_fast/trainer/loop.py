@@ -5,7 +5,7 @@ One step of `synthcl` after the GAN warm-up (N real images, M latent codes z):
     1. D learns real vs G(z):                    L_D = hinge(D(x[:M]), D(G(z)))
     2. one forward of the main model f over      2 views of each real image, and
                                                  4 views of each synthetic pair [G(z) v1, G(z) v2, G_ema(z) v1, G_ema(z) v2]
-       (every view with augmentation parameters of its own, all views of the step from one kornia call)
+       (every view with augmentation parameters of its own; two kornia calls: G(z)'s views, and the rest)
     3. main model:   minimize L_PPCL = ppcl(real views, synthetic views)
        generator:    minimize L_G = adv(D(G(z))) - lambda * L_PPCL + mu * positive_pair(f(G(z)), f(G_ema(z)).detach(), s*(t))
        Both gradients come from the same forward (simultaneous min-max): L_PPCL is back-propagated into
