@@ -76,7 +76,8 @@ def test_each_method_trains_and_writes_its_outputs(tmp_path, method):
                                                                                    8 * len(warmup) + 16]
     for row in rows:
         assert np.isfinite(row["loss_contrastive"]) and 0 <= row["probe_acc"] <= 1 and 0 <= row["knn_acc"] <= 1
-    assert result.final == {"probe_acc": rows[-1]["probe_acc"], "knn_acc": rows[-1]["knn_acc"]}
+    assert result.final == {k: rows[-1][k] for k in ("probe_acc", "few_label_acc", "knn_acc")}
+    assert "few_label_acc" in csv_lines[0] and result.final["few_label_acc"] is not None
     assert json.loads((tmp_path / "result.json").read_text())["probe_acc"] == rows[-1]["probe_acc"]
     assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
     assert len(list_checkpoints(tmp_path / "checkpoints")) == config.keep_checkpoints

@@ -72,8 +72,9 @@ DEVICE_METRIC_KEYS = ("loss_real_rows", "loss_synthetic_rows", "hardness_real", 
 # distribution (how many classes the samples cover, 1..n_classes); the same classifier's confidence on real
 # test images is the reference level of a generator that makes digits.
 QUALITY_KEYS = ("sample_confidence", "sample_classes", "real_confidence")
-CSV_COLUMNS = (("epoch", "step", "phase") + METRIC_KEYS + DEVICE_METRIC_KEYS + QUALITY_KEYS
-               + ("probe_acc", "knn_acc", "seconds"))
+# evaluate.py's primary metrics, at the evaluated epochs
+EVAL_KEYS = ("probe_acc", "few_label_acc", "knn_acc")
+CSV_COLUMNS = ("epoch", "step", "phase") + METRIC_KEYS + DEVICE_METRIC_KEYS + QUALITY_KEYS + EVAL_KEYS + ("seconds",)
 N_QUALITY_SAMPLES = 256
 # steps between the host's reads of the device (non-finite check, progress bar) on a GPU
 HOST_READ_EVERY = 25
@@ -90,7 +91,7 @@ class NonFiniteLossError(FloatingPointError):
 class RunResult:
     run_dir: Path
     history: list[dict]
-    final: dict          # the last evaluated metrics: probe_acc, knn_acc
+    final: dict          # the last evaluated metrics: EVAL_KEYS
     seconds: float       # wall time of this process's training (not counting a resumed run's earlier part)
 
 
@@ -498,7 +499,7 @@ class Trainer:
             self._end_epoch(time.perf_counter() - epoch_start)
         final = next((row for row in reversed(self.history) if row.get("probe_acc") is not None), {})
         result = RunResult(self.run_dir, self.history,
-                           {k: final.get(k) for k in ("probe_acc", "knn_acc")}, time.perf_counter() - start)
+                           {k: final.get(k) for k in EVAL_KEYS}, time.perf_counter() - start)
         if self.dist.is_main:
             summary = {"method": cfg.method, "seed": cfg.seed, "train_fraction": cfg.train_fraction,
                        "epochs": cfg.epochs, **result.final, "train_seconds_this_process": result.seconds}
@@ -515,7 +516,7 @@ class Trainer:
             row.update(self._sample_quality())
         else:
             row.update({key: None for key in QUALITY_KEYS})
-        row.update(probe_acc=None, knn_acc=None, seconds=seconds)
+        row.update(dict.fromkeys(EVAL_KEYS), seconds=seconds)
         if number > 0 and (number % cfg.eval_every == 0 or last):
             if self.dist.is_main:
                 row.update(evaluate(self.model, self.data, self.device, cfg.knn_k))
