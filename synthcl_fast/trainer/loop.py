@@ -20,6 +20,13 @@ Epochs are numbered from 1 for the main model's epochs; the GAN warm-up epochs a
 
 Every loss goes through synthcl_fast.losses with backend="auto" (the fastest kernels for the device).
 
+Definitions that are ours, not the paper's (its equations are not public in a form we can read; DESIGN.md
+section 1): the positive-pair loss and its target schedule s*(t) (`--pair-target-mode absolute`: the schedule;
+`relative`: the schedule times the main model's current cosine of two views of a real image); the controlled
+partner (`--partner-update controlled`: G_ema's EMA weight (1 - ema_decay) * sigmoid((s* - c) / 0.02), c the
+step's pair cosine, so G_ema waits while the pair is easier than its target); G_ema set to G when the joint phase
+starts; and the like-for-like hardness record (hardness_real / hardness_synthetic in metrics.csv).
+
 Nothing inside a step waits for the device: the losses are checked for NaN/Inf on the device (guard.py: a
 non-finite loss makes every later optimizer step a no-op there), the per-step metrics are summed there, and the
 host reads them between steps (after every step on the CPU, where reading costs nothing; every
