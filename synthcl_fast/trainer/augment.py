@@ -14,12 +14,13 @@ from __future__ import annotations
 import kornia.augmentation as K
 import torch
 
+
 def make_augmentation(channels: int, image_size: int) -> K.AugmentationSequential:
     """SimCLR-style views. Digits keep their orientation (no flip: a mirrored 2 is no longer a 2) and,
     being grayscale, get brightness/contrast jitter only; colour images get the usual SimCLR recipe.
 
-    The crop is resampled by one batched warp (`cropping_mode="resample"`): the same crop boxes and bilinear
-    interpolation as kornia's default "slice" mode, which crops and resizes image by image in a Python loop."""
+    The crop is resampled by one batched warp (`cropping_mode="resample"`): the same crop boxes, bilinear as kornia's
+    default "slice" mode, which crops and resizes image by image in a Python loop."""
     size = (image_size, image_size)
     if channels == 1:
         steps = [
