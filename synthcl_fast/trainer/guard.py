@@ -30,13 +30,13 @@ class NonFiniteGuard:
                 raise ValueError("NonFiniteGuard needs fused optimizers (fused=True)")
             optimizer.found_inf = self.tripped
 
-    def check(self, step: int, losses: dict[str, torch.Tensor]) -> None:
-        """Record `losses` (0-d tensors) of training step `step` (1-based); trip on the first non-finite one."""
-        names = tuple(losses)
+    def check(self, step: int, names: tuple[str, ...], values: torch.Tensor) -> None:
+        """Record the losses `values` (len(names),) of training step `step` (1-based); trip on the first non-finite
+        one."""
         if names not in self._name_index:  # once per set of names: the only host-to-device copy here
             self.names.extend(n for n in names if n not in self.names)
             self._name_index[names] = torch.tensor([self.names.index(n) for n in names], device=self.device)
-        values = torch.stack([losses[n].detach().float().reshape(()) for n in names])
+        values = values.detach().float()
         bad = ~torch.isfinite(values)
         first = bad.any() & (self.tripped == 0)
         # the first non-finite loss of this step (0 where none is), picked by index_select: indexing with a 0-d

@@ -289,8 +289,8 @@ class Trainer:
         summed into the epoch's metrics, without a host read. Returns the averages (0-d device tensors)."""
         names = list(values)
         stacked = self.dist.mean(torch.stack([values[n].detach().float().reshape(()) for n in names]))
+        self.guard.check(self.global_step + 1, tuple(names), stacked)
         averaged = dict(zip(names, stacked.unbind()))
-        self.guard.check(self.global_step + 1, averaged)
         self._accumulate_on_device(**averaged)
         return averaged
 
