@@ -14,7 +14,7 @@ pytest.importorskip("matplotlib")
 
 from synthcl_fast.trainer import glyphs  # noqa: E402
 from synthcl_fast.trainer.config import ConfigError, TrainConfig  # noqa: E402
-from synthcl_fast.trainer.data import load_data  # noqa: E402
+from synthcl_fast.trainer.data import load_data, pretrain_subset  # noqa: E402
 from synthcl_fast.trainer import evaluate as ev  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -96,8 +96,40 @@ def test_glyphs_is_a_dataset_choice_without_data_path(tmp_path, monkeypatch):
     assert data.train_images.shape == (10000, 3, 32, 32) and data.test_images.shape == (2000, 3, 32, 32)
     assert data.train_images.dtype == torch.float32 and 0 <= data.train_images.min() and data.train_images.max() <= 1
     assert data.pretrain_index.numel() == 2500
+    # a fraction of glyphs keeps whole sources: 250 images of each class from 4 or 5 of its 16 training fonts (62
+    # or 63 images each), all of them whole but one
+    all_sources = glyphs.load_glyphs(0)["train_sources"]
+    sources = all_sources[data.pretrain_index.numpy()]
+    labels = data.train_labels[data.pretrain_index].numpy()
+    assert np.bincount(labels).tolist() == [250] * 10
+    for c in range(10):
+        taken, counts = np.unique(sources[labels == c], return_counts=True)
+        whole = [(all_sources[data.train_labels.numpy() == c] == s).sum() for s in taken]
+        assert len(taken) in (4, 5) and sum(np.array(counts) < np.array(whole)) <= 1
     with pytest.raises(ConfigError, match="--data-path is not used by --dataset glyphs"):
         TrainConfig(dataset="glyphs", data_path=str(tmp_path))
+
+
+def test_pretrain_subset_takes_whole_sources_nested_and_balanced():
+    rng = np.random.RandomState(5)
+    labels = np.repeat(np.arange(3), 40)                        # 3 classes of 40 images
+    sources = np.tile(np.repeat(np.arange(5), 8), 3)            # 5 sources per class, 8 images each
+    rng.shuffle(order := np.arange(120))
+    labels, sources = labels[order], sources[order]
+    subsets = {f: pretrain_subset(labels, f, seed=3, sources=sources).numpy() for f in (0.1, 0.25, 0.5, 1.0)}
+    for fraction, index in subsets.items():
+        assert np.all(np.diff(index) > 0) and np.bincount(labels[index], minlength=3).tolist() == [round(40 * fraction)] * 3
+        for c in range(3):
+            taken = sources[index][labels[index] == c]
+            whole = [s for s in set(taken) if (taken == s).sum() == 8]
+            assert len(set(taken)) - len(whole) <= 1              # at most one source taken in part
+            assert len(set(taken)) == -(-round(40 * fraction) // 8)  # as few sources as the count allows
+    assert set(subsets[0.1]) <= set(subsets[0.25]) <= set(subsets[0.5]) <= set(subsets[1.0]) == set(range(120))
+    assert np.array_equal(pretrain_subset(labels, 0.25, seed=3, sources=sources), subsets[0.25])
+    assert not np.array_equal(pretrain_subset(labels, 0.25, seed=4, sources=sources), subsets[0.25])
+    # without sources: a random sample of images, as before (digits, folder, CIFAR-10)
+    plain = pretrain_subset(labels, 0.25, seed=3).numpy()
+    assert plain.shape == (30,) and np.array_equal(plain, np.sort(np.random.RandomState(3).permutation(120)[:30]))
 
 
 # --- the evaluation ------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 - glyphs: RGB 32 x 32 digits drawn from the fonts matplotlib ships under random position, scale, rotation,
   stroke width, elastic deformation, colours, texture and clutter (glyphs.py): 10,000 training and 2,000 test
   images, 10 classes, the test split's fonts unseen in training. Made on first use and cached; its split is
-  its own (fonts, not images, are split), drawn with `split_seed`.
+  its own (fonts, not images, are split), drawn with `split_seed`. Its `train_fraction` subset keeps whole
+  sources (all the images of a font's digit) rather than a random sample of images: see `pretrain_subset`.
 - cifar10: a local copy of CIFAR-10 in its standard python format (the folder `cifar-10-batches-py` with
   data_batch_1..5 and test_batch, or its parent); its official train/test split is kept.
 - folder: a folder of images in class subfolders, root/<class>/<image>.png|jpg|... (the labels are used
@@ -54,6 +55,7 @@ class ImageData:
 
 def load_data(config: TrainConfig) -> ImageData:
     size = config.resolved_image_size
+    train_sources = None    # each training image's source, where the data set has sources (glyphs: its font)
     if config.dataset == "digits":
         images, labels = _load_digits()
         train, test = _split(labels, config.test_fraction, config.split_seed)
@@ -64,6 +66,7 @@ def load_data(config: TrainConfig) -> ImageData:
         glyphs = load_glyphs(config.split_seed)
         train_images, train_labels, test_images, test_labels = (
             torch.from_numpy(glyphs[key]) for key in ("train_images", "train_labels", "test_images", "test_labels"))
+        train_sources = glyphs["train_sources"]
     elif config.dataset == "cifar10":
         train_images, train_labels, test_images, test_labels = _load_cifar10(Path(config.data_path))
     else:
@@ -72,14 +75,38 @@ def load_data(config: TrainConfig) -> ImageData:
         train_images, train_labels, test_images, test_labels = images[train], labels[train], images[test], labels[test]
 
     n_train = train_images.shape[0]
-    n_pretrain = round(config.train_fraction * n_train)
-    if n_pretrain < config.batch_size:
-        raise ConfigError(f"--batch-size ({config.batch_size}) is larger than the {n_pretrain} training images "
-                          f"(--train-fraction {config.train_fraction} of {n_train}); lower --batch-size")
-    order = np.random.RandomState(config.split_seed).permutation(n_train)
-    pretrain_index = torch.from_numpy(np.sort(order[:n_pretrain]))
+    pretrain_index = pretrain_subset(train_labels.numpy(), config.train_fraction, config.split_seed,
+                                     train_sources)
+    if pretrain_index.numel() < config.batch_size:
+        raise ConfigError(f"--batch-size ({config.batch_size}) is larger than the {pretrain_index.numel()} training "
+                          f"images (--train-fraction {config.train_fraction} of {n_train}); lower --batch-size")
     return ImageData(config.dataset, _resize(train_images, size), train_labels, _resize(test_images, size),
                      test_labels, pretrain_index)
+
+
+def pretrain_subset(labels: np.ndarray, fraction: float, seed: int, sources: np.ndarray | None = None) -> torch.Tensor:
+    """Sorted indices of the `fraction` of the training images used for unlabeled training, drawn with `seed`.
+
+    Without sources: a random sample of round(fraction * N) images. With sources (glyphs: each image's font; a
+    source is one font's glyph of one class), whole sources: in each class the images are taken source by source
+    in a random order of the class's sources, round(fraction * images of the class) of them, so a smaller
+    fraction holds fewer sources (at most one of them partly), as a smaller collection holds fewer writers or
+    fonts. Why: glyphs draws many images of each of its 160 training sources, and a random quarter of the images
+    still holds every source many times over; it trained simclr as well as all of them
+    (benchmarks/results/testbed/design_probes.md), so a fraction of images measured nothing about data.
+    """
+    rng = np.random.RandomState(seed)
+    if sources is None:
+        order = rng.permutation(labels.shape[0])
+        return torch.from_numpy(np.sort(order[:round(fraction * labels.shape[0])]))
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        source_rank = {source: rank for rank, source in enumerate(rng.permutation(np.unique(sources[members])))}
+        # by source in the drawn order, and in a random order within a source
+        order = members[np.lexsort((rng.permutation(members.shape[0]), [source_rank[s] for s in sources[members]]))]
+        chosen.append(order[:round(fraction * members.shape[0])])
+    return torch.from_numpy(np.sort(np.concatenate(chosen)))
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
