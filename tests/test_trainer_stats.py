@@ -9,8 +9,8 @@ import pytest
 
 stats = pytest.importorskip("scipy.stats")
 
-from synthcl_fast.trainer.compare import (CompareRow, format_table, paired_difference, study_summary,  # noqa: E402
-                                          t_interval)
+from synthcl_fast.trainer.compare import (CompareRow, detectable_difference, format_table,  # noqa: E402
+                                          paired_difference, power_summary, study_summary, t_interval)
 
 
 def row(method, seeds, probe, knn=None, fraction=1.0):
@@ -105,6 +105,46 @@ def test_table_and_summary_report_each_difference_with_its_interval():
     assert "probe_acc_minus_simclr" not in summary[("simclr", 1.0)]
 
 
+@pytest.mark.parametrize("n", [3, 5, 10, 30])
+def test_detectable_difference_has_about_80_percent_power_by_the_noncentral_t(n):
+    differences = np.random.default_rng(n).normal(0.01, 0.02, size=n)
+    detectable = detectable_difference(differences.tolist())
+    s = differences.std(ddof=1)
+    # the power of the two-sided paired t test at level 0.05 when the true mean difference is `detectable` and the
+    # spread is s: exact by the noncentral t distribution (the formula is its usual normal-shift approximation)
+    noncentrality = detectable / (s / math.sqrt(n))
+    critical = stats.t.ppf(0.975, n - 1)
+    power = stats.nct.sf(critical, n - 1, noncentrality) + stats.nct.cdf(-critical, n - 1, noncentrality)
+    assert 0.76 < power < 0.81
+    assert detectable == pytest.approx((stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * s / math.sqrt(n))
+    assert math.isnan(detectable_difference([0.1])) and math.isnan(detectable_difference([]))
+
+
+def test_detectable_difference_by_hand_for_five_seeds():
+    # s = 0.01 * sqrt(2.5); t_{0.975, 4} = 2.7764451, t_{0.8, 4} = 0.94096458
+    expected = (2.7764451051977987 + 0.9409645772351816) * 0.01 * math.sqrt(2.5) / math.sqrt(5)
+    assert detectable_difference([0.95, 0.96, 0.97, 0.98, 0.99]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_power_summary_has_the_positive_control_first_then_each_method_against_the_baseline():
+    simclr_few = row("simclr", [0, 1, 2], [0.40, 0.42, 0.41], fraction=0.25)
+    simclr_all = row("simclr", [0, 1, 2], [0.45, 0.48, 0.44])
+    synthcl_few = row("synthcl", [0, 1, 2], [0.41, 0.42, 0.40], fraction=0.25)
+    raw = CompareRow("raw-pixels", 1.0, [0, 1, 2], [0.1] * 3, [0.1] * 3, [0.0] * 3, [0.1] * 3, baseline=True)
+    records = power_summary([simclr_few, simclr_all, synthcl_few, raw], control_fraction=0.25)
+    assert [(r["kind"], r["method"], r["train_fraction"], r["versus_fraction"]) for r in records] == [
+        ("positive control", "simclr", 1.0, 0.25), ("method", "synthcl", 0.25, 0.25)]
+    control = records[0]
+    expected = stats.ttest_rel([0.45, 0.48, 0.44], [0.40, 0.42, 0.41]).confidence_interval(0.95)
+    assert control["probe_acc"] == pytest.approx(0.04666666666)
+    assert control["probe_acc_ci_low"] == pytest.approx(expected.low) and control["probe_acc_excludes_zero"] is True
+    assert control["probe_acc_detectable"] == pytest.approx(detectable_difference([0.05, 0.06, 0.03]))
+    assert records[1]["probe_acc"] == pytest.approx(0.0) and records[1]["probe_acc_excludes_zero"] is False
+    # no control without its two rows, nor when none is asked for
+    assert [r["kind"] for r in power_summary([simclr_few, synthcl_few], control_fraction=0.25)] == ["method"]
+    assert [r["kind"] for r in power_summary([simclr_few, simclr_all], control_fraction=None)] == []
+
+
 def test_study_report_writes_table_csv_json_plot_and_the_mechanism(tmp_path):
     import json
 
@@ -119,7 +159,7 @@ def test_study_report_writes_table_csv_json_plot_and_the_mechanism(tmp_path):
             last = {"loss_real_rows": 4.0, "loss_synthetic_rows": 4.0 + gap, "pair_cosine": 0.8, "pair_target": 0.5,
                     "sample_confidence": 0.5 + seed / 10, "sample_classes": 9.0, "real_confidence": 0.82}
             (run / "metrics.json").write_text(json.dumps([{"sample_confidence": 0.1}, last]))
-    text = write_study_report(rows, tmp_path, "# a study\n\nheader")
+    text = write_study_report(rows, tmp_path, "# a study\n\nheader", control_fraction=0.1)
     assert {p.name for p in tmp_path.glob("study.*")} == {"study.md", "study.json", "study.csv", "study.png"}
     assert (tmp_path / "study.png").read_bytes().startswith(b"\x89PNG")
     saved = json.loads((tmp_path / "study.json").read_text())
@@ -130,6 +170,8 @@ def test_study_report_writes_table_csv_json_plot_and_the_mechanism(tmp_path):
     assert mechanism[0.1]["hardness_gap_ci_low"] == pytest.approx(expected.low)
     assert mechanism[1.0]["sample_confidence"] == pytest.approx(0.55)
     assert "| synthcl | 10% | 2 | 0.300 [" in text
+    assert "| positive control: simclr 100% - 10% of the images | 2 | +4.50 [" in text
+    assert [r["kind"] for r in saved["power"]] == ["positive control", "method", "method"]
     csv_lines = (tmp_path / "study.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,train_fraction,probe_acc,probe_acc_ci_low") and len(csv_lines) == 5
 

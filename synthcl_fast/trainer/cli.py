@@ -197,7 +197,9 @@ def _run(args) -> None:
         def header(rows) -> str:
             done = min((len(r.seeds) for r in rows), default=0)
             title = f"synthcl-train compare --study {args.study}" if study else "synthcl-train compare"
-            return (f"# {title}\n\nDataset {config.dataset}, {config.epochs} epochs for every method "
+            epochs = f"{config.epochs} epochs" + (f" of {config.epoch_steps} steps (the same steps at every fraction)"
+                                                    if config.epoch_steps else "")
+            return (f"# {title}\n\nDataset {config.dataset}, {epochs} for every method "
                     f"(+ {config.warmup_epochs} GAN warm-up epochs before them for synthcl), batch {config.batch_size}, "
                     f"seeds {' '.join(map(str, seeds[:done]))} of {' '.join(map(str, seeds))}; accuracy on the test "
                     f"split, mean and 95 % t interval over seeds; differences paired by seed. "
@@ -206,7 +208,8 @@ def _run(args) -> None:
                     f"Runs in {output_dir}." + (f"\n\nStudy: {study.why}." if study else ""))
 
         def report(rows) -> str:
-            return write_study_report(rows, output_dir, header(rows)) if study else \
+            return write_study_report(rows, output_dir, header(rows), control_fraction=study.control_fraction) \
+                if study else \
                 write_report(rows, output_dir, header(rows))
 
         after_seed = (lambda rows: report(rows)) if study and context.is_main else None

@@ -197,10 +197,27 @@ def paired_difference(a: CompareRow, b: CompareRow, key: str = "probe_acc", conf
     """The mean of a - b over the seeds both rows ran (and finished), with its paired t interval: the
     interval of the per-seed differences, which removes what the seed (initial encoder, data order) does to
     both methods alike."""
+    return t_interval(paired_differences(a, b, key), confidence)
+
+
+def detectable_difference(differences: list[float], power: float = 0.8, confidence: float = 0.95) -> float:
+    """The smallest true mean difference that a paired two-sided t test over these seeds detects with probability
+    `power` at level 1 - confidence, with the spread of these differences as the planning value:
+    (t_{(1+c)/2, n-1} + t_{power, n-1}) * s / sqrt(n), s their sample standard deviation (the usual normal-shift
+    approximation of the noncentral t; with 5 seeds (2.776 + 0.941) s / sqrt(5) = 1.66 s). NaN below 2 values."""
+    values = np.asarray([v for v in differences if v is not None], dtype=np.float64)
+    n = values.size
+    if n < 2:
+        return math.nan
+    quantiles = stats.t.ppf((1 + confidence) / 2, n - 1) + stats.t.ppf(power, n - 1)
+    return float(quantiles * values.std(ddof=1) / math.sqrt(n))
+
+
+def paired_differences(a: CompareRow, b: CompareRow, key: str = "probe_acc") -> list[float]:
+    """a - b per seed, over the seeds both rows ran (and finished)."""
     b_by_seed = dict(zip(b.seeds, getattr(b, key)))
-    differences = [value - b_by_seed[seed] for seed, value in zip(a.seeds, getattr(a, key))
-                   if value is not None and b_by_seed.get(seed) is not None]
-    return t_interval(differences, confidence)
+    return [value - b_by_seed[seed] for seed, value in zip(a.seeds, getattr(a, key))
+            if value is not None and b_by_seed.get(seed) is not None]
 
 
 def _pct(interval: Interval) -> str:
@@ -283,6 +300,9 @@ class Study:
     seeds: tuple[int, ...]
     config: dict = field(default_factory=dict)   # TrainConfig changes, the same for every method
     why: str = ""
+    # the positive control: the baseline method on the most images minus on these few (equal steps): a difference
+    # the study must see, or it cannot see data efficiency at all
+    control_fraction: float | None = None
 
 
 STUDIES = {
@@ -296,6 +316,7 @@ STUDIES = {
         # (+ synthcl's 5 GAN warm-up epochs): the budget of the 2-core machine, chosen from one timed run of
         # each method before any study result existed. The same for every method and fraction.
         config={"epochs": 15, "batch_size": 64, "eval_every": 5},
+        control_fraction=0.25,
         why="simclr vs synthcl and its two ablations (no hard pairs, no hard samples) at 5, 10, 25, 50 and 100 % of "
             "the digits training images (the linear probe and kNN always use all the labeled training images), "
             "5 seeds"),
@@ -412,22 +433,78 @@ def format_mechanism_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_study_report(rows: list[CompareRow], output_dir: Path, header: str, baseline: str = "simclr") -> str:
-    """study.md (header, table), study.json (per-run results and the summary), study.csv (the summary) and
-    study.png (accuracy against the fraction) in output_dir; returns the markdown."""
+def power_summary(rows: list[CompareRow], control_fraction: float | None, baseline: str = "simclr") -> list[dict]:
+    """What the study can see. First the positive control (when `control_fraction` is set and both rows ran): the
+    baseline method on the most training images minus on `control_fraction` of them, paired by seed, which must
+    exclude 0 on the primary metrics; then every method's paired difference to the baseline method at the same
+    fraction. Each with its 95 % interval and the smallest difference detectable with 80 % power by its seeds."""
+    trained = [r for r in rows if not r.baseline]
+    by_fraction = {r.train_fraction: r for r in trained if r.method == baseline}
+    pairs = []
+    if control_fraction is not None and control_fraction in by_fraction and len(by_fraction) > 1:
+        most = by_fraction[max(by_fraction)]
+        if most.train_fraction != control_fraction:
+            pairs.append(("positive control", most, by_fraction[control_fraction]))
+    pairs += [("method", r, by_fraction[r.train_fraction]) for r in trained
+              if r.method != baseline and r.train_fraction in by_fraction]
+    records = []
+    for kind, a, b in pairs:
+        record = {"kind": kind, "method": a.method, "train_fraction": a.train_fraction, "versus": b.method,
+                  "versus_fraction": b.train_fraction}
+        for key in METRICS:
+            differences = paired_differences(a, b, key)
+            interval = t_interval(differences)
+            record.update({key: interval.mean, f"{key}_ci_low": interval.low, f"{key}_ci_high": interval.high,
+                           f"{key}_seeds": interval.n,
+                           f"{key}_excludes_zero": interval.excludes_zero if interval.n > 1 else None,
+                           f"{key}_detectable": detectable_difference(differences)})
+        records.append(record)
+    return records
+
+
+def format_power_table(records: list[dict]) -> str:
+    def cell(record, key):
+        if record[f"{key}_seeds"] < 2:
+            return "n/a"
+        verdict = "excludes 0" if record[f"{key}_excludes_zero"] else "includes 0"
+        return (f"{100 * record[key]:+.2f} [{100 * record[f'{key}_ci_low']:+.2f}, {100 * record[f'{key}_ci_high']:+.2f}]"
+                f" {verdict}; detectable {100 * record[f'{key}_detectable']:.2f}")
+
+    lines = ["| comparison (paired by seed) | seeds | linear probe (points) | few-label probe | kNN |", "|---|---|---|---|---|"]
+    for r in records:
+        what = (f"positive control: {r['method']} {r['train_fraction']:.0%} - {r['versus_fraction']:.0%} of the images"
+                if r["kind"] == "positive control" else
+                f"{r['method']} - {r['versus']}, {r['train_fraction']:.0%} of the images")
+        lines.append(f"| {what} | {r['probe_acc_seeds']} | {cell(r, 'probe_acc')} | {cell(r, 'few_label_acc')} | "
+                     f"{cell(r, 'knn_acc')} |")
+    return "\n".join(lines)
+
+
+def write_study_report(rows: list[CompareRow], output_dir: Path, header: str, baseline: str = "simclr",
+                       control_fraction: float | None = None) -> str:
+    """study.md (header, table, what the study can see, the mechanism), study.json (per-run results and the
+    summaries), study.csv (the summary) and study.png (accuracy against the fraction) in output_dir; returns the
+    markdown."""
     import csv
     import io
 
     output_dir = Path(output_dir)
     summary = study_summary(rows, baseline)
+    power = power_summary(rows, control_fraction, baseline)
     mechanism = mechanism_summary(rows, output_dir)
     text = f"{header}\n\n{format_table(rows, baseline)}\n"
+    if power:
+        text += ("\nWhat the study can see: each paired difference in points with its 95 % t interval, and the smallest "
+                 "difference its seeds detect with 80 % power at the 5 % level ((t_0.975 + t_0.8) s / sqrt(n), s the "
+                 "spread of the per-seed differences). The positive control must exclude 0: a study that cannot see "
+                 "the baseline method's own gain from more images cannot see data efficiency. A null result reads "
+                 "\"no effect larger than the detectable difference\".\n\n" + format_power_table(power) + "\n")
     if mechanism:
         text += ("\nThe mechanism at the last epoch (mean and 95 % t interval over the runs; per epoch in each "
                  "run's metrics.csv and curves.png):\n\n" + format_mechanism_table(mechanism) + "\n")
     atomic_write_bytes(output_dir / "study.md", text.encode())
     atomic_write_bytes(output_dir / "study.json", (json.dumps({"runs": [vars(r) for r in rows], "summary": summary,
-                                                              "mechanism": mechanism},
+                                                              "power": power, "mechanism": mechanism},
                                                               indent=2) + "\n").encode())
     columns = list(dict.fromkeys(k for record in summary for k in record if not isinstance(record[k], list)))
     buffer = io.StringIO()
