@@ -238,3 +238,35 @@ def test_frozen_side_products_not_run(lane, case_name, reduction, rng, monkeypat
     assert everything > 0, f"{case_name}: no gradient product counted at all"
     assert frozen * 2 == everything * case.trainable_sides, \
         f"{case_name}: {frozen} gradient products with a side frozen, {everything} with both trainable"
+
+
+@pytest.mark.parametrize("lane,reduction", [lane_param(lane, r) for lane in FUSED for r in ("mean", "none")])
+def test_frozen_side_torch_compile_fullgraph(lane, reduction, rng):
+    """The gradient masks are read from requires_grad and needs_input_grad, constants of the traced graph: a
+    frozen MoCo key and queue and a frozen CLIP tower trace into one graph, with the eager values and
+    gradients."""
+    dtype = lane.exact_dtype
+
+    def leaf(*shape, grad=True):
+        return torch.randn(*shape, generator=rng).to(dtype).to(lane.device).requires_grad_(grad)
+
+    query, key, queue = leaf(12, 8), leaf(12, 8, grad=False), leaf(31, 8, grad=False)
+    image, text = leaf(10, 8, grad=False), leaf(10, 8)
+    scale = torch.tensor(5.0, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                         device=lane.device, requires_grad=True)
+
+    def step(query, key, queue, image, text, scale):
+        return (L.info_nce(query, key, negatives=queue, reduction=reduction, backend=lane.name).sum()
+                + L.clip_loss(image, text, logit_scale=scale, reduction=reduction, backend=lane.name).sum())
+
+    args = (query, key, queue, image, text, scale)
+    explanation = torch._dynamo.explain(step)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    eager = step(*args)
+    traced = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert_close(traced, eager, tol, "compiled vs eager")
+    trainable = (query, text, scale)
+    for g, e in zip(torch.autograd.grad(traced, trainable), torch.autograd.grad(eager, trainable)):
+        assert_close(g, e, tol, "compiled grad")
