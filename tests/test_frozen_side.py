@@ -270,3 +270,28 @@ def test_frozen_side_torch_compile_fullgraph(lane, reduction, rng):
     trainable = (query, text, scale)
     for g, e in zip(torch.autograd.grad(traced, trainable), torch.autograd.grad(eager, trainable)):
         assert_close(g, e, tol, "compiled grad")
+
+
+@pytest.mark.parametrize("lane", [lane_param(lane) for lane in FUSED])
+def test_hard_negative_backward_with_one_statistic_used(lane, rng):
+    """The hard-negative statistics op's backward always receives both upstream gradients: its registration
+    keeps autograd's materialized (zero) gradients, which is why it has no `grad is None` branch (issue 25,
+    item 5). A loss of one statistic alone, with the candidates frozen, gets the anchors' gradient of the
+    float64 reference's same statistic."""
+    from synthcl_fast import reference as ref
+
+    dtype = lane.exact_dtype
+    anchors = torch.randn(13, 6, generator=rng).to(dtype).to(lane.device).requires_grad_()
+    candidates = torch.randn(17, 6, generator=rng).to(dtype).to(lane.device)
+    anchor_labels, candidate_labels = (labels.to(lane.device) for labels in _labels(13, 17))
+    t = torch.tensor(0.3, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=lane.device)
+    lse = lane.backend.ops().hard_negative_stats_forward(anchors, candidates, anchor_labels, candidate_labels, t,
+                                                         0.5, False, 1e-12)[0]
+    anchors64 = anchors.detach().double().requires_grad_()
+    logits = (torch.nn.functional.normalize(anchors64, dim=1)
+              @ torch.nn.functional.normalize(candidates.double(), dim=1).T) / t.double()
+    positive = (anchor_labels[:, None] == candidate_labels[None, :]) & (candidate_labels[None, :] >= 0)
+    lse_hard64 = ref.hard_negative_row_stats(logits, positive, ~positive, beta=0.5)[0]
+    (grad,) = torch.autograd.grad(lse[:, 0].sum(), anchors)  # positive_mean and the other sets unused
+    (expected,) = torch.autograd.grad(lse_hard64.sum(), anchors64)
+    assert_close(grad, expected, lane.tolerances(dtype)[1], "hard-negative lse_hard gradient")

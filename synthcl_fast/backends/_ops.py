@@ -128,9 +128,6 @@ def _no_double_backward() -> None:
                            "use backend='reference'")
 
 
-NO_GRADIENTS = (False, False, False)
-
-
 def _fake_input_grads(anchors, candidates, temperature, mask):
     """Fake (grad_anchors, grad_candidates, grad_temperature) for a gradient mask: full-size where it is on,
     the empty placeholder the ops return where it is off."""
