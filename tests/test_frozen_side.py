@@ -72,6 +72,12 @@ def general_call(tensors, temperature, **kwargs):
                               candidate_labels.to(anchors.device), temperature=temperature, **kwargs)
 
 
+def supcon_call(tensors, temperature, **kwargs):  # one tensor as both sides (the symmetric plans)
+    (features,) = tensors
+    return L.supcon(features, _labels(features.shape[0], 0)[0].to(features.device), temperature=temperature,
+                    **kwargs)
+
+
 def general_negatives_call(tensors, temperature, **kwargs):  # the variant op
     return general_call(tensors, temperature, denominator="negatives", **kwargs)
 
@@ -93,6 +99,8 @@ CASES = {
     "frozen_anchors": Case(((23, 11), (41, 11)), (False, True), False, general_call),
     # only the temperature learns: no feature product at all
     "temperature_only": Case(((23, 11), (41, 11)), (False, False), True, general_call),
+    # SupCon's one tensor with only the temperature learnable: the symmetric plans' sums without a product
+    "one_tensor_temperature_only": Case(((31, 9),), (False,), True, supcon_call),
     "negatives_variant": Case(((23, 11), (41, 11)), (True, False), True, general_negatives_call),
     "hard_negatives": Case(((23, 11), (41, 11)), (True, False), False, general_hard_call),
 }
