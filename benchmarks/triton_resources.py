@@ -105,14 +105,15 @@ def record_launches() -> list[Launch]:
         os.environ["SYNTHCL_FAST_TRITON_TILES"] = tiles
         try:
             if symmetric:
-                tc.symmetric_contrastive_forward(x, y, labels_x, labels_y, t, False, reduction, 1e-12, reduction != 0)
+                tc.symmetric_contrastive_forward(x, y, labels_x, labels_y, t, False, reduction, 1e-12,
+                                                 [reduction != 0] * 3)
             else:
-                tc.contrastive_forward(x, y, labels_x, labels_y, t, same, reduction, 1e-12, reduction != 0)
+                tc.contrastive_forward(x, y, labels_x, labels_y, t, same, reduction, 1e-12, [reduction != 0] * 3)
                 if reduction == 0:  # the recomputing backward
                     row_max, log_sum = torch.zeros(n_rows, dtype=acc), torch.zeros(n_rows, dtype=acc)
                     npos = torch.ones(n_rows, dtype=torch.int32)
                     tc.contrastive_backward(torch.ones(n_rows, dtype=acc), x, y, labels_x, labels_y, t, row_max,
-                                            log_sum, npos, same, 1e-12)
+                                            log_sum, npos, same, 1e-12, [True] * 3)
         finally:
             if previous is None:
                 os.environ.pop("SYNTHCL_FAST_TRITON_TILES", None)

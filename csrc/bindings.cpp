@@ -4,6 +4,11 @@
 // registered from Python (synthcl_fast/backends/native.py) with torch.library.
 //
 // Integer codes: reduction 0 = none, 1 = mean, 2 = sum; mode 0 = two_sided, 1 = floor.
+//
+// Gradient masks, (anchors, candidates, temperature) in that order: a forward's compute_grad says which
+// gradients of a scalar loss it computes (all false: none, the backward recomputes them); a backward's
+// output_mask says which it computes. A side that is off gets no gradient product at all and an empty (0,)
+// tensor in its place (a frozen tower, a MoCo queue, a float temperature).
 
 #include <torch/library.h>
 
@@ -14,26 +19,27 @@
 TORCH_LIBRARY(synthcl_fast, m) {
   m.def(
       "contrastive_forward(Tensor anchors, Tensor candidates, Tensor anchor_labels, Tensor candidate_labels, "
-      "Tensor temperature, bool exclude_self, int reduction, float eps, bool compute_grad) -> "
+      "Tensor temperature, bool exclude_self, int reduction, float eps, bool[3] compute_grad) -> "
       "(Tensor loss, Tensor row_max, Tensor row_log_sum, Tensor row_n_positive, Tensor grad_anchors, "
       "Tensor grad_candidates, Tensor grad_temperature)");
   m.def(
       "contrastive_backward(Tensor grad_rows, Tensor anchors, Tensor candidates, Tensor anchor_labels, "
       "Tensor candidate_labels, Tensor temperature, Tensor row_max, Tensor row_log_sum, Tensor row_n_positive, "
-      "bool exclude_self, float eps) -> (Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
+      "bool exclude_self, float eps, bool[3] output_mask) -> (Tensor grad_anchors, Tensor grad_candidates, "
+      "Tensor grad_temperature)");
   // The variants of the general op (synthcl_fast/variants.py): denominator 1 = negatives, 2 = per_positive;
   // positive_weight (R,) in the accumulation dtype; per row also c_i and mean_p s_ip (synthcl_fast/backends/_ops.py).
   m.def(
       "contrastive_variant_forward(Tensor anchors, Tensor candidates, Tensor anchor_labels, Tensor candidate_labels, "
       "Tensor temperature, Tensor positive_weight, int denominator, bool exclude_self, int reduction, float eps, "
-      "bool compute_grad) -> (Tensor loss, Tensor row_max, Tensor row_log_sum, Tensor row_n_positive, "
+      "bool[3] compute_grad) -> (Tensor loss, Tensor row_max, Tensor row_log_sum, Tensor row_n_positive, "
       "Tensor row_coef, Tensor row_positive_mean, Tensor grad_anchors, Tensor grad_candidates, "
       "Tensor grad_temperature)");
   m.def(
       "contrastive_variant_backward(Tensor grad_rows, Tensor anchors, Tensor candidates, Tensor anchor_labels, "
       "Tensor candidate_labels, Tensor temperature, Tensor positive_weight, Tensor row_max, Tensor row_log_sum, "
-      "Tensor row_n_positive, Tensor row_coef, int denominator, bool exclude_self, float eps) -> "
-      "(Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
+      "Tensor row_n_positive, Tensor row_coef, int denominator, bool exclude_self, float eps, "
+      "bool[3] output_mask) -> (Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
   // Hard negatives and debiasing (HCL): per row lse_Neg (1 + beta) s, lse_Neg beta s and lse_P s (row_lse, (R, 3)),
   // mean_P s, |Neg|, |P|, and per set the reference and log-sum the backward recomputes each softmax from; the
   // loss is formed from them in Python (synthcl_fast/reference.py, hard_negative_row_loss).
@@ -44,7 +50,8 @@ TORCH_LIBRARY(synthcl_fast, m) {
   m.def(
       "hard_negative_stats_backward(Tensor grad_lse, Tensor grad_positive_mean, Tensor anchors, Tensor candidates, "
       "Tensor anchor_labels, Tensor candidate_labels, Tensor temperature, float beta, Tensor row_n_negative, "
-      "Tensor row_n_positive, Tensor row_reference, Tensor row_log_sum, bool exclude_self, float eps) -> "
+      "Tensor row_n_positive, Tensor row_reference, Tensor row_log_sum, bool exclude_self, float eps, "
+      "bool[3] output_mask) -> "
       "(Tensor grad_anchors, Tensor grad_candidates, Tensor grad_temperature)");
   m.def(
       "positive_pair_forward(Tensor a, Tensor b, Tensor target, int mode, int reduction, float eps, "

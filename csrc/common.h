@@ -7,6 +7,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -43,6 +44,18 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
 // Integer codes of the op schemas (bindings.cpp).
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 enum Mode : int64_t { kTwoSided = 0, kFloor = 1 };
+
+// A contrastive op's gradient mask (bindings.cpp: compute_grad, output_mask): which of the anchors, the
+// candidates and the temperature get a gradient. When the candidates are the anchors (one tensor) its two roles
+// are one gradient: on for both if asked for either.
+struct GradMask {
+  bool anchors, candidates, temperature;
+  GradMask(const std::array<bool, 3>& mask, bool one_tensor)
+      : anchors(mask[0] || (one_tensor && mask[1])), candidates(mask[1] || (one_tensor && mask[0])),
+        temperature(mask[2]) {}
+  bool any() const { return anchors || candidates || temperature; }
+  bool features() const { return anchors || candidates; }
+};
 
 inline void check_reduction(int64_t reduction) {
   TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, "reduction code must be 0, 1 or 2, got ",

@@ -157,6 +157,9 @@ struct Problem {
   // positives out of the log-sum-exp); 2 = "per_positive" (each positive against the negatives alone).
   int64_t denominator = 0;
   const acc_t* positive_weight = nullptr;  // (R,) w'_i on the positive term, or nullptr for 1 (variants only)
+  // Which gradient products run (the op's gradient mask, GradMask): dU += G V for the anchors, dV += G^T U for
+  // the candidates. A side that is off (a frozen tower, a MoCo queue) costs no product and no buffer.
+  bool want_u = true, want_v = true;
 };
 
 // One zeroed buffer per group, created by the thread that runs the group; merged in group order by the caller.
@@ -706,6 +709,11 @@ struct Gradients {
   double sum_gs = 0;                       // sum_ij G_ij (s_ij - m_i)
 };
 
+// {t} for a computed gradient buffer, {} for one that was not asked for (Problem::want_u).
+inline std::vector<at::Tensor> defined_parts(const at::Tensor& t) {
+  return t.defined() ? std::vector<at::Tensor>{t} : std::vector<at::Tensor>{};
+}
+
 struct ForwardResult {
   at::Tensor row_loss, max, log_sum, n_positive;
   at::Tensor coef, positive_mean;  // the variants only: c_i ("per_positive"; 1 otherwise), mean_p s_ip (0 w/o P)
@@ -809,20 +817,21 @@ BlockPlan block_plan(int64_t n_rows, int64_t n_cols) {
 // The gradient of row block [r0, r0 + bm) over every column tile: dU_b += G V_tile (1/t applied by the caller)
 // into grad_u, dV_tile += (1/t) G^T U_b into grad_v (this thread's part); fill(tile, bm, tn, r0, c0) overwrites a
 // tile's logits with G and returns its part of sum_ij G_ij (s_ij - m_i). `tile`, when defined, already holds the
-// block's logits over all the columns (one tile): reused, not recomputed.
+// block's logits over all the columns (one tile): reused, not recomputed. Only the products p.want_u / p.want_v
+// ask for run (grad_u / grad_v are undefined otherwise); G itself is needed by either side and the temperature.
 template <typename acc_t, typename Fill>
 double gradient_block(const Problem<acc_t>& p, const BlockPlan& plan, int64_t r0, int64_t bm, at::Tensor tile,
                       at::Tensor& strip, const Fill& fill, at::Tensor& grad_u, at::Tensor& grad_v) {
   double gs = 0;
   const at::Tensor u_block = p.u.narrow(0, r0, bm);
-  at::Tensor grad_u_block = grad_u.narrow(0, r0, bm);
+  at::Tensor grad_u_block = p.want_u ? grad_u.narrow(0, r0, bm) : at::Tensor();
   for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
     const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
     const at::Tensor v_tile = p.v.narrow(0, c0, tn);
     if (!tile.defined() || tn != p.n_cols) tile = logits(p, strip, u_block, v_tile);
     gs += fill(tile.data_ptr<acc_t>(), bm, tn, r0, c0);
-    grad_u_block.addmm_(tile, v_tile);
-    grad_v.narrow(0, c0, tn).addmm_(tile.t(), u_block, /*beta=*/1, /*alpha=*/p.inv_t);
+    if (p.want_u) grad_u_block.addmm_(tile, v_tile);
+    if (p.want_v) grad_v.narrow(0, c0, tn).addmm_(tile.t(), u_block, /*beta=*/1, /*alpha=*/p.inv_t);
   }
   return gs;
 }
@@ -842,20 +851,22 @@ template <typename acc_t, typename Fill>
 Gradients recompute_backward(const Problem<acc_t>& p, const Fill& fill) {
   const BlockPlan plan = block_plan<acc_t>(p.n_rows, p.n_cols);
   auto opts = p.v.options();
-  const int64_t groups = n_groups(plan.n_blocks, p.n_cols * p.dim * int64_t(sizeof(acc_t)),
+  const int64_t groups = n_groups(plan.n_blocks, p.want_v ? p.n_cols * p.dim * int64_t(sizeof(acc_t)) : 0,
                                   p.n_rows * p.n_cols * p.dim);
-  at::Tensor grad_u = at::zeros({p.n_rows, p.dim}, opts);
+  at::Tensor grad_u = p.want_u ? at::zeros({p.n_rows, p.dim}, opts) : at::Tensor();
   PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
   GroupSums gs(groups);
   for_each_group(groups, [&](int64_t g) {
     const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
     at::Tensor strip = empty_output({plan.block_rows * plan.tile_cols}, opts);
+    at::Tensor no_grad_v;
     for (int64_t b = b_lo; b < b_hi; ++b) {
       const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
-      gs.values[g] += gradient_block(p, plan, r0, bm, at::Tensor(), strip, fill, grad_u, grad_v.of(g));
+      gs.values[g] += gradient_block(p, plan, r0, bm, at::Tensor(), strip, fill, grad_u,
+                                     p.want_v ? grad_v.of(g) : no_grad_v);
     }
   });
-  return Gradients{{grad_u}, grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
+  return Gradients{defined_parts(grad_u), grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
 }
 
 // Forward over row blocks (groups of consecutive blocks taken by the threads as they finish); with want_grad
@@ -866,9 +877,9 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
   const bool want_grad = grads != nullptr;
   ForwardResult out = new_forward_result(p);
   auto opts = p.v.options();
-  const int64_t groups = n_groups(plan.n_blocks, want_grad ? p.n_cols * p.dim * int64_t(sizeof(acc_t)) : 0,
+  const int64_t groups = n_groups(plan.n_blocks, want_grad && p.want_v ? p.n_cols * p.dim * int64_t(sizeof(acc_t)) : 0,
                                   p.n_rows * p.n_cols * p.dim);
-  at::Tensor grad_u = want_grad ? at::zeros({p.n_rows, p.dim}, opts) : at::Tensor();
+  at::Tensor grad_u = want_grad && p.want_u ? at::zeros({p.n_rows, p.dim}, opts) : at::Tensor();
   PerGroup grad_v(groups, {p.n_cols, p.dim}, opts);
   GroupSums gs(groups), valid(groups);
   std::vector<acc_t> unit_weight(want_grad ? p.n_rows : 0, acc_t(1));
@@ -923,13 +934,15 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
           p.denominator == 0 ? finish_rows(st, r0, bm, out)
                              : finish_variant_rows(st, softplus_sum.data(), sigmoid_sum.data(), r0, bm, p, out));
       if (want_grad) {
+        at::Tensor no_grad_v;
         gs.values[g] += gradient_block(p, plan, r0, bm, plan.tile_cols >= p.n_cols ? tile : at::Tensor(), strip,
-                                       softmax_gradient(p, stats), grad_u, grad_v.of(g));
+                                       softmax_gradient(p, stats), grad_u, p.want_v ? grad_v.of(g) : no_grad_v);
       }
     }
   });
   out.n_valid = static_cast<int64_t>(valid.total());
-  if (want_grad) *grads = Gradients{{grad_u}, grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
+  if (want_grad)
+    *grads = Gradients{defined_parts(grad_u), grad_v.used(), static_cast<double>(p.inv_t), 1.0, false, gs.total()};
   return out;
 }
 
@@ -1022,7 +1035,8 @@ Gradients symmetric_gradients(const Problem<acc_t>& p, GradStats<acc_t>& stats) 
   const int64_t block = std::min(p.n_rows, kSymmetricBlock), n_blocks = (p.n_rows + block - 1) / block;
   const auto pairs = block_pairs(n_blocks);
   const int64_t n_pairs = static_cast<int64_t>(pairs.size());
-  const int64_t groups = n_groups(n_pairs, p.n_rows * p.dim * int64_t(sizeof(acc_t)), p.n_rows * p.n_rows * p.dim);
+  const int64_t groups = n_groups(n_pairs, p.want_u ? p.n_rows * p.dim * int64_t(sizeof(acc_t)) : 0,
+                                  p.n_rows * p.n_rows * p.dim);
   stats.precompute(p.n_rows);
   auto opts = p.v.options();
   PerGroup grad(groups, {p.n_rows, p.dim}, opts);
@@ -1030,7 +1044,7 @@ Gradients symmetric_gradients(const Problem<acc_t>& p, GradStats<acc_t>& stats) 
   for_each_group(groups, [&](int64_t g) {
     const auto [lo, hi] = group_range(g, groups, n_pairs);
     at::Tensor strip = empty_output({block * block}, opts);
-    at::Tensor& mine = grad.of(g);
+    at::Tensor mine = p.want_u ? grad.of(g) : at::Tensor();
     for (int64_t k = lo; k < hi; ++k) {
       const auto [bi, bj] = pairs[k];
       const int64_t r0 = bi * block, c0 = bj * block;
@@ -1042,6 +1056,7 @@ Gradients symmetric_gradients(const Problem<acc_t>& p, GradStats<acc_t>& stats) 
                                                 p.anchor_labels + c0, p.exclude_self ? r0 - c0 : kNoSelf, stats, r0,
                                                 &stats, c0);
       gs.values[g] += bi == bj ? 0.5 * terms : terms;
+      if (!p.want_u) continue;  // the temperature's gradient alone: G's sum, no product (one tensor: want_v too)
       mine.narrow(0, r0, bm).addmm_(tile, u_j);
       if (bi != bj) mine.narrow(0, c0, tn).addmm_(tile.t(), u_i);
     }
@@ -1082,13 +1097,16 @@ bool symmetric_problem(const at::Tensor& anchors, const at::Tensor& candidates, 
 // candidates are the anchors and the input dtype is narrower than the accumulation type (or the plan produced
 // the whole gradient of the one tensor), both roles are summed before the one rounding to the input dtype:
 // rounded separately and added by autograd, parts that largely cancel would lose the sum's precision. The
-// candidates' gradient is then zero (autograd adds it exactly).
+// candidates' gradient is then zero (autograd adds it exactly). A side the mask leaves out (its product was not
+// run: Problem::want_u / want_v) gets an empty (0,) tensor.
 template <typename acc_t>
 std::pair<at::Tensor, at::Tensor> input_gradients(Gradients grads, const at::Tensor& u, const at::Tensor& norm_a,
                                                   const at::Tensor& v, const at::Tensor& norm_c,
                                                   const at::Tensor& anchors, const at::Tensor& candidates,
-                                                  double eps) {
+                                                  double eps, const GradMask& mask) {
   const bool one_tensor = candidates.is_same(anchors);
+  at::Tensor none_a = at::empty({0}, anchors.options()), none_c = at::empty({0}, candidates.options());
+  if (!mask.features()) return {none_a, none_c};  // the temperature's gradient alone
   GradParts du, dv;
   du.add(grads.grad_u, grads.factor_u);
   if (grads.combined || (one_tensor && anchors.scalar_type() != u.scalar_type())) {
@@ -1098,23 +1116,24 @@ std::pair<at::Tensor, at::Tensor> input_gradients(Gradients grads, const at::Ten
   }
   dv.add(grads.grad_v, grads.factor_v);
   if (dv.parts.empty()) dv.add({at::zeros(v.sizes(), v.options())}, 1.0);
-  return {normalize_backward<acc_t>(du, u, norm_a, eps, anchors.scalar_type()),
-          normalize_backward<acc_t>(dv, v, norm_c, eps, candidates.scalar_type())};
+  return {mask.anchors ? normalize_backward<acc_t>(du, u, norm_a, eps, anchors.scalar_type()) : none_a,
+          mask.candidates ? normalize_backward<acc_t>(dv, v, norm_c, eps, candidates.scalar_type()) : none_c};
 }
 
 // A recompute backward's outputs from the gradients w.r.t. the normalized rows: (grad_anchors, grad_candidates,
-// grad_temperature = -(1/t) sum_ij G_ij s_ij), NaN for an invalid temperature.
+// grad_temperature = -(1/t) sum_ij G_ij s_ij), NaN for an invalid temperature; empty (0,) where the mask is off.
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(Gradients grads, const at::Tensor& u,
                                                                 const at::Tensor& norm_a, const at::Tensor& v,
                                                                 const at::Tensor& norm_c, const at::Tensor& anchors,
                                                                 const at::Tensor& candidates,
                                                                 const at::Tensor& temperature, double eps,
-                                                                double inv_t, bool valid_t) {
+                                                                double inv_t, bool valid_t, const GradMask& mask) {
   const double sum_gs = grads.sum_gs;
   auto [grad_anchors, grad_candidates] =
-      input_gradients<acc_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, eps);
-  at::Tensor grad_temperature = at::full({}, -inv_t * sum_gs, temperature.options());
+      input_gradients<acc_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, eps, mask);
+  at::Tensor grad_temperature = mask.temperature ? at::full({}, -inv_t * sum_gs, temperature.options())
+                                                 : at::empty({0}, temperature.options());
   if (!valid_t) poison_gradients({&grad_anchors, &grad_candidates, &grad_temperature});
   return {grad_anchors, grad_candidates, grad_temperature};
 }
@@ -1127,8 +1146,10 @@ struct ForwardOutputs {
 ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
                             const at::Tensor& candidate_labels, const at::Tensor& temperature,
                             const at::Tensor& positive_weight, int64_t denominator, bool exclude_self,
-                            int64_t reduction, double eps, bool compute_grad) {
+                            int64_t reduction, double eps, const std::array<bool, 3>& compute_grad_mask) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
+  const GradMask mask(compute_grad_mask, candidates.is_same(anchors));
+  const bool compute_grad = mask.any();
   if (positive_weight.defined())  // the variant op
     check_variant(denominator, positive_weight, anchors, accumulate_type(anchors.scalar_type()));
   check_reduction(reduction);
@@ -1154,6 +1175,8 @@ ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candida
                         v.size(0), u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
     p.denominator = denominator;
     p.positive_weight = weight_in.defined() ? weight_in.data_ptr<scalar_t>() : nullptr;
+    p.want_u = mask.anchors;
+    p.want_v = mask.candidates;
     if (symmetric) {
       fwd = symmetric_forward(p);
       if (compute_grad) {
@@ -1170,8 +1193,8 @@ ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candida
       grads->factor_u *= scale;
       grads->factor_v *= scale;
       std::tie(grad_anchors, grad_candidates) =
-          input_gradients<scalar_t>(*grads, u, norm_a, v, norm_c, anchors, candidates, eps);
-      grad_temperature = at::full({}, -inv_t * grads->sum_gs * scale, temperature.options());
+          input_gradients<scalar_t>(*grads, u, norm_a, v, norm_c, anchors, candidates, eps, mask);
+      if (mask.temperature) grad_temperature = at::full({}, -inv_t * grads->sum_gs * scale, temperature.options());
     }
   });
   if (!valid_inv_t) {
@@ -1192,12 +1215,12 @@ ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candida
 }
 
 // Returns (loss, row_max, row_log_sum, row_n_positive, grad_anchors, grad_candidates, grad_temperature).
-// loss: (R,) for reduction none, else a scalar, in float32 (float64 for float64 inputs). With
-// compute_grad (reduction mean or sum only) the gradients of that loss are returned, else empty tensors.
+// loss: (R,) for reduction none, else a scalar, in float32 (float64 for float64 inputs). The gradients of
+// that loss that compute_grad asks for (reduction mean or sum only) are returned, the others are empty tensors.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 contrastive_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
                         const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self,
-                        int64_t reduction, double eps, bool compute_grad) {
+                        int64_t reduction, double eps, std::array<bool, 3> compute_grad) {
   ForwardOutputs o = forward_impl(anchors, candidates, anchor_labels, candidate_labels, temperature, at::Tensor(), 0,
                                   exclude_self, reduction, eps, compute_grad);
   return {o.loss, o.max, o.log_sum, o.n_positive, o.grad_anchors, o.grad_candidates, o.grad_temperature};
@@ -1211,7 +1234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 contrastive_variant_forward_cpu(const at::Tensor& anchors, const at::Tensor& candidates,
                                 const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
                                 const at::Tensor& temperature, const at::Tensor& positive_weight, int64_t denominator,
-                                bool exclude_self, int64_t reduction, double eps, bool compute_grad) {
+                                bool exclude_self, int64_t reduction, double eps, std::array<bool, 3> compute_grad) {
   ForwardOutputs o = forward_impl(anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight,
                                   denominator, exclude_self, reduction, eps, compute_grad);
   return {o.loss, o.max, o.log_sum, o.n_positive, o.coef, o.positive_mean, o.grad_anchors, o.grad_candidates,
@@ -1219,13 +1242,14 @@ contrastive_variant_forward_cpu(const at::Tensor& anchors, const at::Tensor& can
 }
 
 // Recompute backward of the plain op (denominator 0) and of the variants. grad_rows (R,) is dLoss/dL_i (the
-// reduction weight already folded in). Returns (grad_anchors, grad_candidates, grad_temperature).
+// reduction weight already folded in). Returns (grad_anchors, grad_candidates, grad_temperature), each empty
+// (0,) where output_mask is off (its product not run).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
     const at::Tensor& positive_weight, const at::Tensor& row_max, const at::Tensor& row_log_sum,
     const at::Tensor& row_n_positive, const at::Tensor& row_coef, int64_t denominator, bool exclude_self,
-    double eps) {
+    double eps, const std::array<bool, 3>& output_mask) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
   if (positive_weight.defined())  // the variant op
     check_variant(denominator, positive_weight, anchors, accumulate_type(anchors.scalar_type()));
@@ -1247,11 +1271,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
   at::Tensor coef = denominator != 0 ? row_coef.contiguous() : at::Tensor();
   at::Tensor weight_in = positive_weight.defined() ? positive_weight.contiguous() : at::Tensor();
   at::Tensor weight = grad_rows.to(acc).contiguous();
+  const GradMask mask(output_mask, candidates.is_same(anchors));
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "contrastive_backward_cpu", [&] {
     Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0),
                         v.size(0), u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
+    p.want_u = mask.anchors;
+    p.want_v = mask.candidates;
     GradStats<scalar_t> stats(max.data_ptr<scalar_t>(), log_sum.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(),
                               weight.data_ptr<scalar_t>());
     if (denominator != 0) {
@@ -1261,7 +1288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     }
     Gradients grads = symmetric ? symmetric_gradients(p, stats) : recompute_backward(p, softmax_gradient(p, stats));
     out = backward_outputs<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, temperature, eps,
-                                     inv_t, valid_inv_t.has_value());
+                                     inv_t, valid_inv_t.has_value(), mask);
   });
   return out;
 }
@@ -1270,9 +1297,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
     const at::Tensor& row_max, const at::Tensor& row_log_sum, const at::Tensor& row_n_positive, bool exclude_self,
-    double eps) {
+    double eps, std::array<bool, 3> output_mask) {
   return backward_impl(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, at::Tensor(),
-                       row_max, row_log_sum, row_n_positive, at::Tensor(), 0, exclude_self, eps);
+                       row_max, row_log_sum, row_n_positive, at::Tensor(), 0, exclude_self, eps, output_mask);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cpu(
@@ -1280,9 +1307,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cpu(
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
     const at::Tensor& positive_weight, const at::Tensor& row_max, const at::Tensor& row_log_sum,
     const at::Tensor& row_n_positive, const at::Tensor& row_coef, int64_t denominator, bool exclude_self,
-    double eps) {
+    double eps, std::array<bool, 3> output_mask) {
   return backward_impl(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight,
-                       row_max, row_log_sum, row_n_positive, row_coef, denominator, exclude_self, eps);
+                       row_max, row_log_sum, row_n_positive, row_coef, denominator, exclude_self, eps, output_mask);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1498,14 +1525,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 // grad_lse (R, 3) = dLoss/dX, grad_positive_mean (R,) = dLoss/dY. Returns (grad_anchors, grad_candidates,
-// grad_temperature).
+// grad_temperature), each empty (0,) where output_mask is off (its product not run).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_backward_cpu(
     const at::Tensor& grad_lse, const at::Tensor& grad_positive_mean, const at::Tensor& anchors,
     const at::Tensor& candidates, const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
     const at::Tensor& temperature, double beta, const at::Tensor& row_n_negative, const at::Tensor& row_n_positive,
-    const at::Tensor& row_reference, const at::Tensor& row_log_sum, bool exclude_self, double eps) {
+    const at::Tensor& row_reference, const at::Tensor& row_log_sum, bool exclude_self, double eps,
+    std::array<bool, 3> output_mask) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCPU);
   check_beta(beta);
+  const GradMask mask(output_mask, candidates.is_same(anchors));
   check_hard_backward_inputs(grad_lse, grad_positive_mean, row_n_negative, row_n_positive, row_reference,
                              row_log_sum, anchors, accumulate_type(anchors.scalar_type()));
   const std::optional<double> valid_inv_t = inverse_temperature(temperature);
@@ -1520,12 +1549,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "hard_negative_stats_backward_cpu", [&] {
     Problem<scalar_t> p{u, v, a_labels.data_ptr<int64_t>(), c_labels.data_ptr<int64_t>(), u.size(0), v.size(0),
                         u.size(1), exclude_self, static_cast<scalar_t>(inv_t)};
+    p.want_u = mask.anchors;
+    p.want_v = mask.candidates;
     Gradients grads = hard_backward(p, HardScales<scalar_t>(beta), g_lse.data_ptr<scalar_t>(),
                                     g_mean.data_ptr<scalar_t>(), ref.data_ptr<scalar_t>(),
                                     log_sum.data_ptr<scalar_t>(), n_pos.data_ptr<int32_t>(),
                                     n_neg.data_ptr<int32_t>());
     out = backward_outputs<scalar_t>(std::move(grads), u, norm_a, v, norm_c, anchors, candidates, temperature, eps,
-                                     inv_t, valid_inv_t.has_value());
+                                     inv_t, valid_inv_t.has_value(), mask);
   });
   return out;
 }

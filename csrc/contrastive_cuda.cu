@@ -1088,7 +1088,7 @@ struct ContrastiveCuda {
   static InputGrads backward(const Prepared& pr, const at::Tensor& weight, const at::Tensor& row_max,
                              const at::Tensor& log_sum, const at::Tensor& n_positive, const Variant& variant,
                              const at::Tensor& coef, bool exclude_self, double eps, const at::Tensor& temperature,
-                             cudaStream_t stream) {
+                             const GradMask& mask, cudaStream_t stream) {
     auto opts = pr.anchors.options().dtype(at::kFloat);
     const at::Tensor zero = at::zeros({}, opts);
     at::Tensor live_weight = at::where(n_positive > 0, weight, zero);
@@ -1107,14 +1107,15 @@ struct ContrastiveCuda {
                                 .to(at::kDouble)
                                 .sum();
     return backward_passes(pr, stats, weight_max, TileMode{variant.denominator}, rest, exclude_self, eps,
-                           temperature, stream);
+                           temperature, mask, stream);
   }
 
   // HCL: the gradient of the hard_negative_stats op for upstream grad_lse (R, 3) and grad_mean (R,) (float).
   static InputGrads hard_backward(const Prepared& pr, const at::Tensor& grad_lse, const at::Tensor& grad_mean,
                                   const at::Tensor& n_negative, const at::Tensor& n_positive,
                                   const at::Tensor& reference, const at::Tensor& log_sum, double beta,
-                                  bool exclude_self, double eps, const at::Tensor& temperature, cudaStream_t stream) {
+                                  bool exclude_self, double eps, const at::Tensor& temperature, const GradMask& mask,
+                                  cudaStream_t stream) {
     const TileMode mode = TileMode::hard_negatives(beta);
     auto opts = pr.anchors.options().dtype(at::kFloat);
     const int64_t n = pr.u.n_rows;
@@ -1127,50 +1128,68 @@ struct ContrastiveCuda {
         bound.data_ptr<float>(), rho_term.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return backward_passes(pr, stats, bound.amax().reshape({1}), mode, rho_term.sum(), exclude_self, eps,
-                           temperature, stream);
+                           temperature, mask, stream);
   }
 
   // The two recompute passes and the input gradients, from the anchors' RowStats (padded to rows_pad):
   // weight_max (1,) bounds |w_i G'_ij| (the dV product's scale); rest (float64 scalar; undefined: 0) is what the
   // tiles' sum_ij G_ij (s_ij - RowStats::max_i) leaves out of sum_ij G_ij s_ij (for dL/dt).
+  // mask: which gradients to form; a pass none of them needs is not launched, and an output that is off is an
+  // empty (0,) tensor. The row pass also gives the temperature's partials, so it runs for a learnable temperature
+  // even when the anchors are frozen (its dU product then goes unused: the kernel bodies are not changed before
+  // they have run on a GPU, issue 25).
   static InputGrads backward_passes(const Prepared& pr, const at::Tensor& stats, const at::Tensor& weight_max,
                                     const TileMode& mode, const at::Tensor& rest, bool exclude_self, double eps,
-                                    const at::Tensor& temperature, cudaStream_t stream) {
+                                    const at::Tensor& temperature, const GradMask& mask, cudaStream_t stream) {
     auto opts = pr.anchors.options().dtype(at::kFloat);
     const int64_t rows_pad = pr.u.rows_pad, dim_pad = pr.u.hi.size(1);
     auto* stats_ptr = reinterpret_cast<const RowStats*>(stats.data_ptr<float>());
+    // One rounding of the summed gradient when the candidates are the anchors (as the CPU kernel does for
+    // inputs narrower than the accumulation); the candidates' part is then zero and autograd adds it.
+    const bool sum_roles = pr.shared && pr.anchors.scalar_type() != at::kFloat;
+    const bool row_pass = mask.anchors || mask.temperature;
+    const bool column_pass = mask.candidates || (sum_roles && mask.anchors);
 
     // dL/du: owner = anchors, streamed = candidates (row-parallel), with the temperature partials.
     TileParams pa = tile_params(pr.u, pr.anchor_labels, pr.v, pr.candidate_labels, pr.temperature, exclude_self);
     const Grid grid_a = make_grid(pr.u.n_rows, pr.v.n_rows);
-    at::Tensor grad_u = empty_output({grid_a.splits * rows_pad * dim_pad}, opts);
-    at::Tensor row_gs = empty_output({grid_a.splits, rows_pad}, opts);
-    mode.apply(pa);
-    pa.stats_on_owner = true;
-    pa.owner_stats = stats_ptr;
-    pa.grad = grad_u.data_ptr<float>();
-    pa.row_gs = row_gs.data_ptr<float>();
-    launch_tile_kernel<Mma, kSplit, true>(pa, grid_a, stream);
+    at::Tensor grad_u, row_gs;
+    if (row_pass) {
+      grad_u = empty_output({grid_a.splits * rows_pad * dim_pad}, opts);
+      row_gs = empty_output({grid_a.splits, rows_pad}, opts);
+      mode.apply(pa);
+      pa.stats_on_owner = true;
+      pa.owner_stats = stats_ptr;
+      pa.grad = grad_u.data_ptr<float>();
+      pa.row_gs = row_gs.data_ptr<float>();
+      launch_tile_kernel<Mma, kSplit, true>(pa, grid_a, stream);
+    }
 
     // dL/dv: owner = candidates, streamed = anchors (column-parallel).
     TileParams pc = tile_params(pr.v, pr.candidate_labels, pr.u, pr.anchor_labels, pr.temperature, exclude_self);
     const Grid grid_c = make_grid(pr.v.n_rows, pr.u.n_rows);
-    at::Tensor grad_v = empty_output({grid_c.splits * pr.v.rows_pad * dim_pad}, opts);
-    mode.apply(pc);
-    pc.stats_on_owner = false;
-    pc.stream_stats = stats_ptr;
-    pc.weight_max = weight_max.data_ptr<float>();
-    pc.grad = grad_v.data_ptr<float>();
-    launch_tile_kernel<Mma, kSplit, true>(pc, grid_c, stream);
+    at::Tensor grad_v;
+    if (column_pass) {
+      grad_v = empty_output({grid_c.splits * pr.v.rows_pad * dim_pad}, opts);
+      mode.apply(pc);
+      pc.stats_on_owner = false;
+      pc.stream_stats = stats_ptr;
+      pc.weight_max = weight_max.data_ptr<float>();
+      pc.grad = grad_v.data_ptr<float>();
+      launch_tile_kernel<Mma, kSplit, true>(pc, grid_c, stream);
+    }
 
-    InputGrads out;
-    // One rounding of the summed gradient when the candidates are the anchors (as the CPU kernel does for
-    // inputs narrower than the accumulation); the candidates' part is then zero and autograd adds it.
-    const bool sum_roles = pr.shared && pr.anchors.scalar_type() != at::kFloat;
-    out.anchors = input_grad(pr.anchors, pr.u, eps, grad_u, grid_a.splits, sum_roles ? &grad_v : nullptr,
-                             grid_c.splits, pr.v.rows_pad, stream);
-    out.candidates = sum_roles ? at::zeros(pr.candidates.sizes(), pr.candidates.options())
-                               : input_grad(pr.candidates, pr.v, eps, grad_v, grid_c.splits, nullptr, 0, 0, stream);
+    InputGrads out{at::empty({0}, pr.anchors.options()), at::empty({0}, pr.candidates.options()),
+                   at::empty({0}, temperature.options())};
+    if (mask.anchors) {
+      out.anchors = input_grad(pr.anchors, pr.u, eps, grad_u, grid_a.splits, sum_roles ? &grad_v : nullptr,
+                               grid_c.splits, pr.v.rows_pad, stream);
+    }
+    if (mask.candidates) {
+      out.candidates = sum_roles ? at::zeros(pr.candidates.sizes(), pr.candidates.options())
+                                 : input_grad(pr.candidates, pr.v, eps, grad_v, grid_c.splits, nullptr, 0, 0, stream);
+    }
+    if (!mask.temperature) return out;
     // dL/dt = -(1/t) sum_ij G_ij s_ij; 1/t NaN for a temperature out of range, as in the kernels.
     at::Tensor gs_sum = row_gs.narrow(1, 0, pr.u.n_rows).to(at::kDouble).sum();
     if (rest.defined()) gs_sum = gs_sum + rest;
@@ -1218,8 +1237,11 @@ struct ForwardOutputs {
 // The forward of the plain op (Variant{}) and of its variants.
 ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
                             const at::Tensor& candidate_labels, const at::Tensor& temperature, const Variant& variant,
-                            bool exclude_self, int64_t reduction, double eps, bool compute_grad) {
+                            bool exclude_self, int64_t reduction, double eps,
+                            const std::array<bool, 3>& compute_grad_mask) {
   check_reduction(reduction);
+  const GradMask mask(compute_grad_mask, candidates.is_same(anchors));
+  const bool compute_grad = mask.any();
   TORCH_CHECK(!(compute_grad && reduction == kNone), "compute_grad needs a scalar loss (reduction mean or sum)");
   const c10::cuda::CUDAGuard guard(anchors.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -1235,7 +1257,7 @@ ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candida
     if (compute_grad) {
       at::Tensor weight = scale.to(at::kFloat).expand({anchors.size(0)}).contiguous();
       grads = Impl::backward(pr, weight, f.row_max, f.log_sum, f.n_positive, variant, f.coef, exclude_self, eps,
-                             temperature, stream);
+                             temperature, mask, stream);
     }
     return ForwardOutputs{loss, f.row_max, f.log_sum, f.n_positive, f.coef, f.positive_mean,
                           grads.anchors, grads.candidates, grads.temperature};
@@ -1247,8 +1269,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
     const Variant& variant, const at::Tensor& row_max, const at::Tensor& row_log_sum,
-    const at::Tensor& row_n_positive, const at::Tensor& row_coef, bool exclude_self, double eps) {
+    const at::Tensor& row_n_positive, const at::Tensor& row_coef, bool exclude_self, double eps,
+    const std::array<bool, 3>& output_mask) {
   const int64_t n_rows = anchors.size(0);
+  const GradMask mask(output_mask, candidates.is_same(anchors));
   check_vector(row_max, "row_max", n_rows, at::kFloat);
   check_vector(row_log_sum, "row_log_sum", n_rows, at::kFloat);
   check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
@@ -1270,7 +1294,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const Prepared pr = Impl::prepare(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, stream);
     const InputGrads g = Impl::backward(pr, grad_rows.to(at::kFloat).contiguous(), row_max.contiguous(),
                                         row_log_sum.contiguous(), row_n_positive.contiguous(), variant, coef,
-                                        exclude_self, eps, temperature, stream);
+                                        exclude_self, eps, temperature, mask, stream);
     return std::make_tuple(g.anchors, g.candidates, g.temperature);
   });
 }
@@ -1279,7 +1303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 contrastive_forward_cuda(
     const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& anchor_labels,
     const at::Tensor& candidate_labels, const at::Tensor& temperature, bool exclude_self, int64_t reduction,
-    double eps, bool compute_grad) {
+    double eps, std::array<bool, 3> compute_grad) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
   const ForwardOutputs o = forward_impl(anchors, candidates, anchor_labels, candidate_labels, temperature, Variant{},
                                         exclude_self, reduction, eps, compute_grad);
@@ -1290,10 +1314,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
     const at::Tensor& grad_rows, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
     const at::Tensor& row_max, const at::Tensor& row_log_sum, const at::Tensor& row_n_positive, bool exclude_self,
-    double eps) {
+    double eps, std::array<bool, 3> output_mask) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
   return backward_impl(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, Variant{},
-                       row_max, row_log_sum, row_n_positive, at::Tensor(), exclude_self, eps);
+                       row_max, row_log_sum, row_n_positive, at::Tensor(), exclude_self, eps, output_mask);
 }
 
 // The variants (synthcl_fast/reference.py, contrastive_loss_variant, with beta = tau_plus = 0): the outputs of
@@ -1308,7 +1332,7 @@ contrastive_variant_forward_cuda(const at::Tensor& anchors, const at::Tensor& ca
                                  const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
                                  const at::Tensor& temperature, const at::Tensor& positive_weight,
                                  int64_t denominator, bool exclude_self, int64_t reduction, double eps,
-                                 bool compute_grad) {
+                                 std::array<bool, 3> compute_grad) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
   const Variant variant = checked_variant(denominator, positive_weight, anchors);
   const ForwardOutputs o = forward_impl(anchors, candidates, anchor_labels, candidate_labels, temperature, variant,
@@ -1322,11 +1346,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_variant_backward_cuda
     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels, const at::Tensor& temperature,
     const at::Tensor& positive_weight, const at::Tensor& row_max, const at::Tensor& row_log_sum,
     const at::Tensor& row_n_positive, const at::Tensor& row_coef, int64_t denominator, bool exclude_self,
-    double eps) {
+    double eps, std::array<bool, 3> output_mask) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
   const Variant variant = checked_variant(denominator, positive_weight, anchors);
   return backward_impl(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, variant,
-                       row_max, row_log_sum, row_n_positive, row_coef, exclude_self, eps);
+                       row_max, row_log_sum, row_n_positive, row_coef, exclude_self, eps, output_mask);
 }
 
 // HCL's row statistics and their gradient (contrastive_cpu.cpp, "Hard negatives and debiasing", states them;
@@ -1350,9 +1374,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_backward_cuda
     const at::Tensor& grad_lse, const at::Tensor& grad_positive_mean, const at::Tensor& anchors,
     const at::Tensor& candidates, const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
     const at::Tensor& temperature, double beta, const at::Tensor& row_n_negative, const at::Tensor& row_n_positive,
-    const at::Tensor& row_reference, const at::Tensor& row_log_sum, bool exclude_self, double eps) {
+    const at::Tensor& row_reference, const at::Tensor& row_log_sum, bool exclude_self, double eps,
+    std::array<bool, 3> output_mask) {
   check_contrastive_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, eps, c10::kCUDA);
   check_beta(beta);
+  const GradMask mask(output_mask, candidates.is_same(anchors));
   check_hard_backward_inputs(grad_lse, grad_positive_mean, row_n_negative, row_n_positive, row_reference,
                              row_log_sum, anchors, at::kFloat);
   const c10::cuda::CUDAGuard guard(anchors.device());
@@ -1363,7 +1389,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_stats_backward_cuda
     const InputGrads g = Impl::hard_backward(pr, grad_lse.contiguous(), grad_positive_mean.contiguous(),
                                              row_n_negative.contiguous(), row_n_positive.contiguous(),
                                              row_reference.contiguous(), row_log_sum.contiguous(), beta,
-                                             exclude_self, eps, temperature, stream);
+                                             exclude_self, eps, temperature, mask, stream);
     return std::make_tuple(g.anchors, g.candidates, g.temperature);
   });
 }

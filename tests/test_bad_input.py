@@ -103,9 +103,9 @@ def test_compiled_ops_check_their_arguments():
     }
     for name, args in bad_calls.items():
         with pytest.raises(RuntimeError, match=name):
-            ops.contrastive_forward(*args, False, 1, 1e-12, False)
+            ops.contrastive_forward(*args, False, 1, 1e-12, [False] * 3)
     with pytest.raises(RuntimeError, match="compute_grad"):
-        ops.contrastive_forward(a, c, la, lc, t, False, 0, 1e-12, True)
+        ops.contrastive_forward(a, c, la, lc, t, False, 0, 1e-12, [False, True, False])
     with pytest.raises(RuntimeError, match="target"):
         ops.positive_pair_forward(a, a, torch.zeros(3), 0, 1, 1e-12, False, False)
     # the variant op: its denominator code and positive_weight, named
@@ -113,10 +113,10 @@ def test_compiled_ops_check_their_arguments():
     for denominator, weight, match in ((0, w, "denominator code"), (3, w, "denominator code"),
                                        (1, torch.ones(5), "positive_weight"), (2, w.double(), "positive_weight")):
         with pytest.raises(RuntimeError, match=match):
-            ops.contrastive_variant_forward(a, c, la, lc, t, weight, denominator, False, 1, 1e-12, False)
+            ops.contrastive_variant_forward(a, c, la, lc, t, weight, denominator, False, 1, 1e-12, [False] * 3)
     with pytest.raises(RuntimeError, match="row_coef"):
         ops.contrastive_variant_backward(torch.ones(4), a, c, la, lc, t, w, torch.zeros(4), torch.zeros(4),
-                                         torch.ones(4, dtype=torch.int32), torch.ones(3), 1, False, 1e-12)
+                                         torch.ones(4, dtype=torch.int32), torch.ones(3), 1, False, 1e-12, [True] * 3)
     # the hard-negative statistics op: beta, and each per-row input of its backward, named
     with pytest.raises(RuntimeError, match="beta"):
         ops.hard_negative_stats_forward(a, c, la, lc, t, float("inf"), False, 1e-12)
@@ -131,7 +131,7 @@ def test_compiled_ops_check_their_arguments():
         with pytest.raises(RuntimeError, match=name):
             ops.hard_negative_stats_backward(args["grad_lse"], args["grad_positive_mean"], a, c, la, lc, t, 0.5,
                                              args["row_n_negative"], args["row_n_positive"], args["row_reference"],
-                                             args["row_log_sum"], False, 1e-12)
+                                             args["row_log_sum"], False, 1e-12, [True] * 3)
 
 
 def test_auto_warns_once_when_it_falls_back_to_the_reference(monkeypatch):

@@ -386,7 +386,7 @@ def test_symmetric_op_general(lane, shape, exclude_self, reduction, rng):
                                            temperature=temperature64, exclude_self=exclude_self,
                                            reduction=reduction)) / 2
         actual = op(anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self,
-                    reduction_code(reduction), 1e-12, compute_grad)[0]
+                    reduction_code(reduction), 1e-12, [compute_grad] * 3)[0]
         compare(actual, expected, [anchors, candidates, temperature], [anchors64, candidates64, temperature64],
                 lane.tolerances(dtype), f"symmetric op compute_grad={compute_grad}", rng)
 
@@ -925,7 +925,7 @@ def test_variant_opcheck(lane, dtype, rng):
     for denominator, (reduction, compute_grad) in itertools.product(
             DENOMINATOR_VARIANTS, (("mean", True), ("sum", False), ("none", False))):
         torch.library.opcheck(op, (a, c, a_labels, c_labels, t, w, denominator_code(denominator), False,
-                                   reduction_code(reduction), 1e-8, compute_grad))
+                                   reduction_code(reduction), 1e-8, [compute_grad] * 3))
 
 
 # ------------------------------------------------ hard negatives and debiasing (HCL: beta, tau_plus; issue 15)
@@ -1066,7 +1066,7 @@ def test_hard_negative_opcheck(lane, dtype, rng):
     grad_mean = torch.randn(7, generator=rng).to(device, acc)
     torch.library.opcheck(ops.hard_negative_stats_backward,
                           (grad_lse, grad_mean, a.detach(), c.detach(), a_labels, c_labels, t.detach(), 0.5,
-                           n_negative, n_positive, reference, log_sum, False, 1e-8))
+                           n_negative, n_positive, reference, log_sum, False, 1e-8, [True, True, True]))
 
 
 # ---------------------------------------------------------------------------------- operators and compile
@@ -1087,24 +1087,29 @@ def test_opcheck(lane, dtype, rng):
     lc = torch.tensor([0, 1, 2, -1, 1, 2, 3, 3, 0], device=device)
     t = torch.tensor(0.3, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device,
                      requires_grad=True)
-    for reduction, compute_grad in (("mean", True), ("mean", False), ("none", False), ("sum", True)):
+    # gradient masks (anchors, candidates, temperature): all, none, and one side frozen (empty outputs there)
+    for reduction, compute_grad in (("mean", [True] * 3), ("mean", [False] * 3), ("none", [False] * 3),
+                                    ("sum", [True] * 3), ("mean", [True, False, False]), ("sum", [False, True, True])):
         torch.library.opcheck(ops.contrastive_forward, (a, c, la, lc, t, True, reduction_code(reduction), 1e-12,
                                                         compute_grad))
-    _, row_max, log_sum, npos, *_ = ops.contrastive_forward(a, c, la, lc, t, True, 0, 1e-12, False)
+    _, row_max, log_sum, npos, *_ = ops.contrastive_forward(a, c, la, lc, t, True, 0, 1e-12, [False] * 3)
     backward = torch.ops.synthcl_fast.contrastive_backward if lane.name != "triton" else \
         torch.ops.synthcl_fast.triton_contrastive_backward
     upstream = torch.rand(7, generator=rng).to(row_max.dtype).to(device)
-    torch.library.opcheck(backward, (upstream, a.detach(), c.detach(), la, lc, t.detach(), row_max, log_sum, npos,
-                                     True, 1e-12))
+    for output_mask in ([True] * 3, [False, True, False], [True, False, True]):
+        torch.library.opcheck(backward, (upstream, a.detach(), c.detach(), la, lc, t.detach(), row_max, log_sum,
+                                         npos, True, 1e-12, output_mask))
     if lane.backend.has_symmetric_op:
         square = leaf(9, 5)
-        for reduction, compute_grad in (("mean", True), ("sum", False), ("none", False)):
+        for reduction, compute_grad in (("mean", [True] * 3), ("sum", [False] * 3), ("none", [False] * 3),
+                                        ("mean", [True, False, True])):
             torch.library.opcheck(ops.symmetric_contrastive_forward,
                                   (square, c, lc, lc, t, False, reduction_code(reduction), 1e-12, compute_grad))
-        _, *stats = ops.symmetric_contrastive_forward(square, c, lc, lc, t, False, 0, 1e-12, False)[:7]
-        torch.library.opcheck(torch.ops.synthcl_fast.triton_symmetric_contrastive_backward,
-                              (upstream.new_ones(9), upstream.new_ones(9), square.detach(), c.detach(), lc, lc,
-                               t.detach(), *stats, False, 1e-12))
+        _, *stats = ops.symmetric_contrastive_forward(square, c, lc, lc, t, False, 0, 1e-12, [False] * 3)[:7]
+        for output_mask in ([True] * 3, [False, True, False]):
+            torch.library.opcheck(torch.ops.synthcl_fast.triton_symmetric_contrastive_backward,
+                                  (upstream.new_ones(9), upstream.new_ones(9), square.detach(), c.detach(), lc, lc,
+                                   t.detach(), *stats, False, 1e-12, output_mask))
     b = leaf(7, 5, grad=False)
     target = torch.rand(7, generator=rng).to(torch.float64 if dtype == torch.float64 else torch.float32).to(device)
     for mode, reduction in ((0, 1), (1, 0), (0, 2)):

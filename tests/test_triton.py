@@ -1,9 +1,9 @@
 """The Triton backend in the normal test session: the interpreter lane, and backend selection.
 
-The interpreter lane is the conformance suite (tests/test_conformance.py) and the Triton internals
-(tests/triton_internals.py) with TRITON_INTERPRET=1 and the triton backend on CPU tensors. TRITON_INTERPRET
-must be set before the kernels are imported (triton.jit reads it then), and must not leak into the other
-test files of this session, so the lane runs in a subprocess. On a GPU machine the conformance suite runs
+The interpreter lane is the conformance suite (tests/test_conformance.py, tests/test_frozen_side.py) and the
+Triton internals (tests/triton_internals.py) with TRITON_INTERPRET=1 and the triton backend on CPU tensors.
+TRITON_INTERPRET must be set before the kernels are imported (triton.jit reads it then), and must not leak into
+the other test files of this session, so the lane runs in a subprocess. On a GPU machine the conformance suite runs
 the triton lane on CUDA in this session directly (marker gpu).
 """
 
@@ -21,7 +21,7 @@ from synthcl_fast.backends import AUTO_ORDER, BackendUnavailableError, available
 from synthcl_fast.backends import triton_support
 
 ROOT = Path(__file__).resolve().parents[1]
-LANE = ["tests/test_conformance.py", "tests/triton_internals.py"]
+LANE = ["tests/test_conformance.py", "tests/test_frozen_side.py", "tests/triton_internals.py"]
 MIN_CASES = 300  # the interpreter lane must really have run the kernel tests, not skipped them
 TRITON_MISSING = triton_support.triton_import_error()
 # A parametrization with no case in the interpreter session (CUDA-only tests) is reported as one skip.

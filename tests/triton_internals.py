@@ -83,11 +83,11 @@ def test_direct_op_call_checks_arguments(generator):
     t = torch.tensor(0.5, dtype=torch.float64, device=DEVICE)
     labels = torch.arange(4, device=DEVICE)
     with pytest.raises(RuntimeError, match="anchor_labels must be int64 of shape"):
-        contrastive_forward(a, a, labels.int(), labels, t, False, 1, 1e-12, False)
+        contrastive_forward(a, a, labels.int(), labels, t, False, 1, 1e-12, [False] * 3)
     with pytest.raises(RuntimeError, match="same feature dimension"):
-        contrastive_forward(a, a[:, :2], labels, labels, t, False, 1, 1e-12, False)
+        contrastive_forward(a, a[:, :2], labels, labels, t, False, 1, 1e-12, [False] * 3)
     with pytest.raises(RuntimeError, match="compute_grad needs a scalar loss"):
-        contrastive_forward(a, a, labels, labels, t, False, 0, 1e-12, True)
+        contrastive_forward(a, a, labels, labels, t, False, 0, 1e-12, [False, False, True])
 
 
 def test_coexists_with_cpu_backend(generator):

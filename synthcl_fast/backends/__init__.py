@@ -82,10 +82,13 @@ class ReferenceBackend(Backend):
         return reference.positive_pair_loss(a, b, target, mode=mode, reduction=reduction, eps=eps)
 
 
-def gradient_in_forward(reduction, *inputs) -> bool:
-    """For a scalar loss whose inputs need a gradient, the gradient is cheapest computed in the forward
-    pass (see _ops.py); a per-row loss ("none") is differentiated by the recompute backward instead."""
-    return reduction != "none" and torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+def gradient_in_forward(reduction, anchors, candidates, temperature) -> list[bool]:
+    """The forward's compute_grad mask (_ops.py): for a scalar loss the gradients are cheapest computed in the
+    forward pass, each only for an input that requires grad (a frozen side, a float temperature: no products);
+    a per-row loss ("none") is differentiated by the recompute backward instead (all off)."""
+    if reduction == "none" or not torch.is_grad_enabled():
+        return [False, False, False]
+    return [anchors.requires_grad, candidates.requires_grad, temperature.requires_grad]
 
 
 class FusedBackend(Backend):

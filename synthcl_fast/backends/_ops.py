@@ -9,7 +9,7 @@ losses and the column losses from the same tiles). For a k-sided op:
             compute_grad)
         -> (loss, *k x (max, log_sum, n_positive), grad_anchors, grad_candidates, grad_temperature)
     backward(*k x grad_side, anchors, candidates, anchor_labels, candidate_labels, temperature,
-             *k x (max, log_sum, n_positive), exclude_self, eps)
+             *k x (max, log_sum, n_positive), exclude_self, eps, output_mask)
         -> (grad_anchors, grad_candidates, grad_temperature)
 
     contrastive_forward / contrastive_backward                      k = 1 (every fused backend)
@@ -20,9 +20,13 @@ losses and the column losses from the same tiles). For a k-sided op:
 
 Per side and row: max = m_i, log_sum = log S_i (float32; float64 for float64 inputs), n_positive = |P(i)|
 (int32): what the backward needs to recompute p_ij = exp((s_ij - m_i) - log S_i) to the loss's own accuracy.
-grad_side: dLoss/dL_i for every row of that side (the reduction's weight folded in). With compute_grad
-(a scalar loss only) the forward also returns the gradients of the loss, so the backward only scales them by
-the upstream gradient; otherwise they are empty and the backward recomputes the logits tile by tile.
+grad_side: dLoss/dL_i for every row of that side (the reduction's weight folded in). compute_grad and
+output_mask are gradient masks, three bools for (anchors, candidates, temperature): with compute_grad on (a
+scalar loss only) the forward also returns those gradients of the loss, so the backward only scales them by
+the upstream gradient; all off, the backward op recomputes the logits tile by tile and forms the gradients
+output_mask asks for (autograd's needs_input_grad). A gradient that is off is an empty (0,) tensor and its
+products are not run at all: a frozen tower (LiT), a MoCo queue or key, a float temperature cost nothing.
+When the candidates are the anchors (one tensor) both roles are one gradient, on if either is asked for.
 
 The variants of the general op (synthcl_fast/variants.py; the math: reference.contrastive_loss_variant), one
 side, m_i and S_i over the negatives Neg(i) = N(i) minus P(i):
@@ -31,7 +35,8 @@ side, m_i and S_i over the negatives Neg(i) = N(i) minus P(i):
                                 positive_weight, denominator, exclude_self, reduction, eps, compute_grad)
         -> (loss, max, log_sum, n_positive, coef, positive_mean, grad_anchors, grad_candidates, grad_temperature)
     contrastive_variant_backward(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature,
-                                 positive_weight, max, log_sum, n_positive, coef, denominator, exclude_self, eps)
+                                 positive_weight, max, log_sum, n_positive, coef, denominator, exclude_self, eps,
+                                 output_mask)
         -> (grad_anchors, grad_candidates, grad_temperature)
 
 denominator: Denominator code (1 negatives, 2 per_positive); positive_weight: (R,) w'_i in the accumulation
@@ -44,7 +49,7 @@ dL_i/dw'_i = -mean_p s_ip (computed here, in the autograd registration).
         -> (lse (R, 3), positive_mean, n_negative, n_positive, reference (R, 3), log_sum (R, 3))
     hard_negative_stats_backward(grad_lse, grad_positive_mean, anchors, candidates, anchor_labels,
                                  candidate_labels, temperature, beta, n_negative, n_positive, reference, log_sum,
-                                 exclude_self, eps)
+                                 exclude_self, eps, output_mask)
         -> (grad_anchors, grad_candidates, grad_temperature)
 
 the row statistics of hard-negative reweighting and debiasing (HCL; beta / tau_plus): lse over Neg(i) of
@@ -123,13 +128,27 @@ def _no_double_backward() -> None:
                            "use backend='reference'")
 
 
-def _fake_input_grads(anchors, candidates, temperature, compute_grad=True):
-    """Fake (grad_anchors, grad_candidates, grad_temperature): full-size, or the empty placeholders the ops
-    return when the gradient is not computed in forward."""
-    if compute_grad:
-        return (torch.empty_like(anchors, memory_format=torch.contiguous_format),
-                torch.empty_like(candidates, memory_format=torch.contiguous_format), temperature.new_empty(()))
-    return anchors.new_empty((0,)), candidates.new_empty((0,)), temperature.new_empty((0,))
+def _fake_input_grads(anchors, candidates, temperature, mask):
+    """Fake (grad_anchors, grad_candidates, grad_temperature) for a gradient mask: full-size where it is on,
+    the empty placeholder the ops return where it is off."""
+    one_tensor = candidates is anchors  # both roles are one gradient (as the kernels' GradMask)
+    on_anchors, on_candidates = mask[0] or (one_tensor and mask[1]), mask[1] or (one_tensor and mask[0])
+    return (torch.empty_like(anchors, memory_format=torch.contiguous_format) if on_anchors
+            else anchors.new_empty((0,)),
+            torch.empty_like(candidates, memory_format=torch.contiguous_format) if on_candidates
+            else candidates.new_empty((0,)),
+            temperature.new_empty(()) if mask[2] else temperature.new_empty((0,)))
+
+
+def needed_grads(ctx) -> list[bool]:
+    """The backward ops' output_mask from autograd: which of (anchors, candidates, temperature) need a gradient
+    (inputs 0, 1 and 4 of every contrastive op)."""
+    return [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[4]]
+
+
+def _scaled_saved_grads(saved, mask, grad_loss):
+    """The gradients the forward computed (for upstream gradient 1), scaled; None where the mask is off."""
+    return tuple(g * grad_loss if on else None for g, on in zip(saved, mask))
 
 
 def _fake_side_stats(n: int, like: torch.Tensor):
@@ -166,16 +185,17 @@ def register_contrastive_op(forward_op, backward_op, sides: int) -> None:
     @torch.library.register_fake(backward_name)
     def _(*args):
         anchors, candidates, _, _, temperature = args[sides:sides + 5]
-        return _fake_input_grads(anchors, candidates, temperature)
+        return _fake_input_grads(anchors, candidates, temperature, args[-1])
 
     def setup_context(ctx, inputs, output):
         anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps, \
             compute_grad = inputs
         stats, grads = output[1:1 + n_stats], output[1 + n_stats:]
-        ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = compute_grad, reduction, exclude_self, eps
+        ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = any(compute_grad), reduction, exclude_self, eps
+        ctx.grad_mask = tuple(compute_grad)
         ctx.mark_non_differentiable(*stats, *grads)
         ctx.set_materialize_grads(False)  # no zero-filled input-sized "gradients" of the non-differentiable outputs
-        if compute_grad:
+        if ctx.compute_grad:
             ctx.save_for_backward(*grads)
         else:
             ctx.save_for_backward(anchors, candidates, anchor_labels, candidate_labels, temperature, *stats)
@@ -185,14 +205,16 @@ def register_contrastive_op(forward_op, backward_op, sides: int) -> None:
         if grad_loss is None:  # only a non-differentiable output was differentiated (not materialized)
             return (None,) * 9
         if ctx.compute_grad:
-            grads = tuple(g * grad_loss for g in ctx.saved_tensors)
+            grads = _scaled_saved_grads(ctx.saved_tensors, ctx.grad_mask, grad_loss)
         else:
             inputs, stats = ctx.saved_tensors[:5], ctx.saved_tensors[5:]
             # loss = mean of the sides' losses: each side gets 1/sides of the upstream gradient
             share = grad_loss / sides if sides > 1 else grad_loss
             side_weights = [row_weights(share, stats[k * STATS_PER_SIDE + 2], ctx.reduction).contiguous()
                             for k in range(sides)]
-            grads = backward_op(*side_weights, *inputs, *stats, ctx.exclude_self, ctx.eps)
+            mask = needed_grads(ctx)
+            grads = backward_op(*side_weights, *inputs, *stats, ctx.exclude_self, ctx.eps, mask)
+            grads = tuple(g if on else None for g, on in zip(grads, mask))
         grad_anchors, grad_candidates, grad_temperature = grads
         return grad_anchors, grad_candidates, None, None, grad_temperature, None, None, None, None
 
@@ -213,20 +235,21 @@ def register_variant_op(forward_op, backward_op) -> None:
         return (loss, *stats, *per_row, *_fake_input_grads(anchors, candidates, temperature, compute_grad))
 
     @torch.library.register_fake(backward_name)
-    def _(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, *_rest):
-        return _fake_input_grads(anchors, candidates, temperature)
+    def _(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, *rest):
+        return _fake_input_grads(anchors, candidates, temperature, rest[-1])
 
     def setup_context(ctx, inputs, output):
         anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight, denominator, \
             exclude_self, reduction, eps, compute_grad = inputs
         max_, log_sum, n_positive, coef, positive_mean = output[1:6]
         grads = output[6:]
-        ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = compute_grad, reduction, exclude_self, eps
+        ctx.compute_grad, ctx.reduction, ctx.exclude_self, ctx.eps = any(compute_grad), reduction, exclude_self, eps
+        ctx.grad_mask = tuple(compute_grad)
         ctx.denominator = denominator
         ctx.mark_non_differentiable(max_, log_sum, n_positive, coef, positive_mean, *grads)
         ctx.set_materialize_grads(False)  # as in register_contrastive_op
         saved = (n_positive, positive_mean)
-        if compute_grad:
+        if ctx.compute_grad:
             ctx.save_for_backward(*saved, *grads)
         else:
             ctx.save_for_backward(*saved, anchors, candidates, anchor_labels, candidate_labels, temperature,
@@ -239,13 +262,15 @@ def register_variant_op(forward_op, backward_op) -> None:
         n_positive, positive_mean = ctx.saved_tensors[:2]
         weights = row_weights(grad_loss, n_positive, ctx.reduction)
         if ctx.compute_grad:
-            grads = tuple(g * grad_loss for g in ctx.saved_tensors[2:])
+            grads = _scaled_saved_grads(ctx.saved_tensors[2:], ctx.grad_mask, grad_loss)
         else:
             anchors, candidates, anchor_labels, candidate_labels, temperature, positive_weight, max_, log_sum, \
                 coef = ctx.saved_tensors[2:]
+            mask = needed_grads(ctx)
             grads = backward_op(weights.contiguous(), anchors, candidates, anchor_labels, candidate_labels,
                                 temperature, positive_weight, max_, log_sum, n_positive, coef, ctx.denominator,
-                                ctx.exclude_self, ctx.eps)
+                                ctx.exclude_self, ctx.eps, mask)
+            grads = tuple(g if on else None for g, on in zip(grads, mask))
         # dL_i/dw'_i = -mean_p s_ip on rows with a positive (the others report 0 whatever w'_i)
         grad_weight = torch.where(n_positive > 0, -weights * positive_mean, torch.zeros_like(positive_mean))
         grad_anchors, grad_candidates, grad_temperature = grads
@@ -273,8 +298,8 @@ def register_hard_negative_op(forward_op, backward_op) -> None:
                 torch.empty_like(per_set), torch.empty_like(per_set))
 
     @torch.library.register_fake(_qualname(backward_op))
-    def _(grad_lse, grad_positive_mean, anchors, candidates, anchor_labels, candidate_labels, temperature, *_rest):
-        return _fake_input_grads(anchors, candidates, temperature)
+    def _(grad_lse, grad_positive_mean, anchors, candidates, anchor_labels, candidate_labels, temperature, *rest):
+        return _fake_input_grads(anchors, candidates, temperature, rest[-1])
 
     def setup_context(ctx, inputs, output):
         anchors, candidates, anchor_labels, candidate_labels, temperature, beta, exclude_self, eps = inputs
@@ -289,12 +314,13 @@ def register_hard_negative_op(forward_op, backward_op) -> None:
         anchors, candidates, anchor_labels, candidate_labels, temperature, n_negative, n_positive, reference, \
             log_sum = ctx.saved_tensors
         acc = accumulate_dtype(anchors.dtype)
-        grad_lse = torch.zeros_like(reference) if grad_lse is None else grad_lse.to(acc).contiguous()
-        grad_positive_mean = (anchors.new_zeros((anchors.shape[0],), dtype=acc) if grad_positive_mean is None
-                              else grad_positive_mean.to(acc).contiguous())
-        grad_anchors, grad_candidates, grad_temperature = backward_op(
-            grad_lse, grad_positive_mean, anchors, candidates, anchor_labels, candidate_labels, temperature,
-            ctx.beta, n_negative, n_positive, reference, log_sum, ctx.exclude_self, ctx.eps)
+        # Never None: this registration keeps autograd's default materialize_grads, so an output the loss does
+        # not use arrives as zeros.
+        mask = needed_grads(ctx)
+        grads = backward_op(grad_lse.to(acc).contiguous(), grad_positive_mean.to(acc).contiguous(), anchors,
+                            candidates, anchor_labels, candidate_labels, temperature, ctx.beta, n_negative,
+                            n_positive, reference, log_sum, ctx.exclude_self, ctx.eps, mask)
+        grad_anchors, grad_candidates, grad_temperature = (g if on else None for g, on in zip(grads, mask))
         return grad_anchors, grad_candidates, None, None, grad_temperature, None, None, None
 
     torch.library.register_autograd(name, backward, setup_context=setup_context)

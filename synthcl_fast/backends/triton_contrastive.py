@@ -626,7 +626,8 @@ def _contrastive_backward_kernel(
         FINAL: tl.constexpr, USE_GSCALE: tl.constexpr, ROUND_BY_HAND: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
         SINGLE_D_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-        VARIANT: tl.constexpr = 0, COEF_X_ptr=None, WP_X_ptr=None, COEF_Y_ptr=None, WP_Y_ptr=None):
+        VARIANT: tl.constexpr = 0, COEF_X_ptr=None, WP_X_ptr=None, COEF_Y_ptr=None, WP_Y_ptr=None,
+        OWN_GRAD: tl.constexpr = True):
     """The gradient of X (the rows this program owns) through G: dU = sum_j G_ij v_j over the columns of split
     pid_s, features [pid_d*BLOCK_DO, +BLOCK_DO). X's own statistics give the term OWN_TERM, Y's the term
     OTHER_TERM (the column launch swaps X and Y, so G appears transposed and both launches share this code).
@@ -637,7 +638,8 @@ def _contrastive_backward_kernel(
     max|w| before it is rounded to float16 for the product (w ~ 1/R would underflow float16) and the product
     multiplied back. VARIANT (1 "negatives", 2 "per_positive"): G of _variant_term, with each side's c and w'
     (COEF_*, WP_*). VARIANT 3 (hard_negative_stats): G of _hard_term, each side's statistics in MAX_* (the
-    references, 3 per row), LOGSUM_* (3 per row), W_* (the coefficients, 4 per row) and COEF_* (c_0, c_1)."""
+    references, 3 per row), LOGSUM_* (3 per row), W_* (the coefficients, 4 per row) and COEF_* (c_0, c_1).
+    OWN_GRAD False (X frozen, the temperature learnable): only GS, no product and nothing written to DX."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     pid_d = tl.program_id(2).to(tl.int64)
@@ -716,26 +718,28 @@ def _contrastive_backward_kernel(
             g += term
             if COMPUTE_GS:
                 gs += tl.sum(term * tl.where(allowed, shifted, 0.0), axis=1)
-        # v_j = Y~_j inv_j is formed on the load (|v| <= 1: no float16 overflow for tiny-norm rows).
-        v = _load_rows(Y_ptr, stride_y, offs_n, mask_n, pid_d * BLOCK_DO, dim, BLOCK_DO)
-        v = (v.to(ACC) * inv_y[:, None]).to(DOT)
+        if OWN_GRAD:
+            # v_j = Y~_j inv_j is formed on the load (|v| <= 1: no float16 overflow for tiny-norm rows).
+            v = _load_rows(Y_ptr, stride_y, offs_n, mask_n, pid_d * BLOCK_DO, dim, BLOCK_DO)
+            v = (v.to(ACC) * inv_y[:, None]).to(DOT)
+            if USE_GSCALE:
+                g = g / g_scale
+            du = tl.dot(g.to(DOT), v, du, input_precision=PRECISION, out_dtype=ACC)
+    if OWN_GRAD:
         if USE_GSCALE:
-            g = g / g_scale
-        du = tl.dot(g.to(DOT), v, du, input_precision=PRECISION, out_dtype=ACC)
-    if USE_GSCALE:
-        du = du * g_scale
-
-    if FINAL:
-        u = _load_rows(X_ptr, stride_x, offs_m, mask_m, pid_d * BLOCK_DO, dim, BLOCK_DO).to(ACC) * inv_x[:, None]
-        du = du * inv_t
-        radial = tl.sum(u * du, axis=1)
-        dx_scale = tl.load(DX_SCALE_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
-        dx = tl.where((dx_scale > 0)[:, None], (du - radial[:, None] * u) * dx_scale[:, None], 0.0)
-        tl.store(DX_ptr + offs_m[:, None] * stride_dx + offs_do[None, :],
-                 cast_output(dx, DX_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask_m[:, None] & mask_do[None, :])
-    else:
-        tl.store(DX_ptr + (pid_s * n_x + offs_m[:, None]) * stride_dx + offs_do[None, :], du,
-                 mask=mask_m[:, None] & mask_do[None, :])
+            du = du * g_scale
+        if FINAL:
+            u = _load_rows(X_ptr, stride_x, offs_m, mask_m, pid_d * BLOCK_DO, dim, BLOCK_DO).to(ACC)
+            u = u * inv_x[:, None]
+            du = du * inv_t
+            radial = tl.sum(u * du, axis=1)
+            dx_scale = tl.load(DX_SCALE_ptr + offs_m, mask=mask_m, other=0.0).to(ACC)
+            dx = tl.where((dx_scale > 0)[:, None], (du - radial[:, None] * u) * dx_scale[:, None], 0.0)
+            tl.store(DX_ptr + offs_m[:, None] * stride_dx + offs_do[None, :],
+                     cast_output(dx, DX_ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask_m[:, None] & mask_do[None, :])
+        else:
+            tl.store(DX_ptr + (pid_s * n_x + offs_m[:, None]) * stride_dx + offs_do[None, :], du,
+                     mask=mask_m[:, None] & mask_do[None, :])
     if COMPUTE_GS:
         # the first feature chunk writes GS; a branch, not `mask=mask_m & (pid_d == 0)`: triton 3.9's
         # interpreter rejects a mask combined with a scalar comparison ("mask has unsupported dtype")
@@ -1057,9 +1061,10 @@ def _variant_row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_se
 
 def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_stats: _Stats | None,
                      temperature: Tensor, exclude_self: bool, g_scale: Tensor | None, gs: Tensor | None,
-                     t: _Tiles, out: Tensor, final: bool) -> None:
+                     t: _Tiles, out: Tensor | None, final: bool) -> None:
     """One launch of _contrastive_backward_kernel: own's gradient into out, (n, D) in own's dtype when final,
-    else fp32/fp64 partial sums (t.splits, n, D) for _finish_feature_grad."""
+    else fp32/fp64 partial sums (t.splits, n, D) for _finish_feature_grad; out None: the temperature's sums gs
+    alone (own frozen: OWN_GRAD off, no product)."""
     x, y = own.x, other.x
     n_x, dim = x.shape
     dot, acc_tl, precision = _dot_dtypes(x.dtype)
@@ -1076,7 +1081,10 @@ def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_s
         return stats.coef, stats.positive_weight if stats.variant != 3 else unused
 
     variant = max((st.variant for st in (own_stats, other_stats) if st is not None), default=0)
-    grid = (triton.cdiv(n_x, t.block_m), t.splits, triton.cdiv(dim, t.block_do))
+    own_grad = out is not None
+    out = out if own_grad else own.inv  # not written
+    # without the product the feature chunks would only repeat the same sums: one chunk
+    grid = (triton.cdiv(n_x, t.block_m), t.splits, triton.cdiv(dim, t.block_do) if own_grad else 1)
     coef_x, wp_x = variant_args(own_stats)
     coef_y, wp_y = variant_args(other_stats)
     _launch(
@@ -1089,7 +1097,7 @@ def _launch_backward(own: _Side, other: _Side, own_stats: _Stats | None, other_s
         COMPUTE_GS=gs is not None, FINAL=final, USE_GSCALE=g_scale is not None, ROUND_BY_HAND=round_by_hand(x.dtype),
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d, BLOCK_DO=t.block_do,
         SINGLE_D_CHUNK=t.block_d >= dim, DOT=dot, ACC=acc_tl, PRECISION=precision,
-        VARIANT=variant, COEF_X_ptr=coef_x, WP_X_ptr=wp_x, COEF_Y_ptr=coef_y, WP_Y_ptr=wp_y,
+        VARIANT=variant, COEF_X_ptr=coef_x, WP_X_ptr=wp_x, COEF_Y_ptr=coef_y, WP_Y_ptr=wp_y, OWN_GRAD=own_grad,
         num_warps=t.num_warps, num_stages=t.num_stages)
 
 
@@ -1107,8 +1115,11 @@ def _finish_feature_grad(own: _Side, partial: Tensor, temperature: Tensor) -> Te
 
 
 def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | None, temperature: Tensor,
-               exclude_self: bool):
-    """(grad of the anchors, grad of the candidates, grad of the temperature) for the weights in the stats.
+               exclude_self: bool, mask):
+    """(grad of the anchors, grad of the candidates, grad of the temperature) for the weights in the stats,
+    those the gradient mask (backends/_ops.py) asks for; the others are empty (0,) tensors and cost nothing: a
+    frozen side's launch is not made, a frozen anchors' row launch (needed for a learnable temperature's sums)
+    runs without its product (OWN_GRAD off), a float temperature's sums and kernel are skipped.
 
     Row launch: the anchors' gradient and sum_j G_ij (s_ij - m) per row; column launch: the candidates'
     gradient. When the candidates are the anchors (one tensor) the whole gradient is formed and rounded once
@@ -1121,6 +1132,11 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
     n_rows, dim = x.shape
     n_cols = cols.n
     acc = accumulate_dtype(x.dtype)
+    # one tensor (cols.same_as_rows): its two roles are one gradient, on if either is asked for
+    want_rows = mask[0] or (cols.same_as_rows and mask[1])
+    want_cols = mask[1] or (cols.same_as_rows and mask[0])
+    want_t = mask[2]
+    no_grad = (rows.x.new_empty((0,)), cols.x.new_empty((0,)))
     g_scale = None
     if x.dtype == torch.float16:
         weights = [row_stats.weight] + ([col_stats.weight] if col_stats is not None else [])
@@ -1128,10 +1144,16 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
         g_scale = g_scale.clamp_min(torch.finfo(torch.float32).tiny)
     t_rows = _backward_tiles(n_rows, n_cols, dim, x.dtype, x.device)
     t_cols = _backward_tiles(n_cols, n_rows, dim, x.dtype, x.device)
-    gs = empty_output((t_rows.splits, n_rows), acc, x.device)
+    gs = empty_output((t_rows.splits, n_rows), acc, x.device) if want_t else None
     common = (temperature, exclude_self, g_scale)
     gs_factor = 1.0
-    if cols.symmetric and col_stats is None:
+    if not (want_rows or want_cols):  # the temperature's gradient alone: one launch of sums, no product
+        if want_t:
+            _launch_backward(rows, cols, row_stats, row_stats if cols.symmetric and col_stats is None else col_stats,
+                             *common, gs, t_rows, None, False)
+        grad_rows, grad_cols = no_grad
+        gs_factor = 0.5 if cols.symmetric and col_stats is None else 1.0
+    elif cols.symmetric and col_stats is None:
         if t_rows.splits == 1 and dim <= t_rows.block_do:
             grad_rows = empty_output(tuple(x.shape), x.dtype, x.device)
             _launch_backward(rows, cols, row_stats, row_stats, *common, gs, t_rows, grad_rows, True)
@@ -1149,8 +1171,14 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
         grad_cols = torch.zeros_like(cols.x, memory_format=torch.contiguous_format)
     else:
         grads = []
-        for own, other, own_stats, other_stats, t, own_gs in ((rows, cols, row_stats, col_stats, t_rows, gs),
-                                                              (cols, rows, col_stats, row_stats, t_cols, None)):
+        for own, other, own_stats, other_stats, t, own_gs, want in (
+                (rows, cols, row_stats, col_stats, t_rows, gs, want_rows),
+                (cols, rows, col_stats, row_stats, t_cols, None, want_cols)):
+            if not want:  # a frozen side: its product is not run (the row launch still sums for the temperature)
+                if own_gs is not None:
+                    _launch_backward(own, other, own_stats, other_stats, *common, own_gs, t, None, False)
+                grads.append(no_grad[len(grads)])
+                continue
             if t.splits == 1 and dim <= t.block_do:  # one program holds whole gradient rows: finish in-kernel
                 grad = empty_output(tuple(own.x.shape), own.x.dtype, x.device)
                 _launch_backward(own, other, own_stats, other_stats, *common, own_gs, t, grad, True)
@@ -1160,6 +1188,8 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
                 grad = _finish_feature_grad(own, partial, temperature)
             grads.append(grad)
         grad_rows, grad_cols = grads
+    if not want_t:
+        return grad_rows, grad_cols, temperature.new_empty((0,))
     if row_stats.variant:
         # sum_j G_ij = w_i (1 - w'_i) in the variants (m_i = 0 for a row without negatives): the shift-free sum
         # of the temperature gradient gets m_i w_i (1 - w'_i) back, once per row (gs_factor halves the sum of
@@ -1224,11 +1254,11 @@ def _empty_grads(anchors: Tensor, candidates: Tensor, temperature: Tensor):
 
 @torch.library.custom_op("synthcl_fast::triton_contrastive_forward", mutates_args=())
 def contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, candidate_labels: Tensor,
-                        temperature: Tensor, exclude_self: bool, reduction: int, eps: float, compute_grad: bool
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                        temperature: Tensor, exclude_self: bool, reduction: int, eps: float,
+                        compute_grad: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, row_max, row_log_sum, row_n_positive, grad_anchors, grad_candidates, grad_temperature)."""
     _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, reduction, eps)
-    torch._check(not (compute_grad and reduction == _NONE), lambda: "compute_grad needs a scalar loss")
+    torch._check(not (any(compute_grad) and reduction == _NONE), lambda: "compute_grad needs a scalar loss")
     temperature = temperature.reshape(())
     with _device_guard(anchors):
         rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
@@ -1236,17 +1266,19 @@ def contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_labels: Tens
         if reduction == _NONE:
             return row_loss, *stats.outputs(), *_empty_grads(anchors, candidates, temperature)
         loss, weight = _reduce(row_loss, stats.n_positive, reduction)
-        if not compute_grad:
+        if not any(compute_grad):
             return loss, *stats.outputs(), *_empty_grads(anchors, candidates, temperature)
-        grads = _gradients(rows, cols, stats.weighted(weight), None, temperature, exclude_self)
+        grads = _gradients(rows, cols, stats.weighted(weight), None, temperature, exclude_self, compute_grad)
     return loss, *stats.outputs(), *grads
 
 
 @torch.library.custom_op("synthcl_fast::triton_contrastive_backward", mutates_args=())
 def contrastive_backward(grad_rows: Tensor, anchors: Tensor, candidates: Tensor, anchor_labels: Tensor,
                          candidate_labels: Tensor, temperature: Tensor, row_max: Tensor, row_log_sum: Tensor,
-                         row_n_positive: Tensor, exclude_self: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(grad_anchors, grad_candidates, grad_temperature) for upstream weights grad_rows (R,), recomputing s."""
+                         row_n_positive: Tensor, exclude_self: bool, eps: float, output_mask: list[bool]
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_anchors, grad_candidates, grad_temperature) for upstream weights grad_rows (R,), recomputing s;
+    those output_mask asks for (the others empty)."""
     _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, _NONE, eps)
     n_rows = anchors.shape[0]
     torch._check(grad_rows.shape == (n_rows,), lambda: f"grad_rows must have shape ({n_rows},)")
@@ -1255,13 +1287,13 @@ def contrastive_backward(grad_rows: Tensor, anchors: Tensor, candidates: Tensor,
         rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
         stats = _Stats(row_max.contiguous(), row_log_sum.contiguous(), row_n_positive.contiguous(),
                        grad_rows.contiguous())
-        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self)
+        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self, output_mask)
 
 
 @torch.library.custom_op("synthcl_fast::triton_symmetric_contrastive_forward", mutates_args=())
 def symmetric_contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor,
                                   candidate_labels: Tensor, temperature: Tensor, exclude_self: bool, reduction: int,
-                                  eps: float, compute_grad: bool
+                                  eps: float, compute_grad: list[bool]
                                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                              Tensor]:
     """(loss, row_max, row_log_sum, row_n_positive, col_max, col_log_sum, col_n_positive, grad_anchors,
@@ -1270,7 +1302,7 @@ def symmetric_contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_la
     loss = (row loss + column loss) / 2 under the reduction (each side's mean over its rows/columns with a
     positive; "none" needs R == K and averages row i with column i): CLIP's symmetric loss in one call."""
     _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, reduction, eps)
-    torch._check(not (compute_grad and reduction == _NONE), lambda: "compute_grad needs a scalar loss")
+    torch._check(not (any(compute_grad) and reduction == _NONE), lambda: "compute_grad needs a scalar loss")
     torch._check(reduction != _NONE or anchors.shape[0] == candidates.shape[0],
                  lambda: "reduction 'none' of the symmetric loss needs as many anchors as candidates")
     temperature = temperature.reshape(())
@@ -1283,10 +1315,10 @@ def symmetric_contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_la
             return (row_loss + col_loss) / 2, *stats, *_empty_grads(anchors, candidates, temperature)
         loss, row_weight = _reduce(row_loss, row_stats.n_positive, reduction, 0.5)
         loss, col_weight = _reduce(col_loss, col_stats.n_positive, reduction, 0.5, into=loss)
-        if not compute_grad:
+        if not any(compute_grad):
             return loss, *stats, *_empty_grads(anchors, candidates, temperature)
         grads = _gradients(rows, cols, row_stats.weighted(row_weight), col_stats.weighted(col_weight), temperature,
-                           exclude_self)
+                           exclude_self, compute_grad)
     return loss, *stats, *grads
 
 
@@ -1294,8 +1326,8 @@ def symmetric_contrastive_forward(anchors: Tensor, candidates: Tensor, anchor_la
 def symmetric_contrastive_backward(grad_rows: Tensor, grad_cols: Tensor, anchors: Tensor, candidates: Tensor,
                                    anchor_labels: Tensor, candidate_labels: Tensor, temperature: Tensor,
                                    row_max: Tensor, row_log_sum: Tensor, row_n_positive: Tensor, col_max: Tensor,
-                                   col_log_sum: Tensor, col_n_positive: Tensor, exclude_self: bool, eps: float
-                                   ) -> tuple[Tensor, Tensor, Tensor]:
+                                   col_log_sum: Tensor, col_n_positive: Tensor, exclude_self: bool, eps: float,
+                                   output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients for upstream weights of each row's (grad_rows) and each column's (grad_cols) loss."""
     _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, _NONE, eps)
     _check_stats(anchors.shape[0], anchors.dtype, row_max, row_log_sum, row_n_positive)
@@ -1306,19 +1338,19 @@ def symmetric_contrastive_backward(grad_rows: Tensor, grad_cols: Tensor, anchors
                            grad_rows.contiguous())
         col_stats = _Stats(col_max.contiguous(), col_log_sum.contiguous(), col_n_positive.contiguous(),
                            grad_cols.contiguous())
-        return _gradients(rows, cols, row_stats, col_stats, temperature.reshape(()), exclude_self)
+        return _gradients(rows, cols, row_stats, col_stats, temperature.reshape(()), exclude_self, output_mask)
 
 
 @torch.library.custom_op("synthcl_fast::triton_contrastive_variant_forward", mutates_args=())
 def contrastive_variant_forward(anchors: Tensor, candidates: Tensor, anchor_labels: Tensor, candidate_labels: Tensor,
                                 temperature: Tensor, positive_weight: Tensor, denominator: int, exclude_self: bool,
-                                reduction: int, eps: float, compute_grad: bool
+                                reduction: int, eps: float, compute_grad: list[bool]
                                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, row_max, row_log_sum, row_n_positive, row_coef, row_positive_mean, grad_anchors, grad_candidates,
     grad_temperature) of the variants (backends/_ops.py)."""
     _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, reduction, eps)
     _check_variant(anchors, positive_weight, denominator)
-    torch._check(not (compute_grad and reduction == _NONE), lambda: "compute_grad needs a scalar loss")
+    torch._check(not (any(compute_grad) and reduction == _NONE), lambda: "compute_grad needs a scalar loss")
     temperature = temperature.reshape(())
     with _device_guard(anchors):
         rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
@@ -1328,9 +1360,9 @@ def contrastive_variant_forward(anchors: Tensor, candidates: Tensor, anchor_labe
         if reduction == _NONE:
             return row_loss, *outputs, *_empty_grads(anchors, candidates, temperature)
         loss, weight = _reduce(row_loss, stats.n_positive, reduction)
-        if not compute_grad:
+        if not any(compute_grad):
             return loss, *outputs, *_empty_grads(anchors, candidates, temperature)
-        grads = _gradients(rows, cols, stats.weighted(weight), None, temperature, exclude_self)
+        grads = _gradients(rows, cols, stats.weighted(weight), None, temperature, exclude_self, compute_grad)
     return loss, *outputs, *grads
 
 
@@ -1338,7 +1370,8 @@ def contrastive_variant_forward(anchors: Tensor, candidates: Tensor, anchor_labe
 def contrastive_variant_backward(grad_rows: Tensor, anchors: Tensor, candidates: Tensor, anchor_labels: Tensor,
                                  candidate_labels: Tensor, temperature: Tensor, positive_weight: Tensor,
                                  row_max: Tensor, row_log_sum: Tensor, row_n_positive: Tensor, row_coef: Tensor,
-                                 denominator: int, exclude_self: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+                                 denominator: int, exclude_self: bool, eps: float, output_mask: list[bool]
+                                 ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_anchors, grad_candidates, grad_temperature) of the variants for upstream weights grad_rows (R,)."""
     _check_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature, _NONE, eps)
     _check_variant(anchors, positive_weight, denominator)
@@ -1353,7 +1386,7 @@ def contrastive_variant_backward(grad_rows: Tensor, anchors: Tensor, candidates:
         rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
         stats = _Stats(row_max.contiguous(), row_log_sum.contiguous(), row_n_positive.contiguous(),
                        grad_rows.contiguous(), denominator, row_coef.contiguous(), positive_weight.contiguous())
-        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self)
+        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self, output_mask)
 
 
 def _hard_row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool, scales: Tensor):
@@ -1412,7 +1445,7 @@ def hard_negative_stats_forward(anchors: Tensor, candidates: Tensor, anchor_labe
 def hard_negative_stats_backward(grad_lse: Tensor, grad_positive_mean: Tensor, anchors: Tensor, candidates: Tensor,
                                  anchor_labels: Tensor, candidate_labels: Tensor, temperature: Tensor, beta: float,
                                  row_n_negative: Tensor, row_n_positive: Tensor, row_reference: Tensor,
-                                 row_log_sum: Tensor, exclude_self: bool, eps: float
+                                 row_log_sum: Tensor, exclude_self: bool, eps: float, output_mask: list[bool]
                                  ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_anchors, grad_candidates, grad_temperature) for dLoss/dlse (R, 3) and dLoss/dmean_P s (R,): the
     backward kernel's VARIANT 3 (_hard_term), rows and columns as for the plain op."""
@@ -1439,7 +1472,7 @@ def hard_negative_stats_backward(grad_lse: Tensor, grad_positive_mean: Tensor, a
         rows, cols = _sides(anchors, candidates, anchor_labels, candidate_labels, eps)
         stats = _Stats(row_reference.contiguous(), log_sum, row_n_positive.contiguous(), coefficients, 3,
                        _hard_scales(beta, anchors))
-        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self)
+        return _gradients(rows, cols, stats, None, temperature.reshape(()), exclude_self, output_mask)
 
 
 def _check_variant(anchors: Tensor, positive_weight: Tensor, denominator: int) -> None:

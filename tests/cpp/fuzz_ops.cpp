@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <array>
 
 #include <cmath>
 #include <cstdio>
@@ -65,6 +66,9 @@ struct Fuzzer {
     return t;
   }
 
+  // A gradient mask (anchors, candidates, temperature), each side on or off.
+  std::array<bool, 3> mask() { return {chance(0.7), chance(0.7), chance(0.7)}; }
+
   at::Tensor temperature() {
     const double value = chance(0.85) ? pick<double>({0.01, 0.1, 0.5, 3.0})
                                       : pick<double>({0.0, -1.0, NAN, INFINITY, 1e-300});
@@ -75,6 +79,17 @@ struct Fuzzer {
 };
 
 int failures = 0;
+
+// The shape a masked gradient output must have: the input's where the mask is on (both roles of one tensor are
+// one gradient: on if either is), empty (0,) where it is off.
+bool masked_shapes(const std::array<bool, 3>& mask, const at::Tensor& anchors, const at::Tensor& candidates,
+                   const at::Tensor& grad_a, const at::Tensor& grad_c, const at::Tensor& grad_t) {
+  const bool one = candidates.is_same(anchors);
+  const bool on_a = mask[0] || (one && mask[1]), on_c = mask[1] || (one && mask[0]);
+  return (on_a ? grad_a.sizes() == anchors.sizes() : grad_a.numel() == 0) &&
+         (on_c ? grad_c.sizes() == candidates.sizes() : grad_c.numel() == 0) &&
+         (mask[2] ? grad_t.numel() == 1 : grad_t.numel() == 0);
+}
 
 void require(bool ok, const std::string& what, int64_t iteration) {
   if (!ok) {
@@ -95,23 +110,25 @@ int main(int argc, char** argv) {
   auto& dispatcher = c10::Dispatcher::singleton();
   auto forward = dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_forward", "")
                      .typed<Tensors7(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                     const at::Tensor&, bool, int64_t, double, bool)>();
+                                     const at::Tensor&, bool, int64_t, double, std::array<bool, 3>)>();
   auto backward = dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_backward", "")
                       .typed<Tensors3(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                      const at::Tensor&, bool, double)>();
+                                      const at::Tensor&, bool, double, std::array<bool, 3>)>();
   auto positive_pair = dispatcher.findSchemaOrThrow("synthcl_fast::positive_pair_forward", "")
                            .typed<Tensors5(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                            int64_t, double, bool, bool)>();
   auto variant_forward =
       dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_variant_forward", "")
           .typed<Tensors9(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                          const at::Tensor&, const at::Tensor&, int64_t, bool, int64_t, double, bool)>();
+                          const at::Tensor&, const at::Tensor&, int64_t, bool, int64_t, double,
+                          std::array<bool, 3>)>();
   auto variant_backward =
       dispatcher.findSchemaOrThrow("synthcl_fast::contrastive_variant_backward", "")
           .typed<Tensors3(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                          const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool, double)>();
+                          const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool, double,
+                          std::array<bool, 3>)>();
   auto hard_forward =
       dispatcher.findSchemaOrThrow("synthcl_fast::hard_negative_stats_forward", "")
           .typed<Tensors6(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -120,7 +137,8 @@ int main(int argc, char** argv) {
       dispatcher.findSchemaOrThrow("synthcl_fast::hard_negative_stats_backward", "")
           .typed<Tensors3(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                           const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&,
-                          const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double)>();
+                          const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double,
+                          std::array<bool, 3>)>();
   int64_t accepted = 0, rejected = 0;
 
   for (int64_t it = 0; it < iterations; ++it) {
@@ -133,13 +151,16 @@ int main(int argc, char** argv) {
     at::Tensor anchor_labels = fuzz.labels(rows), candidate_labels = fuzz.labels(candidates.size(0));
     at::Tensor temperature = fuzz.temperature();
     const bool exclude_self = fuzz.chance(0.5), compute_grad = fuzz.chance(0.5);
+    // the forward's gradient mask (all off without compute_grad) and the recompute backward's
+    const std::array<bool, 3> grad_mask = compute_grad ? fuzz.mask() : std::array<bool, 3>{false, false, false};
+    const std::array<bool, 3> output_mask = fuzz.mask();
+    const bool any_grad = grad_mask[0] || grad_mask[1] || grad_mask[2];
     const int64_t reduction = fuzz.chance(0.95) ? fuzz.uniform(0, 2) : fuzz.pick<int64_t>({-1, 3});
     const double eps = fuzz.chance(0.97) ? 1e-12 : fuzz.pick<double>({0.0, -1.0});
 
     try {
       auto [loss, row_max, log_sum, n_positive, grad_a, grad_c, grad_t] = forward.call(
-          anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps,
-          compute_grad);
+          anchors, candidates, anchor_labels, candidate_labels, temperature, exclude_self, reduction, eps, grad_mask);
       ++accepted;
       const int64_t n_rows = anchors.size(0);
       // An out-of-range temperature value gives NaN results (checked where it lives, as on every backend).
@@ -152,16 +173,17 @@ int main(int argc, char** argv) {
       require(valid_t ? all_finite(loss) : !any_positive || !all_finite(loss),
               valid_t ? "non-finite loss from finite inputs" : "finite loss from an invalid temperature", it);
       require((n_positive >= 0).all().item<bool>(), "negative positive count", it);
-      if (compute_grad) {
-        require(grad_a.sizes() == anchors.sizes() && grad_c.sizes() == candidates.sizes(), "gradient shapes", it);
+      if (any_grad) {
+        require(masked_shapes(grad_mask, anchors, candidates, grad_a, grad_c, grad_t), "gradient shapes", it);
         require(!valid_t || (all_finite(grad_a) && all_finite(grad_c) && all_finite(grad_t)), "non-finite gradients",
                 it);
       }
       // The recompute backward on the same inputs, with a random (and sometimes mis-shaped) upstream.
       at::Tensor grad_rows = at::randn({fuzz.chance(0.9) ? n_rows : n_rows + 1}, at::kFloat);
       auto [bwd_a, bwd_c, bwd_t] = backward.call(grad_rows, anchors, candidates, anchor_labels, candidate_labels,
-                                                 temperature, row_max, log_sum, n_positive, exclude_self, eps);
-      require(bwd_a.sizes() == anchors.sizes() && bwd_c.sizes() == candidates.sizes(), "backward shapes", it);
+                                                 temperature, row_max, log_sum, n_positive, exclude_self, eps,
+                                                 output_mask);
+      require(masked_shapes(output_mask, anchors, candidates, bwd_a, bwd_c, bwd_t), "backward shapes", it);
       require(!valid_t || (all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t)), "non-finite backward", it);
     } catch (const c10::Error&) {
       ++rejected;
@@ -175,7 +197,7 @@ int main(int argc, char** argv) {
       at::Tensor weight = 2 * at::rand({fuzz.chance(0.95) ? rows : rows + 1}, fuzz.chance(0.97) ? acc : at::kHalf);
       auto [loss, row_max, log_sum, n_positive, coef, positive_mean, grad_a, grad_c, grad_t] = variant_forward.call(
           anchors, candidates, anchor_labels, candidate_labels, temperature, weight, denominator, exclude_self,
-          reduction, eps, compute_grad);
+          reduction, eps, grad_mask);
       ++accepted;
       const int64_t n_rows = anchors.size(0);
       const double t = temperature.item<double>();
@@ -184,14 +206,14 @@ int main(int argc, char** argv) {
       require(coef.numel() == n_rows && positive_mean.numel() == n_rows, "variant row statistics' size", it);
       require(!valid_t || !at::isnan(loss).any().item<bool>(), "NaN variant loss from finite inputs", it);
       require(!valid_t || denominator == 1 || all_finite(loss), "non-finite per_positive loss", it);
-      if (compute_grad)
+      if (any_grad)
         require(!valid_t || (all_finite(grad_a) && all_finite(grad_c) && all_finite(grad_t)),
                 "non-finite variant gradients", it);
       at::Tensor grad_rows = at::randn({fuzz.chance(0.9) ? n_rows : n_rows + 1}, at::kFloat);
       auto [bwd_a, bwd_c, bwd_t] =
           variant_backward.call(grad_rows, anchors, candidates, anchor_labels, candidate_labels, temperature, weight,
-                                row_max, log_sum, n_positive, coef, denominator, exclude_self, eps);
-      require(bwd_a.sizes() == anchors.sizes() && bwd_c.sizes() == candidates.sizes(), "variant backward shapes", it);
+                                row_max, log_sum, n_positive, coef, denominator, exclude_self, eps, output_mask);
+      require(masked_shapes(output_mask, anchors, candidates, bwd_a, bwd_c, bwd_t), "variant backward shapes", it);
       require(!valid_t || (all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t)),
               "non-finite variant backward", it);
     } catch (const c10::Error&) {
@@ -221,8 +243,8 @@ int main(int argc, char** argv) {
       auto [bwd_a, bwd_c, bwd_t] =
           hard_backward.call(grad_lse, at::randn({n_rows}, acc), anchors, candidates, anchor_labels,
                              candidate_labels, temperature, beta, n_negative, n_positive, reference, log_sum,
-                             exclude_self, eps);
-      require(bwd_a.sizes() == anchors.sizes() && bwd_c.sizes() == candidates.sizes(), "hard backward shapes", it);
+                             exclude_self, eps, output_mask);
+      require(masked_shapes(output_mask, anchors, candidates, bwd_a, bwd_c, bwd_t), "hard backward shapes", it);
       require(!valid_t || (all_finite(bwd_a) && all_finite(bwd_c) && all_finite(bwd_t)),
               "non-finite hard backward", it);
     } catch (const c10::Error&) {
