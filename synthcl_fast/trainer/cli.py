@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a study whose methods, fractions, seeds and training settings are fixed in "
                               "synthcl_fast/trainer/compare.py STUDIES (options given here still override); "
                               "writes study.md/.json/.csv/.png. data-efficiency: simclr vs synthcl and its two "
-                              "ablations at 5-100 %% of the digits training images, 5 seeds")
+                              "ablations at 5-100 %% of the digits training images, 5 seeds; glyphs-calibration: "
+                              "simclr at 10, 25, 100 %% of the glyphs images, 5 seeds, the positive control")
     resume = commands.add_parser("resume", help="continue a run from its newest intact checkpoint")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--checkpoint", type=Path, help="a specific checkpoint file instead of the newest")

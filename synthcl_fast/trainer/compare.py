@@ -320,6 +320,17 @@ STUDIES = {
         why="simclr vs synthcl and its two ablations (no hard pairs, no hard samples) at 5, 10, 25, 50 and 100 % of "
             "the digits training images (the linear probe and kNN always use all the labeled training images), "
             "5 seeds"),
+    "glyphs-calibration": Study(
+        # issue 23: simclr alone on the glyphs test bed, before any synthcl run on it, with the budget of its study
+        # ({simclr, synthcl} x 3 fractions x 5 seeds within 90 minutes on the 2-core machine): 10 epochs of 60
+        # steps at every fraction (the GAN's 5 warm-up epochs are 300 steps), evaluated at 300 and 600 steps
+        methods=("simclr",),
+        fractions=(0.1, 0.25, 1.0),
+        seeds=(0, 1, 2, 3, 4),
+        config={"dataset": "glyphs", "epochs": 10, "epoch_steps": 60, "eval_every": 5},
+        control_fraction=0.25,
+        why="simclr at 10, 25 and 100 % of the glyphs training images (whole fonts; equal steps), 5 seeds, beside "
+            "the raw pixels and the randomly initialized encoder: the calibration of the test bed"),
 }
 
 
