@@ -394,6 +394,9 @@ def contrastive_loss_variant(
         candidate_labels = anchor_labels if self_candidates else torch.arange(n_cols, device=device)
 
     u, v = l2_normalize(anchors, eps), l2_normalize(candidates, eps)
+    # the validated temperature, as in contrastive_loss: out of range, NaN (the fused ops' contract), also in the
+    # floor n_i e^{-1/t} of log_negative_mass
+    temperature = valid_temperature(temperature)
     logits = (u @ v.T) / temperature
     positive = (anchor_labels[:, None] == candidate_labels[None, :]) & (candidate_labels[None, :] >= 0)
     in_denominator = torch.ones_like(positive)
