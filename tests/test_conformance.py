@@ -867,6 +867,30 @@ def test_variant_dtypes(lane, denominator, dtype, reduction, t, rng):
                                                      denominator=denominator)))
 
 
+@pytest.mark.parametrize("lane,denominator", [lane_param(lane, d) for lane in LANES for d in DENOMINATOR_VARIANTS
+                                              if torch.float16 in lane.dtypes
+                                              and _fuses(lane, [f"denominator={d!r}", "positive_weight"])])
+def test_variant_large_positive_weight_in_float16(lane, denominator, rng):
+    """float16 features with a large positive_weight w': |G_ij| reaches |w_i| (|w'_i| + 2), not |w_i|, so a kernel
+    that scales G by max |w| before rounding it to float16 for the products overflows (w' = 2e5: G / max|w| ~ 1e5
+    > 65504) although every gradient (~ w' / R) is well inside float16's range."""
+    n_rows, dim = 64, 16
+    x, x64 = _pair(lane, torch.randn(n_rows, dim, generator=rng), torch.float16)
+    labels = (torch.arange(n_rows) // 2).to(lane.device)
+    weight64 = 2e5 * (1 + torch.rand(n_rows, generator=rng, dtype=torch.float64)).to(lane.device)
+    actual = L.contrastive_loss(x, None, labels, temperature=1.0, denominator=denominator,
+                                positive_weight=weight64.float(), backend=lane.name)
+    expected = ref.contrastive_loss_variant(x64, None, labels, temperature=1.0, denominator=denominator,
+                                            positive_weight=weight64)
+    value_tol, grad_tol = lane.tolerances(torch.float16)
+    what = _what(f"{denominator} float16 positive_weight ~2e5")
+    assert_close(actual, expected, value_tol, f"{what} value")
+    (grad,), (grad64,) = torch.autograd.grad(actual, x), torch.autograd.grad(expected, x64)
+    assert grad64.abs().max() < 6e4, "the test's gradients must fit float16"
+    assert torch.isfinite(grad).all(), f"{what}: gradient not finite"
+    assert_close(grad, grad64, grad_tol, f"{what} gradient")
+
+
 @pytest.mark.parametrize("lane", [lane_param(lane) for lane in LANES
                                   if _fuses(lane, ["denominator='negatives'", "denominator='per_positive'"])])
 def test_variant_positives_far_above_negatives(lane, rng):

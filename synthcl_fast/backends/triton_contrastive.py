@@ -633,9 +633,9 @@ def _contrastive_backward_kernel(
 
     FINAL: writes dX = normalize-backward((1/t) dU) in X's dtype. Otherwise writes dU (fp32/fp64) to
     DX[pid_s, row, feature] for _normalize_backward_kernel. COMPUTE_GS: GS[pid_s, row] = sum_j G_ij (s_ij - m),
-    each term shifted by the max of the statistics it comes from. USE_GSCALE (float16): G is divided by
-    max|w| before it is rounded to float16 for the product (w ~ 1/R would underflow float16) and the product
-    multiplied back. VARIANT (1 "negatives", 2 "per_positive"): G of _variant_term, with each side's c and w'
+    each term shifted by the max of the statistics it comes from. USE_GSCALE (float16): G is divided by the
+    largest bound on |G| (_gradient_bound) before it is rounded to float16 for the product (w ~ 1/R would
+    underflow float16, w' G would overflow it) and the product multiplied back. VARIANT (1 "negatives", 2 "per_positive"): G of _variant_term, with each side's c and w'
     (COEF_*, WP_*). VARIANT 3 (hard_negative_stats): G of _hard_term, each side's statistics in MAX_* (the
     references, 3 per row), LOGSUM_* (3 per row), W_* (the coefficients, 4 per row) and COEF_* (c_0, c_1)."""
     pid_m = tl.program_id(0).to(tl.int64)
@@ -1106,6 +1106,23 @@ def _finish_feature_grad(own: _Side, partial: Tensor, temperature: Tensor) -> Te
     return dx
 
 
+def _gradient_bound(stats: _Stats) -> Tensor:
+    """Per row, a bound on |G_ij| over j (the float16 backward divides G by its max so that G stays in [-1, 1]
+    when rounded to float16 for the products; csrc/contrastive_cuda.cu's weight_max, the same rule):
+
+        plain op                      |G_ij| <= |w_i|                  (|p_ij - [j in P(i)] / |P(i)|| <= 1)
+        "negatives", "per_positive"   |G_ij| <= |w_i| (|w'_i| + 2)     (c_i p_ij <= 1, sigmoid <= 1, |w'_i| / |P(i)|)
+        hard negatives (a_k)          |G_ij| <= sum_k |a_k|            (each set's softmax term <= 1)
+
+    0 for a row without a positive (its G is 0), except for the hard negatives, whose a_k are 0 there already."""
+    if stats.variant == 3:
+        return stats.weight.view(-1, 4).abs().sum(dim=1)
+    bound = stats.weight.abs()
+    if stats.variant:
+        bound = bound * (stats.positive_weight.abs() + 2)
+    return torch.where(stats.n_positive > 0, bound, 0.0)
+
+
 def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | None, temperature: Tensor,
                exclude_self: bool):
     """(grad of the anchors, grad of the candidates, grad of the temperature) for the weights in the stats.
@@ -1123,8 +1140,8 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
     acc = accumulate_dtype(x.dtype)
     g_scale = None
     if x.dtype == torch.float16:
-        weights = [row_stats.weight] + ([col_stats.weight] if col_stats is not None else [])
-        g_scale = torch.stack([w.abs().amax().to(torch.float32) for w in weights]).amax()
+        stats = [row_stats] + ([col_stats] if col_stats is not None else [])
+        g_scale = torch.stack([_gradient_bound(s).amax().to(torch.float32) for s in stats]).amax()
         g_scale = g_scale.clamp_min(torch.finfo(torch.float32).tiny)
     t_rows = _backward_tiles(n_rows, n_cols, dim, x.dtype, x.device)
     t_cols = _backward_tiles(n_cols, n_rows, dim, x.dtype, x.device)
