@@ -604,6 +604,106 @@ def test_small_losses_as_accurate_as_plain_fp32(lane, dtype, case, rng):
     assert_close(grad, grad64, max(2 * plain_grad_error, grad_tol), f"{what} grad (plain fp32 {plain_grad_error:.1e})")
 
 
+# Small losses for every op, CLIP's two directions included: (name, t, cone, noise) with mean losses of about
+# nt_xent t = 0.1: 3e-2, 0.04: 3e-6; info_nce (a queue of 40) 0.04: 3e-6; clip (logit_scale 100) cone 0.3: 9e-2,
+# 0.5: 1e-4, 0.7: 7e-7. Rows in a cone of that relative spread around one direction (None: anywhere), each pair
+# within `noise` of each other (D = 32).
+SMALL_LOSS_OPS = [("nt_xent", 0.1, None, 3e-2), ("nt_xent", 0.04, None, 3e-2), ("info_nce", 0.04, None, 3e-2),
+                  ("clip", 0.01, 0.3, 1e-2), ("clip", 0.01, 0.5, 1e-2), ("clip", 0.01, 0.7, 1e-2),
+                  ("clip_one_direction", 0.01, 0.5, 1e-2), ("clip_one_direction", 0.01, 0.7, 1e-2)]
+
+
+def _small_loss_problem(op, t, backend, z1, z2, queue, reduction, plain=False):
+    """The op on (z1, z2): the library's with `backend`; plain=True: F.normalize, a matmul and F.cross_entropy
+    over the materialized logits (what open_clip, lightly and solo-learn compute), in the inputs' dtype."""
+    if not plain:
+        if op == "nt_xent":
+            return L.nt_xent(z1, z2, temperature=t, reduction=reduction, backend=backend)
+        if op == "info_nce":
+            return L.info_nce(z1, z2, negatives=queue, temperature=t, reduction=reduction, backend=backend)
+        return L.clip_loss(z1, z2, logit_scale=1 / t, symmetric=op == "clip", reduction=reduction, backend=backend)
+    n = z1.shape[0]
+    if op == "nt_xent":
+        u = F.normalize(torch.cat([z1, z2]), dim=1)
+        logits = (u @ u.T / t).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=u.device), float("-inf"))
+        return F.cross_entropy(logits, torch.arange(2 * n, device=u.device).roll(n), reduction=reduction)
+    q, k = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    target = torch.arange(n, device=q.device)
+    if op == "info_nce":
+        logits = torch.cat([q @ k.T, q @ F.normalize(queue, dim=1).T], dim=1) / t
+        return F.cross_entropy(logits, target, reduction=reduction)
+    logits = (1 / t) * q @ k.T
+    image_to_text = F.cross_entropy(logits, target, reduction=reduction)
+    if op == "clip_one_direction":
+        return image_to_text
+    return (image_to_text + F.cross_entropy(logits.T, target, reduction=reduction)) / 2
+
+
+def _small_loss_case_param(lane, case):
+    marks = []
+    if lane.name == "cuda":  # issue 25: the CUDA kernel bodies stay as they are until they have run on a GPU
+        marks.append(pytest.mark.xfail(reason="csrc/contrastive_cuda.cu still forms the positive term as "
+                                              "e^x - 1/|P| (not expm1): to be changed and checked on a GPU",
+                                       strict=False))
+    param = lane_param(lane, *case)
+    return pytest.param(*param.values, marks=[*param.marks, *marks], id=param.id)
+
+
+@pytest.mark.parametrize("lane,op,t,cone,noise", [_small_loss_case_param(lane, case) for lane in LANES
+                                                  for case in SMALL_LOSS_OPS])
+def test_small_losses_every_op_against_plain_fp32(lane, op, t, cone, noise, rng):
+    """fp32 at small losses, every op (CLIP both ways): the per-row values and the gradients of both inputs against
+    float64 (the textbook forms of synthcl_fast.reference), pooled over three draws, are
+    - within 2x the error of plain fp32 cross-entropy over the materialized logits on the same inputs (norm-wise
+      relative errors), and
+    - within the rounding of the logits: 16 eps / t (eps = 2^-24 in fp32; |s| <= 1/t, so every fp32 logit is off by
+      up to ~eps / t, and each p_ij by as much relative), or the lane's declared tolerance where that is larger.
+      Forming the positive's term as a rounded e^x minus 1/|P|, or the loss from a rounded S_i = 1 + (loss), errs
+      by eps / L_i instead: far more at a small loss (plain fp32 cross-entropy does, hence the second bar)."""
+    n, dim = 64, 32
+    errors, plain_errors = {}, {}
+    for _ in range(3):
+        z1 = torch.randn(n, dim, generator=rng, dtype=torch.float64)
+        if cone is not None:
+            base = torch.randn(1, dim, generator=rng, dtype=torch.float64)
+            z1 = base + cone * z1 * base.norm() / dim**0.5
+        z2 = z1 + noise * torch.randn(n, dim, generator=rng, dtype=torch.float64) * z1.norm(dim=1, keepdim=True) \
+            / dim**0.5
+        queue = torch.randn(40, dim, generator=rng, dtype=torch.float64)
+        a, a64 = _pair(lane, z1, torch.float32)
+        b, b64 = _pair(lane, z2, torch.float32)
+        q, q64 = _pair(lane, queue, torch.float32, requires_grad=False)
+        kwargs = dict(negatives=q64) if op == "info_nce" else {}
+        named = {"nt_xent": ref.nt_xent, "info_nce": ref.info_nce}.get(op)
+        def expected(reduction):
+            if named is not None:
+                return named(a64, b64, temperature=t, reduction=reduction, **kwargs)
+            return ref.clip_loss(a64, b64, logit_scale=1 / t, symmetric=op == "clip", reduction=reduction)
+        rows64 = expected("none").detach()
+        grads64 = torch.autograd.grad(expected("mean"), (a64, b64))
+        rows = _small_loss_problem(op, t, lane.name, a, b, q, "none").detach()
+        grads = torch.autograd.grad(_small_loss_problem(op, t, lane.name, a, b, q, "mean"), (a, b))
+        p1, p2 = (x.detach().cpu().requires_grad_() for x in (a, b))
+        plain_rows = _small_loss_problem(op, t, None, p1, p2, q.cpu(), "none", plain=True).detach()
+        plain_grads = torch.autograd.grad(_small_loss_problem(op, t, None, p1, p2, q.cpu(), "mean", plain=True),
+                                          (p1, p2))
+        for name, got, plain, want in [("value", rows, plain_rows, rows64), ("grad z1", grads[0], plain_grads[0],
+                                       grads64[0]), ("grad z2", grads[1], plain_grads[1], grads64[1])]:
+            errors.setdefault(name, []).append((got.cpu().double().flatten(), want.cpu().flatten()))
+            plain_errors.setdefault(name, []).append(plain.double().flatten())
+    value_tol, grad_tol = lane.tolerances(torch.float32)
+    loss = float(torch.cat([w for _, w in errors["value"]]).mean())
+    for name, pairs in errors.items():
+        got, want = torch.cat([g for g, _ in pairs]), torch.cat([w for _, w in pairs])
+        # norm-wise (not the largest element's): the error of every row and element counts, not the luck of one
+        error, plain = ((x - want).norm() / want.norm() for x in (got, torch.cat(plain_errors[name])))
+        error, plain = float(error), float(plain)
+        logit_rounding = max(16 * 2.0**-24 / t, value_tol if name == "value" else grad_tol)
+        what = _what(f"{op} t={t} cone={cone} loss {loss:.1e} {name}")
+        assert error <= 2 * plain, f"{what}: error {error:.2e} > 2x plain fp32 cross-entropy's {plain:.2e}"
+        assert error <= logit_rounding, f"{what}: error {error:.2e} beyond the logits' rounding {logit_rounding:.2e}"
+
+
 # --------------------------------------------------------------------------------------------- edge cases
 
 @pytest.mark.parametrize("lane", [lane_param(lane) for lane in LANES])

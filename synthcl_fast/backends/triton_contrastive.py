@@ -597,21 +597,52 @@ def _hard_term(s, r0, r1, r2, l0, l1, l2, a0, a1, a2, a3, c0, c1, positive, AXIS
 
 
 @triton.jit
+def _exp_minus(x, b):
+    """e^x - b (0 <= b <= 1) without rounding e^x first, as csrc/common.h's exp_minus: x = n ln2 + r (|r| <= ln2/2),
+    e^x - b = 2^n expm1(r) + (2^n - b), expm1(r) by its Taylor series in Horner form, r (1 + r/2 (1 + r/3 (...)))
+    to r^9 / 9! in float32 (remainder < 3e-10 relative), r^17 / 17! in float64 (< 1e-22), 2^n from the exponent
+    bits (exact). Where b is a power of two near e^x (b = 1/|P| = 1 for one positive at a small loss) 2^n - b is
+    exact and the difference keeps expm1(r)'s relative accuracy; e^x rounded first keeps it only to eps absolute.
+    b = 0: e^x. Clamped below (e^x ~ 1e-38 in float32, 1e-308 in float64), like exp_nonpositive."""
+    if x.dtype == tl.float64:
+        x = tl.maximum(x, -708.0)
+        n = tl.floor(x * 1.4426950408889634 + 0.5)
+        r = (x - n * 0.6931471803691238) - n * 1.9082149292705877e-10
+        series = tl.full(x.shape, 1.0, x.dtype)
+        for k in tl.static_range(17, 1, -1):
+            series = 1.0 + r * series / k
+        n = tl.where(n == n, n, 0.0).to(tl.int64)
+        scale = ((n + 1023) << 52).to(tl.float64, bitcast=True)
+    else:
+        x = tl.maximum(x, -87.0)
+        n = tl.floor(x * 1.44269504 + 0.5)
+        r = (x - n * 0.693359375) + n * 2.12194440e-4
+        series = tl.full(x.shape, 1.0, x.dtype)
+        for k in tl.static_range(9, 1, -1):
+            series = 1.0 + r * series / k
+        n = tl.where(n == n, n, 0.0).to(tl.int32)
+        scale = ((n + 127) << 23).to(tl.float32, bitcast=True)
+    return scale * (r * series) + (scale - b)
+
+
+@triton.jit
 def _softmax_term(s, row_max, log_sum, n_positive, weight, positive, AXIS: tl.constexpr):
     """(w (p - P/|P|), s - m) for statistics along rows (AXIS 0: one value per tile row) or columns (AXIS 1),
-    p = exp((s - m) - log S); the term is exactly 0 for a row without positives (whose m may be -inf: no
-    inf * 0 = NaN)."""
+    p = exp(x), x = (s - m) - log S; the term is exactly 0 for a row without positives (whose m may be -inf: no
+    inf * 0 = NaN). p - [positive] / |P| is formed by _exp_minus, not as a rounded e^x minus 1/|P|: at a small loss
+    p -> 1/|P| (for |P| = 1, x = -L_i), and e^x rounded near 1 keeps p - 1 only to eps absolute, eps / L_i relative
+    (the error of a plain fp32 cross-entropy's softmax - 1)."""
     valid = n_positive > 0
     row_max = tl.where(valid, row_max, 0.0)
     log_sum = tl.where(valid, log_sum, 0.0)
     inv_npos = 1.0 / tl.maximum(n_positive, 1).to(s.dtype)
     if AXIS == 0:
         shifted = s - row_max[:, None]
-        term = weight[:, None] * (tl.exp(shifted - log_sum[:, None]) - tl.where(positive, inv_npos[:, None], 0.0))
+        term = weight[:, None] * _exp_minus(shifted - log_sum[:, None], tl.where(positive, inv_npos[:, None], 0.0))
         return tl.where(valid[:, None], term, 0.0), shifted
     else:
         shifted = s - row_max[None, :]
-        term = weight[None, :] * (tl.exp(shifted - log_sum[None, :]) - tl.where(positive, inv_npos[None, :], 0.0))
+        term = weight[None, :] * _exp_minus(shifted - log_sum[None, :], tl.where(positive, inv_npos[None, :], 0.0))
         return tl.where(valid[None, :], term, 0.0), shifted
 
 
