@@ -339,6 +339,9 @@ SYNTHCL_FAST_INLINE T row_gradient_both_impl(T* s, int64_t n, T row_max, T row_l
 //   negative:  w coef e^{x_j}                          (coef: 1 for "negatives"; c_i for "per_positive")
 //   positive:  w (pos_scale sigmoid(x_j) - pos_weight) (pos_scale: 0, or 1/|P| for "per_positive";
 //                                                       pos_weight = w'_i / |P|)
+//            = w ((pos_scale - pos_weight) - pos_scale sigmoid(-x_j)): at a small "per_positive" loss x_j >> 0,
+//              sigmoid(x_j) -> 1, and a rounded sigmoid(x_j) minus w' = 1 would keep sigmoid(-x_j) (~ the loss)
+//              only to eps absolute.
 // Returns sum_j G_j (s_j - m).
 template <typename T>
 SYNTHCL_FAST_INLINE T row_gradient_variant_impl(T* s, int64_t n, T row_max, T row_log_sum, T w, T coef, T pos_scale,
@@ -350,8 +353,8 @@ SYNTHCL_FAST_INLINE T row_gradient_variant_impl(T* s, int64_t n, T row_max, T ro
     const bool positive = labels[j] == label && labels[j] >= 0;
     const T x = shifted - row_log_sum;
     const T e = exp_nonpositive(positive ? -std::abs(x) : x);  // e^{-|x|} for a positive: sigmoid without overflow
-    const T sigmoid = x <= T(0) ? e / (T(1) + e) : T(1) / (T(1) + e);
-    const T g = w * (positive ? pos_scale * sigmoid - pos_weight : coef * e);
+    const T sigmoid_minus = x <= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);  // sigmoid(-x)
+    const T g = w * (positive ? (pos_scale - pos_weight) - pos_scale * sigmoid_minus : coef * e);
     gs += g * shifted;
     s[j] = g;
   }

@@ -366,15 +366,20 @@ def hard_negative_row_loss(lse_hard, lse_soft, lse_positive, positive_mean, n_ne
     has_positive = n_positive > 0
     log_ng = log_negative_mass_from_stats(lse_hard, lse_soft, lse_positive, n_negative, n_positive, temperature,
                                           beta, tau_plus)
+    weight = 1.0 if positive_weight is None else positive_weight
     if denominator == "all":
-        # (rows without a positive get 0 in place of -inf: logaddexp(-inf, -inf) has a NaN derivative)
-        log_denominator = torch.logaddexp(torch.where(has_positive, lse_positive, 0.0), log_ng)
+        # log(e^a + e^b) - mean_p s_ip with a = lse_P(i) s, b = log Ng_i, formed as (max(a, b) - mean_p s_ip) +
+        # log1p(e^{-|a - b|}) (+ (1 - w_i) mean_p s_ip): at a small loss a >> b, max - mean is exactly 0 for one
+        # positive, and log1p keeps the loss's own accuracy where logaddexp(a, b) - mean would keep eps |a| absolute
+        # (rows without a positive get 0 in place of -inf: -inf - -inf has a NaN derivative)
+        a = torch.where(has_positive, lse_positive, 0.0)
+        high, low = torch.maximum(a, log_ng), torch.minimum(a, log_ng)
+        row_loss = (high - positive_mean) + torch.log1p(torch.exp(low - high)) + (1 - weight) * positive_mean
     elif denominator == "negatives":
-        log_denominator = log_ng
+        row_loss = log_ng - weight * positive_mean
     else:
         raise ValueError(f"denominator must be 'all' or 'negatives' here, got {denominator!r}")
-    weighted_mean = positive_mean if positive_weight is None else positive_weight * positive_mean
-    return torch.where(has_positive, log_denominator - weighted_mean, torch.zeros_like(log_denominator))
+    return torch.where(has_positive, row_loss, torch.zeros_like(row_loss))
 
 
 def contrastive_loss_variant(

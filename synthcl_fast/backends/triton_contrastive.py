@@ -540,7 +540,7 @@ def _variant_term(s, row_max, log_sum, n_positive, weight, coef, positive_weight
                   PER_POSITIVE: tl.constexpr):
     """The variants' (G, s - m) (reference.contrastive_loss_variant; m, S over the negatives), x = s - m - log S:
         negative: w coef e^x          (coef: 1 for "negatives", c_i for "per_positive"; x <= 0)
-        positive: w (sigmoid(x) / |P| [per_positive] - w' / |P|)
+        positive: w (sigmoid(x) / |P| [per_positive] - w' / |P|) = w ((1 - w') - sigmoid(-x)) / |P| [per_positive]
     0 for a row without positives. AXIS as in _softmax_term."""
     valid = n_positive > 0
     row_max = tl.where(valid, row_max, 0.0)
@@ -557,7 +557,9 @@ def _variant_term(s, row_max, log_sum, n_positive, weight, coef, positive_weight
     e = tl.exp(tl.where(positive, -tl.abs(x), x))  # e^{-|x|} for a positive: its sigmoid without overflow
     positive_term = -positive_weight * inv_npos
     if PER_POSITIVE:
-        positive_term += tl.where(x <= 0, e / (1.0 + e), 1.0 / (1.0 + e)) * inv_npos
+        # sigmoid(x) - w' = (1 - w') - sigmoid(-x): at a small loss x >> 0 and sigmoid(x) -> 1, and a rounded
+        # sigmoid(x) minus w' = 1 would keep sigmoid(-x) (~ the loss) only to eps absolute
+        positive_term = (1.0 - positive_weight - tl.where(x <= 0, 1.0 / (1.0 + e), e / (1.0 + e))) * inv_npos
     term = weight * tl.where(positive, positive_term, coef * e)
     return tl.where(valid, term, 0.0), shifted
 
