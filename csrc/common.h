@@ -175,4 +175,31 @@ inline float exp_nonpositive(float x) {
 
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
+// e^y - b for 0 <= b <= 1, branch-free (vectorizes as exp_nonpositive does), formed from the same reduction
+// y = n ln2 + r as 2^n expm1(r) + (2^n - b), never as a rounded e^y minus b: where b is a power of two near e^y
+// (the gradient's positive term p - 1/|P| at a small loss: b = 1, e^y = 1 - (the loss) for one positive) 2^n - b
+// is exact and the difference keeps expm1(r)'s relative accuracy; e^y rounded first would keep it only to eps
+// absolute (eps / loss relative). For other b, 2^n - b rounds by eps |2^n - b|, as e^y - b would. b = 0: e^y.
+// Clamped below at -87 as exp_nonpositive; y may be positive (up to ~88).
+inline float exp_minus(float y, float b) {
+  y = y < -87.0f ? -87.0f : y;
+  const float rounding = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const float n = (y * 1.44269504088896341f + rounding) - rounding;
+  const float r = y - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float q = p * r * r + r;  // e^r - 1
+  const int32_t bits = (static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return scale * q + (scale - b);  // 2^n (e^r - 1) + 2^n - b = e^y - b
+}
+
+// b expm1(y - log b) = e^y - b without rounding e^y first (b = 1: expm1(y)).
+inline double exp_minus(double y, double b) { return b == 0.0 ? std::exp(y) : b * std::expm1(y - std::log(b)); }
+
 }  // namespace synthcl_fast

@@ -286,7 +286,16 @@ SYNTHCL_FAST_INLINE void row_sums_impl(const T* s, int64_t n, T shift, const int
   out.n_positive += n_positive;
 }
 
-// G_j = w (exp((s_j - m) - log S) - [j in P] / |P|) in place of s_j; returns sum_j G_j (s_j - m).
+// w (p_j - [j in P] c) with p_j = e^{x_j}, x_j = (s_j - m) - log S, c = 1/|P|, formed by exp_minus (e^x - c from
+// 2^n expm1(r) + (2^n - c)), not as a rounded e^{x_j} minus c: at a small loss p_j -> c (for |P| = 1,
+// x_j = -L_i), and e^{x_j} rounded near c keeps p_j - c only to eps c absolute, eps / L_i relative (the error of
+// a plain fp32 cross-entropy's softmax - 1). The same operations per element as e^x - c.
+template <typename T>
+SYNTHCL_FAST_INLINE T softmax_term(T shifted, T log_sum, bool positive, T w, T c) {
+  return w * exp_minus(shifted - log_sum, positive ? c : T(0));
+}
+
+// G_j = w (exp((s_j - m) - log S) - [j in P] / |P|) in place of s_j (softmax_term); returns sum_j G_j (s_j - m).
 template <typename T>
 SYNTHCL_FAST_INLINE T row_gradient_impl(T* s, int64_t n, T row_max, T row_log_sum, T w, T positive_weight,
                                         const int64_t* labels, int64_t label) {
@@ -295,7 +304,7 @@ SYNTHCL_FAST_INLINE T row_gradient_impl(T* s, int64_t n, T row_max, T row_log_su
   for (int64_t j = 0; j < n; ++j) {
     const T shifted = s[j] - row_max;
     const bool positive = labels[j] == label && labels[j] >= 0;
-    const T g = w * (exp_nonpositive(shifted - row_log_sum) - (positive ? positive_weight : T(0)));
+    const T g = softmax_term(shifted, row_log_sum, positive, w, positive_weight);
     gs += g * shifted;
     s[j] = g;
   }
@@ -320,10 +329,9 @@ SYNTHCL_FAST_INLINE T row_gradient_both_impl(T* s, int64_t n, T row_max, T row_l
     const bool col_live = col.weight[j] != T(0);
     const T own_shifted = s[j] - row_max;
     const T other_shifted = s[j] - (col_live ? col.max[j] : T(0));
-    const T own = w * (exp_nonpositive(own_shifted - row_log_sum) - (positive ? positive_weight : T(0)));
-    const T other = col_live ? col.weight[j] * (exp_nonpositive(other_shifted - col.log_sum[j]) -
-                                                (positive ? col.inv_positives[j] : T(0)))
-                             : T(0);
+    const T own = softmax_term(own_shifted, row_log_sum, positive, w, positive_weight);
+    const T other =
+        col_live ? softmax_term(other_shifted, col.log_sum[j], positive, col.weight[j], col.inv_positives[j]) : T(0);
     gs += own * own_shifted + other * other_shifted;
     s[j] = own + other;
   }
@@ -334,6 +342,9 @@ SYNTHCL_FAST_INLINE T row_gradient_both_impl(T* s, int64_t n, T row_max, T row_l
 //   negative:  w coef e^{x_j}                          (coef: 1 for "negatives"; c_i for "per_positive")
 //   positive:  w (pos_scale sigmoid(x_j) - pos_weight) (pos_scale: 0, or 1/|P| for "per_positive";
 //                                                       pos_weight = w'_i / |P|)
+//            = w ((pos_scale - pos_weight) - pos_scale sigmoid(-x_j)): at a small "per_positive" loss x_j >> 0,
+//              sigmoid(x_j) -> 1, and a rounded sigmoid(x_j) minus w' = 1 would keep sigmoid(-x_j) (~ the loss)
+//              only to eps absolute.
 // Returns sum_j G_j (s_j - m).
 template <typename T>
 SYNTHCL_FAST_INLINE T row_gradient_variant_impl(T* s, int64_t n, T row_max, T row_log_sum, T w, T coef, T pos_scale,
@@ -345,8 +356,8 @@ SYNTHCL_FAST_INLINE T row_gradient_variant_impl(T* s, int64_t n, T row_max, T ro
     const bool positive = labels[j] == label && labels[j] >= 0;
     const T x = shifted - row_log_sum;
     const T e = exp_nonpositive(positive ? -std::abs(x) : x);  // e^{-|x|} for a positive: sigmoid without overflow
-    const T sigmoid = x <= T(0) ? e / (T(1) + e) : T(1) / (T(1) + e);
-    const T g = w * (positive ? pos_scale * sigmoid - pos_weight : coef * e);
+    const T sigmoid_minus = x <= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);  // sigmoid(-x)
+    const T g = w * (positive ? (pos_scale - pos_weight) - pos_scale * sigmoid_minus : coef * e);
     gs += g * shifted;
     s[j] = g;
   }

@@ -27,6 +27,9 @@ Gradients, with w_i = dLoss/dL_i (1/#rows with a positive for "mean"; 0 for a ro
 
     p_ij       = exp((s_ij - m_i) - log S_i)                                 # softmax over N(i)
     G_ij       = dLoss/ds_ij = w_i (p_ij - [j in P(i)] / |P(i)|)             # 0 for j not in N(i)
+               = w_i c expm1((s_ij - m_i) - log S_i - log c)  for j in P(i), c = 1/|P(i)|
+                 (never a rounded p_ij minus c: at a small loss p_ij -> c and the difference, ~ the loss, would
+                 keep only eps absolute; here log S_i = log1p(S_i - 1) from the terms other than the max)
     dLoss/du_i = (1/t) sum_j G_ij v_j          dLoss/dv_j = (1/t) sum_i G_ij u_i   (summed when A is C)
     dLoss/dt   = -(1/t) sum_ij G_ij s_ij = -(1/t) sum_ij G_ij (s_ij - m_i)   # sum_j G_ij = 0: shift-free form
     dLoss/dx   = (du - u (u . du)) / ||x||       and 0 for a row with ||x|| <= eps (a constant: see below)
@@ -143,10 +146,20 @@ def contrastive_loss(
     # Rows without a positive contribute 0; their logits are replaced so that an empty denominator
     # (R = K = 1 with exclude_self) gives no NaN, not even in the gradient of the unused branch.
     logits = torch.where(has_positive[:, None], logits.masked_fill(~allowed, float("-inf")), torch.zeros_like(logits))
-    row_max = logits.amax(dim=1, keepdim=True).detach()  # the loss does not depend on the shift
+    # m_i = s_ik, the logit itself (k = argmax, chosen without gradient), and
+    # log S_i = log1p(sum_{j != k} e^{s_ij - m_i}): near a small loss S_i = 1 + (the loss), and a log of S_i rounded
+    # first (logsumexp) keeps that part only to eps absolute; log1p keeps it to eps relative. m_i is differentiated,
+    # not detached, and the gap leaves out the term m_i - s_ik (0, whether or not k is a positive): the derivative
+    # for s_ik is then -sum_{j != k} p_ij (+ 1 from the gap's other terms' m_i), i.e. p_ik - 1 for a positive max,
+    # never formed as a rounded 1 minus 1 (a detached m_i makes autograd add e^{s_ik - lse_i} ~ 1 and -1; a gap
+    # term m_i - s_ik adds +1 and -1).
+    top = logits.detach().argmax(dim=1, keepdim=True)
+    row_max = logits.gather(1, top)
     shifted = logits - row_max  # s_ij - m_i
-    log_sum = torch.logsumexp(shifted, dim=1)  # log S_i
-    positive_gap = torch.where(positive, -shifted, torch.zeros_like(shifted)).sum(dim=1) / n_positive.clamp_min(1)
+    others = torch.ones_like(allowed).scatter_(1, top, False)
+    log_sum = torch.log1p(torch.where(others, shifted.exp(), torch.zeros_like(shifted)).sum(dim=1))  # log S_i
+    positive_gap = (torch.where(positive & others, -shifted, torch.zeros_like(shifted)).sum(dim=1)
+                    / n_positive.clamp_min(1))
     row_loss = torch.where(has_positive, positive_gap + log_sum, torch.zeros_like(log_sum))
     return reduce_rows(row_loss, has_positive, reduction)
 
@@ -353,15 +366,20 @@ def hard_negative_row_loss(lse_hard, lse_soft, lse_positive, positive_mean, n_ne
     has_positive = n_positive > 0
     log_ng = log_negative_mass_from_stats(lse_hard, lse_soft, lse_positive, n_negative, n_positive, temperature,
                                           beta, tau_plus)
+    weight = 1.0 if positive_weight is None else positive_weight
     if denominator == "all":
-        # (rows without a positive get 0 in place of -inf: logaddexp(-inf, -inf) has a NaN derivative)
-        log_denominator = torch.logaddexp(torch.where(has_positive, lse_positive, 0.0), log_ng)
+        # log(e^a + e^b) - mean_p s_ip with a = lse_P(i) s, b = log Ng_i, formed as (max(a, b) - mean_p s_ip) +
+        # log1p(e^{-|a - b|}) (+ (1 - w_i) mean_p s_ip): at a small loss a >> b, max - mean is exactly 0 for one
+        # positive, and log1p keeps the loss's own accuracy where logaddexp(a, b) - mean would keep eps |a| absolute
+        # (rows without a positive get 0 in place of -inf: -inf - -inf has a NaN derivative)
+        a = torch.where(has_positive, lse_positive, 0.0)
+        high, low = torch.maximum(a, log_ng), torch.minimum(a, log_ng)
+        row_loss = (high - positive_mean) + torch.log1p(torch.exp(low - high)) + (1 - weight) * positive_mean
     elif denominator == "negatives":
-        log_denominator = log_ng
+        row_loss = log_ng - weight * positive_mean
     else:
         raise ValueError(f"denominator must be 'all' or 'negatives' here, got {denominator!r}")
-    weighted_mean = positive_mean if positive_weight is None else positive_weight * positive_mean
-    return torch.where(has_positive, log_denominator - weighted_mean, torch.zeros_like(log_denominator))
+    return torch.where(has_positive, row_loss, torch.zeros_like(row_loss))
 
 
 def contrastive_loss_variant(
@@ -394,6 +412,9 @@ def contrastive_loss_variant(
         candidate_labels = anchor_labels if self_candidates else torch.arange(n_cols, device=device)
 
     u, v = l2_normalize(anchors, eps), l2_normalize(candidates, eps)
+    # the validated temperature, as in contrastive_loss: out of range, NaN (the fused ops' contract), also in the
+    # floor n_i e^{-1/t} of log_negative_mass
+    temperature = valid_temperature(temperature)
     logits = (u @ v.T) / temperature
     positive = (anchor_labels[:, None] == candidate_labels[None, :]) & (candidate_labels[None, :] >= 0)
     in_denominator = torch.ones_like(positive)

@@ -604,6 +604,132 @@ def test_small_losses_as_accurate_as_plain_fp32(lane, dtype, case, rng):
     assert_close(grad, grad64, max(2 * plain_grad_error, grad_tol), f"{what} grad (plain fp32 {plain_grad_error:.1e})")
 
 
+# Small losses for every op, CLIP's two directions included: (name, t, cone, noise) with mean losses of about
+# nt_xent t = 0.1: 3e-2, 0.04: 3e-6; info_nce (a queue of 40) 0.04: 3e-6; clip (logit_scale 100) cone 0.3: 9e-2,
+# 0.5: 1e-4, 0.7: 7e-7; NT-Xent with denominator="per_positive" 0.04: 3e-5; with HCL's beta = 0.5 0.05: 5e-4.
+# Rows in a cone of that relative spread around one direction (None: anywhere), each pair within `noise` of each
+# other (D = 32).
+SMALL_LOSS_OPS = [("nt_xent", 0.1, None, 3e-2), ("nt_xent", 0.04, None, 3e-2), ("info_nce", 0.04, None, 3e-2),
+                  ("clip", 0.01, 0.3, 1e-2), ("clip", 0.01, 0.5, 1e-2), ("clip", 0.01, 0.7, 1e-2),
+                  ("clip_one_direction", 0.01, 0.5, 1e-2), ("clip_one_direction", 0.01, 0.7, 1e-2),
+                  ("per_positive", 0.04, None, 3e-2), ("hard_negatives", 0.05, None, 3e-2)]
+# The variants' gradients are within the logits' rounding but not yet within 2x plain fp32's error on every draw
+# (worst of 10 draws: per_positive 2.3x, hard negatives 5x; mean ~1x): not done (issue 25), so only their values
+# are held to the 2x bar.
+GRADIENT_NOT_YET_WITHIN_2X_PLAIN = ("per_positive", "hard_negatives")
+
+
+def _small_loss_problem(op, t, backend, z1, z2, queue, reduction, plain=False):
+    """The op on (z1, z2): the library's with `backend`; plain=True: F.normalize, a matmul and F.cross_entropy
+    over the materialized logits (what open_clip, lightly and solo-learn compute), in the inputs' dtype; for the
+    variants their authors' plain forms: per_positive as pytorch-metric-learning's NTXentLoss (softplus of the
+    negatives' log-sum-exp minus the positive), hard_negatives as Robinson et al.'s code
+    (reference.hard_negative_nt_xent)."""
+    if op == "hard_negatives":
+        if plain:
+            return ref.hard_negative_nt_xent(z1, z2, temperature=t, beta=0.5, reduction=reduction)
+        return L.nt_xent(z1, z2, temperature=t, beta=0.5, reduction=reduction, backend=backend)
+    if op == "per_positive" and not plain:
+        labels = torch.arange(z1.shape[0], device=z1.device).repeat(2)
+        return L.contrastive_loss(torch.cat([z1, z2]), None, labels, temperature=t, denominator="per_positive",
+                                  reduction=reduction, backend=backend)
+    if not plain:
+        if op == "nt_xent":
+            return L.nt_xent(z1, z2, temperature=t, reduction=reduction, backend=backend)
+        if op == "info_nce":
+            return L.info_nce(z1, z2, negatives=queue, temperature=t, reduction=reduction, backend=backend)
+        return L.clip_loss(z1, z2, logit_scale=1 / t, symmetric=op == "clip", reduction=reduction, backend=backend)
+    n = z1.shape[0]
+    if op in ("nt_xent", "per_positive"):
+        u = F.normalize(torch.cat([z1, z2]), dim=1)
+        logits = (u @ u.T / t).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=u.device), float("-inf"))
+        other = torch.arange(2 * n, device=u.device).roll(n)
+        if op == "nt_xent":
+            return F.cross_entropy(logits, other, reduction=reduction)
+        positive_logit = logits.gather(1, other[:, None]).squeeze(1)
+        negatives = torch.logsumexp(logits.scatter(1, other[:, None], float("-inf")), dim=1)
+        rows = F.softplus(negatives - positive_logit)
+        return rows if reduction == "none" else rows.mean()
+    q, k = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    target = torch.arange(n, device=q.device)
+    if op == "info_nce":
+        logits = torch.cat([q @ k.T, q @ F.normalize(queue, dim=1).T], dim=1) / t
+        return F.cross_entropy(logits, target, reduction=reduction)
+    logits = (1 / t) * q @ k.T
+    image_to_text = F.cross_entropy(logits, target, reduction=reduction)
+    if op == "clip_one_direction":
+        return image_to_text
+    return (image_to_text + F.cross_entropy(logits.T, target, reduction=reduction)) / 2
+
+
+def _small_loss_case_param(lane, case):
+    marks = []
+    if lane.name == "cuda":  # issue 25: the CUDA kernel bodies stay as they are until they have run on a GPU
+        marks.append(pytest.mark.xfail(reason="csrc/contrastive_cuda.cu still forms the positive term as "
+                                              "e^x - 1/|P| (not expm1): to be changed and checked on a GPU",
+                                       strict=False))
+    param = lane_param(lane, *case)
+    return pytest.param(*param.values, marks=[*param.marks, *marks], id=param.id)
+
+
+@pytest.mark.parametrize("lane,op,t,cone,noise", [_small_loss_case_param(lane, case) for lane in LANES
+                                                  for case in SMALL_LOSS_OPS])
+def test_small_losses_every_op_against_plain_fp32(lane, op, t, cone, noise, rng):
+    """fp32 at small losses, every op (CLIP both ways): the per-row values and the gradients of both inputs against
+    float64 (the textbook forms of synthcl_fast.reference), pooled over three draws, are
+    - within 2x the error of plain fp32 cross-entropy over the materialized logits on the same inputs (norm-wise
+      relative errors), and
+    - within the rounding of the logits: 16 eps / t (eps = 2^-24 in fp32; |s| <= 1/t, so every fp32 logit is off by
+      up to ~eps / t, and each p_ij by as much relative), or the lane's declared tolerance where that is larger.
+      Forming the positive's term as a rounded e^x minus 1/|P|, or the loss from a rounded S_i = 1 + (loss), errs
+      by eps / L_i instead: far more at a small loss (plain fp32 cross-entropy does, hence the second bar)."""
+    n, dim = 64, 32
+    errors, plain_errors = {}, {}
+    for _ in range(3):
+        z1 = torch.randn(n, dim, generator=rng, dtype=torch.float64)
+        if cone is not None:
+            base = torch.randn(1, dim, generator=rng, dtype=torch.float64)
+            z1 = base + cone * z1 * base.norm() / dim**0.5
+        z2 = z1 + noise * torch.randn(n, dim, generator=rng, dtype=torch.float64) * z1.norm(dim=1, keepdim=True) \
+            / dim**0.5
+        queue = torch.randn(40, dim, generator=rng, dtype=torch.float64)
+        a, a64 = _pair(lane, z1, torch.float32)
+        b, b64 = _pair(lane, z2, torch.float32)
+        q, q64 = _pair(lane, queue, torch.float32, requires_grad=False)
+        kwargs = dict(negatives=q64) if op == "info_nce" else {}
+        named = {"nt_xent": ref.nt_xent, "info_nce": ref.info_nce}.get(op)
+        def expected(reduction):
+            if op in ("per_positive", "hard_negatives"):  # the authors' forms, in float64
+                return _small_loss_problem(op, t, None, a64, b64, q64, reduction, plain=True)
+            if named is not None:
+                return named(a64, b64, temperature=t, reduction=reduction, **kwargs)
+            return ref.clip_loss(a64, b64, logit_scale=1 / t, symmetric=op == "clip", reduction=reduction)
+        rows64 = expected("none").detach()
+        grads64 = torch.autograd.grad(expected("mean"), (a64, b64))
+        rows = _small_loss_problem(op, t, lane.name, a, b, q, "none").detach()
+        grads = torch.autograd.grad(_small_loss_problem(op, t, lane.name, a, b, q, "mean"), (a, b))
+        p1, p2 = (x.detach().cpu().requires_grad_() for x in (a, b))
+        plain_rows = _small_loss_problem(op, t, None, p1, p2, q.cpu(), "none", plain=True).detach()
+        plain_grads = torch.autograd.grad(_small_loss_problem(op, t, None, p1, p2, q.cpu(), "mean", plain=True),
+                                          (p1, p2))
+        for name, got, plain, want in [("value", rows, plain_rows, rows64), ("grad z1", grads[0], plain_grads[0],
+                                       grads64[0]), ("grad z2", grads[1], plain_grads[1], grads64[1])]:
+            errors.setdefault(name, []).append((got.cpu().double().flatten(), want.cpu().flatten()))
+            plain_errors.setdefault(name, []).append(plain.double().flatten())
+    value_tol, grad_tol = lane.tolerances(torch.float32)
+    loss = float(torch.cat([w for _, w in errors["value"]]).mean())
+    for name, pairs in errors.items():
+        got, want = torch.cat([g for g, _ in pairs]), torch.cat([w for _, w in pairs])
+        # norm-wise (not the largest element's): the error of every row and element counts, not the luck of one
+        error, plain = ((x - want).norm() / want.norm() for x in (got, torch.cat(plain_errors[name])))
+        error, plain = float(error), float(plain)
+        logit_rounding = max(16 * 2.0**-24 / t, value_tol if name == "value" else grad_tol)
+        what = _what(f"{op} t={t} cone={cone} loss {loss:.1e} {name}")
+        if name == "value" or op not in GRADIENT_NOT_YET_WITHIN_2X_PLAIN:
+            assert error <= 2 * plain, f"{what}: error {error:.2e} > 2x plain fp32 cross-entropy's {plain:.2e}"
+        assert error <= logit_rounding, f"{what}: error {error:.2e} beyond the logits' rounding {logit_rounding:.2e}"
+
+
 # --------------------------------------------------------------------------------------------- edge cases
 
 @pytest.mark.parametrize("lane", [lane_param(lane) for lane in LANES])
@@ -865,6 +991,30 @@ def test_variant_dtypes(lane, denominator, dtype, reduction, t, rng):
                 [anchors64], t, reduction, lane.tolerances(dtype)[1], dtype,
                 _variant_row_temperature_derivatives(anchors64, anchors64, labels, labels, temperature64, True,
                                                      denominator=denominator)))
+
+
+@pytest.mark.parametrize("lane,denominator", [lane_param(lane, d) for lane in LANES for d in DENOMINATOR_VARIANTS
+                                              if torch.float16 in lane.dtypes
+                                              and _fuses(lane, [f"denominator={d!r}", "positive_weight"])])
+def test_variant_large_positive_weight_in_float16(lane, denominator, rng):
+    """float16 features with a large positive_weight w': |G_ij| reaches |w_i| (|w'_i| + 2), not |w_i|, so a kernel
+    that scales G by max |w| before rounding it to float16 for the products overflows (w' = 2e5: G / max|w| ~ 1e5
+    > 65504) although every gradient (~ w' / R) is well inside float16's range."""
+    n_rows, dim = 64, 16
+    x, x64 = _pair(lane, torch.randn(n_rows, dim, generator=rng), torch.float16)
+    labels = (torch.arange(n_rows) // 2).to(lane.device)
+    weight64 = 2e5 * (1 + torch.rand(n_rows, generator=rng, dtype=torch.float64)).to(lane.device)
+    actual = L.contrastive_loss(x, None, labels, temperature=1.0, denominator=denominator,
+                                positive_weight=weight64.float(), backend=lane.name)
+    expected = ref.contrastive_loss_variant(x64, None, labels, temperature=1.0, denominator=denominator,
+                                            positive_weight=weight64)
+    value_tol, grad_tol = lane.tolerances(torch.float16)
+    what = _what(f"{denominator} float16 positive_weight ~2e5")
+    assert_close(actual, expected, value_tol, f"{what} value")
+    (grad,), (grad64,) = torch.autograd.grad(actual, x), torch.autograd.grad(expected, x64)
+    assert grad64.abs().max() < 6e4, "the test's gradients must fit float16"
+    assert torch.isfinite(grad).all(), f"{what}: gradient not finite"
+    assert_close(grad, grad64, grad_tol, f"{what} gradient")
 
 
 @pytest.mark.parametrize("lane", [lane_param(lane) for lane in LANES

@@ -16,6 +16,10 @@ from synthcl_fast.backends.native import has_cuda_kernels, load_error
 
 # ---- everywhere: availability and registration -------------------------------------------------------
 
+# Every op of csrc/bindings.cpp; each has a CPU and, in a build with nvcc, a CUDA kernel.
+OPS = ("contrastive_forward", "contrastive_backward", "contrastive_variant_forward", "contrastive_variant_backward",
+       "hard_negative_stats_forward", "hard_negative_stats_backward", "positive_pair_forward")
+
 def _built_with_cuda() -> bool:
     info = Path(synthcl_fast.__file__).with_name("_build_info.json")
     return info.exists() and json.loads(info.read_text()).get("cuda") is not None
@@ -40,14 +44,25 @@ def test_cuda_kernels_registered_as_built():
     reason = BACKENDS["cuda"].unavailable_reason(torch.device("cuda"), torch.float32)
     if _built_with_cuda():
         assert has_cuda_kernels()
-        # the variant ops' CUDA entries are stubs that raise, naming the option (csrc/contrastive_cuda.cu)
-        for op in ("contrastive_forward", "contrastive_backward", "positive_pair_forward",
-                   "contrastive_variant_forward", "contrastive_variant_backward"):
+        # every op has its CUDA kernel (csrc/contrastive_cuda.cu, csrc/positive_pair_cuda.cu), the variants and
+        # the hard-negative statistics included
+        for op in OPS:
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"synthcl_fast::{op}", "CUDA"), op
         assert reason is None
     else:
         assert not has_cuda_kernels()
         assert "no CUDA kernels" in reason
+
+
+@pytest.mark.skipif(load_error() is not None, reason="the extension is not loaded")
+def test_op_list_names_every_op():
+    """OPS (what the registration test above checks for CUDA kernels) is every op the extension defines, each with
+    its CPU kernel: a new op cannot be left out of the CUDA check."""
+    defined = {name.removeprefix("synthcl_fast::") for name in torch._C._dispatch_get_all_op_names()
+               if name.startswith("synthcl_fast::")}
+    assert set(OPS) == defined
+    for op in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"synthcl_fast::{op}", "CPU"), op
 
 
 @pytest.mark.skipif(load_error() is not None, reason="the extension is not loaded")

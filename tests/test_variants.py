@@ -205,3 +205,20 @@ def test_cuda_takes_the_hard_negatives_and_names_the_combination_it_does_not_fus
     with pytest.raises(BackendUnavailableError, match=re.escape(f"backend 'cuda' does not fuse {HARD_PER_POSITIVE}")):
         backend_for_variant("cuda", cpu, torch.float32, per_positive)
     assert backend_for_variant("auto", cpu, torch.float32, per_positive).name == "reference"
+
+
+@pytest.mark.parametrize("option", VARIANT_OPTIONS)
+def test_invalid_temperature_tensor_gives_nan_on_every_path(generator, option):
+    """A tensor temperature out of range gives NaN (loss, feature and temperature gradients) whichever path computes
+    the variant: the reference (the fallback of "auto" for what no fused backend takes, e.g. per_positive with
+    tau_plus) follows the fused ops' contract, not finite values from the raw temperature."""
+    x, labels = inputs(generator)
+    kwargs = VARIANT_OPTIONS[option]
+    for backend in ["auto", "reference"] + [b for b in fused_cpu_backends() if not _unfused(b, kwargs)]:
+        for bad in (0.0, -0.5, 1e-9, float("inf"), float("nan")):
+            features = x.clone().requires_grad_()
+            t = torch.tensor(bad, requires_grad=True)
+            loss = L.contrastive_loss(features, None, labels, temperature=t, backend=backend, **kwargs)
+            grad_x, grad_t = torch.autograd.grad(loss, (features, t))
+            assert torch.isnan(loss) and torch.isnan(grad_x).all() and torch.isnan(grad_t), \
+                f"{option}, backend {backend}, temperature {bad}: loss {float(loss)}"

@@ -248,3 +248,40 @@ def test_interpreter_differences_are_listed_with_their_gpu_tests():
 
     for dtype in (torch.float16, torch.bfloat16):
         assert (triton_support.half_dot_operand(dtype) == tl.float32) == INTERPRETER
+
+
+@pytest.mark.parametrize("option", ["plain", "negatives", "per_positive", "hard_negatives"])
+def test_float16_gradient_scale_bounds_every_term(option, generator, monkeypatch):
+    """float16: the backward divides G by one scale before rounding it to float16 for the products, which must
+    bound |G_ij| (else a large positive_weight w' overflows float16 while every gradient fits): the same rule as
+    csrc/contrastive_cuda.cu's weight_max, max_i |w_i| (|w'_i| + 2) for the variants, max_i sum_k |a_k| for the
+    hard negatives, max_i |w_i| for the plain op, over the rows with a positive. Checked on the scale passed to
+    the kernels: the interpreter multiplies float16 operands in float32 (INTERPRETER_DIFFERENCES), where no
+    overflow shows; tests/test_conformance.py's test_variant_large_positive_weight_in_float16 shows it on a GPU."""
+    from synthcl_fast.backends import triton_contrastive
+
+    scales = []
+    original = triton_contrastive._launch_backward
+    monkeypatch.setattr(triton_contrastive, "_launch_backward",
+                        lambda *a: scales.append((a[2], a[6])) or original(*a))
+    x = (torch.randn(24, 8, generator=generator) * 3).half().to(DEVICE).requires_grad_()
+    labels = (torch.arange(24) // 2).to(DEVICE)
+    labels[-1] = 99  # a row without a positive: its weight is left out of the bound
+    positive_weight = (2e5 * (1 + torch.rand(24, generator=generator))).to(DEVICE)
+    kwargs = {"plain": {}, "negatives": {"denominator": "negatives", "positive_weight": positive_weight},
+              "per_positive": {"denominator": "per_positive", "positive_weight": positive_weight},
+              "hard_negatives": {"denominator": "negatives", "beta": 0.5, "tau_plus": 0.1}}[option]
+    upstream = torch.rand(24, generator=generator).to(DEVICE) / 24
+    upstream[-1] = 1.0  # the largest weight, on the row without a positive (whose G is 0)
+    loss = L.contrastive_loss(x, None, labels, temperature=0.5, reduction="none", backend="triton", **kwargs)
+    torch.autograd.grad(loss, x, upstream)
+    assert scales, "no backward launch"
+    live = labels != 99
+    for stats, scale in scales:
+        if option == "hard_negatives":
+            want = stats.weight.view(-1, 4).abs().sum(dim=1).amax()
+        elif option == "plain":
+            want = upstream[live].amax()
+        else:
+            want = (upstream * (positive_weight + 2))[live].amax()
+        assert_close(scale, want.float(), 1e-6, f"{option}: the float16 gradient scale")

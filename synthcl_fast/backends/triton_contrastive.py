@@ -540,7 +540,7 @@ def _variant_term(s, row_max, log_sum, n_positive, weight, coef, positive_weight
                   PER_POSITIVE: tl.constexpr):
     """The variants' (G, s - m) (reference.contrastive_loss_variant; m, S over the negatives), x = s - m - log S:
         negative: w coef e^x          (coef: 1 for "negatives", c_i for "per_positive"; x <= 0)
-        positive: w (sigmoid(x) / |P| [per_positive] - w' / |P|)
+        positive: w (sigmoid(x) / |P| [per_positive] - w' / |P|) = w ((1 - w') - sigmoid(-x)) / |P| [per_positive]
     0 for a row without positives. AXIS as in _softmax_term."""
     valid = n_positive > 0
     row_max = tl.where(valid, row_max, 0.0)
@@ -557,7 +557,9 @@ def _variant_term(s, row_max, log_sum, n_positive, weight, coef, positive_weight
     e = tl.exp(tl.where(positive, -tl.abs(x), x))  # e^{-|x|} for a positive: its sigmoid without overflow
     positive_term = -positive_weight * inv_npos
     if PER_POSITIVE:
-        positive_term += tl.where(x <= 0, e / (1.0 + e), 1.0 / (1.0 + e)) * inv_npos
+        # sigmoid(x) - w' = (1 - w') - sigmoid(-x): at a small loss x >> 0 and sigmoid(x) -> 1, and a rounded
+        # sigmoid(x) minus w' = 1 would keep sigmoid(-x) (~ the loss) only to eps absolute
+        positive_term = (1.0 - positive_weight - tl.where(x <= 0, 1.0 / (1.0 + e), e / (1.0 + e))) * inv_npos
     term = weight * tl.where(positive, positive_term, coef * e)
     return tl.where(valid, term, 0.0), shifted
 
@@ -597,21 +599,52 @@ def _hard_term(s, r0, r1, r2, l0, l1, l2, a0, a1, a2, a3, c0, c1, positive, AXIS
 
 
 @triton.jit
+def _exp_minus(x, b):
+    """e^x - b (0 <= b <= 1) without rounding e^x first, as csrc/common.h's exp_minus: x = n ln2 + r (|r| <= ln2/2),
+    e^x - b = 2^n expm1(r) + (2^n - b), expm1(r) by its Taylor series in Horner form, r (1 + r/2 (1 + r/3 (...)))
+    to r^9 / 9! in float32 (remainder < 3e-10 relative), r^17 / 17! in float64 (< 1e-22), 2^n from the exponent
+    bits (exact). Where b is a power of two near e^x (b = 1/|P| = 1 for one positive at a small loss) 2^n - b is
+    exact and the difference keeps expm1(r)'s relative accuracy; e^x rounded first keeps it only to eps absolute.
+    b = 0: e^x. Clamped below (e^x ~ 1e-38 in float32, 1e-308 in float64), like exp_nonpositive."""
+    if x.dtype == tl.float64:
+        x = tl.maximum(x, -708.0)
+        n = tl.floor(x * 1.4426950408889634 + 0.5)
+        r = (x - n * 0.6931471803691238) - n * 1.9082149292705877e-10
+        series = tl.full(x.shape, 1.0, x.dtype)
+        for k in tl.static_range(17, 1, -1):
+            series = 1.0 + r * series / k
+        n = tl.where(n == n, n, 0.0).to(tl.int64)
+        scale = ((n + 1023) << 52).to(tl.float64, bitcast=True)
+    else:
+        x = tl.maximum(x, -87.0)
+        n = tl.floor(x * 1.44269504 + 0.5)
+        r = (x - n * 0.693359375) + n * 2.12194440e-4
+        series = tl.full(x.shape, 1.0, x.dtype)
+        for k in tl.static_range(9, 1, -1):
+            series = 1.0 + r * series / k
+        n = tl.where(n == n, n, 0.0).to(tl.int32)
+        scale = ((n + 127) << 23).to(tl.float32, bitcast=True)
+    return scale * (r * series) + (scale - b)
+
+
+@triton.jit
 def _softmax_term(s, row_max, log_sum, n_positive, weight, positive, AXIS: tl.constexpr):
     """(w (p - P/|P|), s - m) for statistics along rows (AXIS 0: one value per tile row) or columns (AXIS 1),
-    p = exp((s - m) - log S); the term is exactly 0 for a row without positives (whose m may be -inf: no
-    inf * 0 = NaN)."""
+    p = exp(x), x = (s - m) - log S; the term is exactly 0 for a row without positives (whose m may be -inf: no
+    inf * 0 = NaN). p - [positive] / |P| is formed by _exp_minus, not as a rounded e^x minus 1/|P|: at a small loss
+    p -> 1/|P| (for |P| = 1, x = -L_i), and e^x rounded near 1 keeps p - 1 only to eps absolute, eps / L_i relative
+    (the error of a plain fp32 cross-entropy's softmax - 1)."""
     valid = n_positive > 0
     row_max = tl.where(valid, row_max, 0.0)
     log_sum = tl.where(valid, log_sum, 0.0)
     inv_npos = 1.0 / tl.maximum(n_positive, 1).to(s.dtype)
     if AXIS == 0:
         shifted = s - row_max[:, None]
-        term = weight[:, None] * (tl.exp(shifted - log_sum[:, None]) - tl.where(positive, inv_npos[:, None], 0.0))
+        term = weight[:, None] * _exp_minus(shifted - log_sum[:, None], tl.where(positive, inv_npos[:, None], 0.0))
         return tl.where(valid[:, None], term, 0.0), shifted
     else:
         shifted = s - row_max[None, :]
-        term = weight[None, :] * (tl.exp(shifted - log_sum[None, :]) - tl.where(positive, inv_npos[None, :], 0.0))
+        term = weight[None, :] * _exp_minus(shifted - log_sum[None, :], tl.where(positive, inv_npos[None, :], 0.0))
         return tl.where(valid[None, :], term, 0.0), shifted
 
 
@@ -634,9 +667,9 @@ def _contrastive_backward_kernel(
 
     FINAL: writes dX = normalize-backward((1/t) dU) in X's dtype. Otherwise writes dU (fp32/fp64) to
     DX[pid_s, row, feature] for _normalize_backward_kernel. COMPUTE_GS: GS[pid_s, row] = sum_j G_ij (s_ij - m),
-    each term shifted by the max of the statistics it comes from. USE_GSCALE (float16): G is divided by
-    max|w| before it is rounded to float16 for the product (w ~ 1/R would underflow float16) and the product
-    multiplied back. VARIANT (1 "negatives", 2 "per_positive"): G of _variant_term, with each side's c and w'
+    each term shifted by the max of the statistics it comes from. USE_GSCALE (float16): G is divided by the
+    largest bound on |G| (_gradient_bound) before it is rounded to float16 for the product (w ~ 1/R would
+    underflow float16, w' G would overflow it) and the product multiplied back. VARIANT (1 "negatives", 2 "per_positive"): G of _variant_term, with each side's c and w'
     (COEF_*, WP_*). VARIANT 3 (hard_negative_stats): G of _hard_term, each side's statistics in MAX_* (the
     references, 3 per row), LOGSUM_* (3 per row), W_* (the coefficients, 4 per row) and COEF_* (c_0, c_1).
     OWN_GRAD False (X frozen, the temperature learnable): only GS, no product and nothing written to DX."""
@@ -1114,6 +1147,23 @@ def _finish_feature_grad(own: _Side, partial: Tensor, temperature: Tensor) -> Te
     return dx
 
 
+def _gradient_bound(stats: _Stats) -> Tensor:
+    """Per row, a bound on |G_ij| over j (the float16 backward divides G by its max so that G stays in [-1, 1]
+    when rounded to float16 for the products; csrc/contrastive_cuda.cu's weight_max, the same rule):
+
+        plain op                      |G_ij| <= |w_i|                  (|p_ij - [j in P(i)] / |P(i)|| <= 1)
+        "negatives", "per_positive"   |G_ij| <= |w_i| (|w'_i| + 2)     (c_i p_ij <= 1, sigmoid <= 1, |w'_i| / |P(i)|)
+        hard negatives (a_k)          |G_ij| <= sum_k |a_k|            (each set's softmax term <= 1)
+
+    0 for a row without a positive (its G is 0), except for the hard negatives, whose a_k are 0 there already."""
+    if stats.variant == 3:
+        return stats.weight.view(-1, 4).abs().sum(dim=1)
+    bound = stats.weight.abs()
+    if stats.variant:
+        bound = bound * (stats.positive_weight.abs() + 2)
+    return torch.where(stats.n_positive > 0, bound, 0.0)
+
+
 def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | None, temperature: Tensor,
                exclude_self: bool, mask):
     """(grad of the anchors, grad of the candidates, grad of the temperature) for the weights in the stats,
@@ -1139,8 +1189,8 @@ def _gradients(rows: _Side, cols: _Side, row_stats: _Stats, col_stats: _Stats | 
     no_grad = (rows.x.new_empty((0,)), cols.x.new_empty((0,)))
     g_scale = None
     if x.dtype == torch.float16:
-        weights = [row_stats.weight] + ([col_stats.weight] if col_stats is not None else [])
-        g_scale = torch.stack([w.abs().amax().to(torch.float32) for w in weights]).amax()
+        stats = [row_stats] + ([col_stats] if col_stats is not None else [])
+        g_scale = torch.stack([_gradient_bound(s).amax().to(torch.float32) for s in stats]).amax()
         g_scale = g_scale.clamp_min(torch.finfo(torch.float32).tiny)
     t_rows = _backward_tiles(n_rows, n_cols, dim, x.dtype, x.device)
     t_cols = _backward_tiles(n_cols, n_rows, dim, x.dtype, x.device)
