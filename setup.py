@@ -9,13 +9,15 @@
   later GPUs compile at load, and Hopper machine code). CUDA_HOME picks the toolkit; without it, the toolkit
   whose nvcc is on PATH, or /usr/local/cuda when that nvcc is a wrapper outside a toolkit (no libcudart beside).
 - Writes _build_info.json beside the compiled synthcl_fast._C (in the wheel; in the source tree for an editable
-  install): what was built, against which torch. backends/native.py loads _C only under that same torch.
+  install): what was built, against which torch, from which sources (their digest). backends/native.py loads
+  _C only under that same torch and while the package's kernel sources are those it was built from.
 - Every sdist and wheel (built with or without torch) carries the kernel sources: MANIFEST.in puts csrc/ into
   the sdist, and build_py copies it into the package (synthcl_fast/csrc/), from which an installed wheel
   compiles its kernels on first use. An editable install reads the checkout's csrc/ instead.
 """
 
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -26,8 +28,13 @@ import sys
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-# The kernel sources the package carries (synthcl_fast/csrc/ in a wheel; csrc/ in the sdist: MANIFEST.in)
-KERNEL_SOURCE_PATTERNS = ("*.cpp", "*.h", "*.cu", "*.cuh")
+# The kernel sources the package carries (synthcl_fast/csrc/ in a wheel; csrc/ in the sdist: MANIFEST.in) and
+# their digest, from synthcl_fast/_kernel_sources.py loaded by path (the package itself is not importable here)
+_spec = importlib.util.spec_from_file_location("_kernel_sources", os.path.join(os.path.dirname(os.path.abspath(
+    __file__)), "synthcl_fast", "_kernel_sources.py"))
+_kernel_sources = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_kernel_sources)
+KERNEL_SOURCE_PATTERNS = _kernel_sources.KERNEL_SOURCE_PATTERNS
 
 
 def _flag(name):
@@ -108,7 +115,8 @@ def _extension_config():
             super().run()
             info = {"torch": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,
                     "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
-                    "cxx_flags": cxx, "sources": sources + (cuda_sources if with_cuda else [])}
+                    "cxx_flags": cxx, "sources": sources + (cuda_sources if with_cuda else []),
+                    "sources_sha256": _kernel_sources.sources_digest("csrc")}
             # beside _C: in build/lib (the wheel), or in the source tree when building in place (editable)
             folder = os.path.dirname(self.get_ext_fullpath("synthcl_fast._C"))
             with open(os.path.join(folder, "_build_info.json"), "w") as f:

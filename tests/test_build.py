@@ -94,6 +94,28 @@ def test_build_mismatch(info, torch_version, torch_cuda, expected):
         assert found is not None and expected in found
 
 
+def test_a_build_from_other_sources_is_not_loaded(tmp_path):
+    """An editable install whose csrc/ changed after its build: the recorded digest no longer matches, and _C is
+    not loaded (it would fail on every call where an op's schema changed, or run the old kernels)."""
+    from synthcl_fast._kernel_sources import sources_digest
+
+    for name, text in (("a.cpp", "int a;"), ("b.h", "#pragma once"), ("notes.txt", "not a source")):
+        (tmp_path / name).write_text(text)
+    digest = sources_digest(tmp_path)
+    info = {"torch": "2.14.1", "cuda": None, "sources_sha256": digest}
+    assert build_mismatch(info, "2.14.1", None, sources=digest) is None
+    (tmp_path / "notes.txt").write_text("edited")               # not a kernel source: the same digest
+    assert sources_digest(tmp_path) == digest
+    (tmp_path / "a.cpp").write_text("int a = 1;")
+    changed = build_mismatch(info, "2.14.1", None, sources=sources_digest(tmp_path))
+    assert changed is not None and "built from other kernel sources" in changed
+    (tmp_path / "a.cpp").rename(tmp_path / "c.cpp")              # a renamed file counts too
+    assert sources_digest(tmp_path) not in (digest, sources_digest(tmp_path.parent))
+    # by default the sources present now (CSRC) are digested
+    assert build_mismatch(info | {"sources_sha256": sources_digest(CSRC)}, "2.14.1", None) is None
+    assert "other kernel sources" in build_mismatch(info, "2.14.1", None)
+
+
 def test_a_mismatched_build_is_not_loaded(tmp_path):
     """An installed package (its own csrc/) whose _build_info.json names another torch: importing and calling it
     never loads _C (here a module that raises if imported), warns once naming both versions, and, with the

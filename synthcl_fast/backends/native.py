@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from packaging.version import InvalidVersion, Version
 
+from .._kernel_sources import sources_digest
 from ._ops import (assume_constant_result, register_contrastive_op, register_hard_negative_op,
                    register_positive_pair_op, register_variant_op)
 
@@ -114,15 +115,25 @@ def build_info() -> dict | None:
         return {"unreadable": f"{BUILD_INFO} cannot be read ({error})"}
 
 
-def build_mismatch(info: dict | None, torch_version: str | None = None, torch_cuda: str | None = None) -> str | None:
+def build_mismatch(info: dict | None, torch_version: str | None = None, torch_cuda: str | None = None,
+                   sources: str | None = None) -> str | None:
     """Why the ahead-of-time build described by `info` must not be loaded under this torch, or None. Its machine
     code is tied to the torch (release and local build, e.g. +cpu or +cu130) it was compiled against, and to
     that torch's CUDA when it has CUDA kernels: under another it fails with undefined symbols, or loads and runs.
-    torch_version / torch_cuda default to the installed torch's."""
+    It is also tied to its sources: in an editable install csrc/ can change after the build (its op schemas
+    with it), and the build then no longer matches the Python side. torch_version / torch_cuda default to the
+    installed torch's, `sources` to the digest of the kernel sources present now (CSRC; a record without a
+    digest, from before it was recorded, is not checked)."""
     if info is None:
         return None
     if "unreadable" in info:
         return info["unreadable"]
+    recorded = info.get("sources_sha256")
+    if sources is None and recorded is not None and CSRC.is_dir():
+        sources = sources_digest(CSRC)
+    if recorded is not None and sources is not None and recorded != sources:
+        return (f"synthcl_fast._C was built from other kernel sources than {CSRC} holds now (changed since the "
+                f"build; rebuild with `pip install --no-build-isolation -e .`)")
     installed = torch.__version__ if torch_version is None else torch_version
     cuda = torch.version.cuda if torch_cuda is None else torch_cuda
     built = info.get("torch")
