@@ -29,9 +29,10 @@ if str(ROOT) not in sys.path:
 MAX_SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes of shared memory per block (opt-in max)
 
 KERNELS = {
-    "synthcl_fast.backends.triton_contrastive": ["_prepare_rows_kernel", "_contrastive_forward_kernel",
-                                                 "_merge_row_stats_kernel", "_contrastive_backward_kernel",
-                                                 "_normalize_backward_kernel", "_temperature_grad_kernel"],
+    "synthcl_fast.backends.triton_tiles": ["_prepare_rows_kernel"],
+    "synthcl_fast.backends.triton_contrastive": ["_contrastive_forward_kernel", "_merge_row_stats_kernel"],
+    "synthcl_fast.backends.triton_gradients": ["_contrastive_backward_kernel", "_normalize_backward_kernel",
+                                               "_temperature_grad_kernel"],
     "synthcl_fast.backends.triton_common": ["_reduce_rows_kernel"],
     "synthcl_fast.backends.triton_positive_pair": ["_positive_pair_forward_kernel"],
 }

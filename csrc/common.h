@@ -44,6 +44,11 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
 // Integer codes of the op schemas (bindings.cpp).
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 enum Mode : int64_t { kTwoSided = 0, kFloor = 1 };
+// Denominator codes of the variant ops: 0 is the plain op (every candidate but self). The Triton kernels take the
+// same names and values as their MODE (synthcl_fast/backends/triton_tiles.py, Mode), and one more, for the
+// hard-negative statistics' gradient, which no schema takes (hard_negative_stats is an op of its own).
+enum Denominator : int { kAll = 0, kNegatives = 1, kPerPositive = 2 };
+constexpr int kHardNegatives = 3;
 
 // A contrastive op's gradient mask (bindings.cpp: compute_grad, output_mask): which of the anchors, the
 // candidates and the temperature get a gradient. When the candidates are the anchors (one tensor) its two roles
@@ -88,7 +93,7 @@ inline void check_contrastive_inputs(const at::Tensor& anchors, const at::Tensor
 // accumulation dtype acc of the backend): checked here, as every caller of the op could pass anything.
 inline void check_variant(int64_t denominator, const at::Tensor& positive_weight, const at::Tensor& anchors,
                           at::ScalarType acc) {
-  TORCH_CHECK(denominator == 1 || denominator == 2,
+  TORCH_CHECK(denominator == kNegatives || denominator == kPerPositive,
               "denominator code must be 1 (negatives) or 2 (per_positive), got ", denominator);
   check_vector(positive_weight, "positive_weight", anchors.size(0), acc);
   check_same_device(positive_weight, anchors, "positive_weight");

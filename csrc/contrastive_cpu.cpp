@@ -675,7 +675,7 @@ double gradient_tile(acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_lab
     const acc_t row_max = live ? rows.max[row] : acc_t(0), row_log_sum = live ? rows.log_sum[row] : acc_t(0);
     const acc_t positive_weight = live ? acc_t(1) / static_cast<acc_t>(rows.n_positive[row]) : acc_t(0);
     acc_t gs = 0;
-    if (cols == nullptr && rows.denominator != 0) {
+    if (cols == nullptr && rows.denominator != kAll) {
       if (w == acc_t(0)) {
         std::fill(s, s + tn, acc_t(0));
         continue;
@@ -683,7 +683,7 @@ double gradient_tile(acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_lab
       // sum_j G_ij = w_i (1 - w'_i) for both variants (with negatives; without them m_i is 0): the shift-free
       // sum of the temperature gradient gets m_i w_i (1 - w'_i) back.
       const acc_t wp = rows.positive_weight ? rows.positive_weight[row] : acc_t(1);
-      const bool per_positive = rows.denominator == 2;
+      const bool per_positive = rows.denominator == kPerPositive;
       const acc_t coef = per_positive ? rows.coef[row] : acc_t(1);
       const acc_t pos_scale = per_positive ? positive_weight : acc_t(0);
       for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
@@ -736,7 +736,7 @@ ForwardResult new_forward_result(const Problem<acc_t>& p) {
   auto opts = p.v.options();
   ForwardResult out{empty_output({p.n_rows}, opts), empty_output({p.n_rows}, opts), empty_output({p.n_rows}, opts),
                     empty_output({p.n_rows}, opts.dtype(at::kInt))};
-  if (p.denominator != 0) {
+  if (p.denominator != kAll) {
     out.coef = empty_output({p.n_rows}, opts);
     out.positive_mean = empty_output({p.n_rows}, opts);
   }
@@ -772,7 +772,7 @@ int64_t finish_variant_rows(RowStats<acc_t> st, const double* softplus_sum, cons
     positive_mean[row] = mean_s;
     const acc_t weight_term = wp == acc_t(1) ? acc_t(0) : (acc_t(1) - wp) * mean_s;
     acc_t row_loss;
-    if (p.denominator == 2) {
+    if (p.denominator == kPerPositive) {
       row_loss = static_cast<acc_t>(softplus_sum[i] / static_cast<double>(count)) + weight_term;
       coef[row] = static_cast<acc_t>(sigmoid_sum[i] / static_cast<double>(count));
     } else {
@@ -896,7 +896,7 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
   std::vector<acc_t> unit_weight(want_grad ? p.n_rows : 0, acc_t(1));
   GradStats<acc_t> stats(out.max.data_ptr<acc_t>(), out.log_sum.data_ptr<acc_t>(),
                          out.n_positive.data_ptr<int32_t>(), unit_weight.data());
-  if (p.denominator != 0) {
+  if (p.denominator != kAll) {
     stats.denominator = p.denominator;
     stats.coef = out.coef.data_ptr<acc_t>();
     stats.positive_weight = p.positive_weight;
@@ -908,8 +908,8 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
     std::vector<acc_t> max(plan.block_rows), gap(plan.block_rows);
     std::vector<double> sum_exp(plan.block_rows);
     std::vector<int64_t> npos(plan.block_rows);
-    std::vector<double> softplus_sum(p.denominator == 2 ? plan.block_rows : 0),
-        sigmoid_sum(p.denominator == 2 ? plan.block_rows : 0);
+    std::vector<double> softplus_sum(p.denominator == kPerPositive ? plan.block_rows : 0),
+        sigmoid_sum(p.denominator == kPerPositive ? plan.block_rows : 0);
     for (int64_t b = b_lo; b < b_hi; ++b) {
       const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
       std::fill(max.begin(), max.end(), -std::numeric_limits<acc_t>::infinity());
@@ -922,7 +922,7 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
       for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
         const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
         tile = logits(p, strip, u_block, p.v.narrow(0, c0, tn));
-        if (p.denominator == 0) {
+        if (p.denominator == kAll) {
           update_row_stats(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
                            p.exclude_self ? r0 - c0 : kNoSelf, st);
         } else {
@@ -930,7 +930,7 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
                                      p.exclude_self ? r0 - c0 : kNoSelf, st);
         }
       }
-      if (p.denominator == 2) {  // a second pass over the positives, once m and S are final
+      if (p.denominator == kPerPositive) {  // a second pass over the positives, once m and S are final
         std::fill(softplus_sum.begin(), softplus_sum.end(), 0.0);
         std::fill(sigmoid_sum.begin(), sigmoid_sum.end(), 0.0);
         for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
@@ -942,7 +942,7 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
         }
       }
       valid.values[g] += static_cast<double>(
-          p.denominator == 0 ? finish_rows(st, r0, bm, out)
+          p.denominator == kAll ? finish_rows(st, r0, bm, out)
                              : finish_variant_rows(st, softplus_sum.data(), sigmoid_sum.data(), r0, bm, p, out));
       if (want_grad) {
         at::Tensor no_grad_v;
@@ -1169,7 +1169,7 @@ ForwardOutputs forward_impl(const at::Tensor& anchors, const at::Tensor& candida
   const double inv_t = valid_inv_t.value_or(kStandInInverseTemperature);
   // The variants run the general plan (also when the candidates are the anchors): the symmetric plan's
   // transposed statistics are those of the plain op.
-  const bool symmetric = denominator == 0 && symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
+  const bool symmetric = denominator == kAll && symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
@@ -1269,17 +1269,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
   check_vector(row_max, "row_max", n_rows, acc);
   check_vector(row_log_sum, "row_log_sum", n_rows, acc);
   check_vector(row_n_positive, "row_n_positive", n_rows, at::kInt);
-  if (denominator != 0) check_vector(row_coef, "row_coef", n_rows, acc);
+  if (denominator != kAll) check_vector(row_coef, "row_coef", n_rows, acc);
   TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, "grad_rows must have shape (", n_rows, ",), got ",
               grad_rows.sizes());
   const std::optional<double> valid_inv_t = inverse_temperature(temperature);
   const double inv_t = valid_inv_t.value_or(kStandInInverseTemperature);
-  const bool symmetric = denominator == 0 && symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
+  const bool symmetric = denominator == kAll && symmetric_problem(anchors, candidates, anchor_labels, candidate_labels);
   auto [u, norm_a] = normalize_rows(anchors, eps);
   auto [v, norm_c] = candidates.is_same(anchors) ? std::pair{u, norm_a} : normalize_rows(candidates, eps);
   at::Tensor a_labels = anchor_labels.contiguous(), c_labels = candidate_labels.contiguous();
   at::Tensor max = row_max.contiguous(), log_sum = row_log_sum.contiguous(), npos = row_n_positive.contiguous();
-  at::Tensor coef = denominator != 0 ? row_coef.contiguous() : at::Tensor();
+  at::Tensor coef = denominator != kAll ? row_coef.contiguous() : at::Tensor();
   at::Tensor weight_in = positive_weight.defined() ? positive_weight.contiguous() : at::Tensor();
   at::Tensor weight = grad_rows.to(acc).contiguous();
   const GradMask mask(output_mask, candidates.is_same(anchors));
@@ -1292,7 +1292,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     p.want_v = mask.candidates;
     GradStats<scalar_t> stats(max.data_ptr<scalar_t>(), log_sum.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(),
                               weight.data_ptr<scalar_t>());
-    if (denominator != 0) {
+    if (denominator != kAll) {
       p.denominator = stats.denominator = denominator;
       p.positive_weight = stats.positive_weight = weight_in.defined() ? weight_in.data_ptr<scalar_t>() : nullptr;
       stats.coef = coef.data_ptr<scalar_t>();

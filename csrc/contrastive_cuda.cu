@@ -75,8 +75,7 @@ constexpr int kMetaInv = kTileRows * 8;
 constexpr int kMetaStats = kTileRows * (8 + 4);
 constexpr int kSplitTargetCtasPerSm = 2;
 
-// Denominator codes of the variant ops (bindings.cpp): 0 is the plain op (every candidate but self).
-enum Denominator : int { kAll = 0, kNegatives = 1, kPerPositive = 2 };
+// Denominator codes of the variant ops (bindings.cpp): common.h's Denominator (kAll, kNegatives, kPerPositive).
 
 // Per streamed/owner row statistics for the backward (all 0 for a row without positives): with
 // x_ij = s_ij - max_i - log_sum_i (= s_ij - lse_i), the gradient of L_i w.r.t. s_ij without the upstream weight is

@@ -18,9 +18,9 @@ backend that does not raises BackendUnavailableError naming the option (backend_
              (csrc/contrastive_cpu.cpp, the general plan also for the symmetric problems); beta and tau_plus
              with denominator "all" or "negatives" (the hard_negative_stats op: the row statistics fused, the
              loss formed from them by reference.hard_negative_row_loss)
-    triton   the same (backends/triton_contrastive.py: the forward kernel's VARIANT statistics, a positives' pass for
-             "per_positive", the backward kernel's _variant_term; beta / tau_plus: _hard_stats_kernel and the
-             backward kernel's _hard_term)
+    triton   the same (backends/triton_contrastive.py: the forward kernel's NEGATIVES_ONLY statistics, a
+             positives' pass for "per_positive"; triton_gradients.py: the backward kernel's _variant_term; beta /
+             tau_plus: triton_hard_negatives.py's _hard_stats_kernel and the backward kernel's _hard_term)
     cuda     the same (csrc/contrastive_cuda.cu: the tile kernel's denominator mask and element_gradient, a
              positives' pass for "per_positive"; beta / tau_plus: the tile kernel's HCL statistics (TileParams::hard,
              finish_hard_kernel) and hard_element_gradient; compiled and its machine code checked in CI, not yet

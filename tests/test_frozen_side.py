@@ -185,7 +185,7 @@ def _cpu_products(run) -> int:
 def _triton_products(run, monkeypatch) -> tuple[int, list[int]]:
     """The Triton backward kernel's launches in run(): how many form a gradient product (OWN_GRAD), and the row
     count of the side each of those owns."""
-    from synthcl_fast.backends import triton_contrastive as tc
+    from synthcl_fast.backends import triton_gradients as tc
 
     launches = []
     launch = tc._launch

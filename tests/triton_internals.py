@@ -41,11 +41,11 @@ def test_one_tensor_same_labels_is_one_backward_launch(labels, generator, monkey
     """Candidates are the anchors. With the same label tensor, s and the positive mask are symmetric and one
     backward launch computes the whole gradient (sum_j (G_ij + G_ji) u_j); with other candidate labels
     (with -1s: P is not symmetric) both launches run. The values: tests/test_conformance.py."""
-    from synthcl_fast.backends import triton_contrastive
+    from synthcl_fast.backends import triton_gradients
 
     launches = []
-    original = triton_contrastive._launch_backward
-    monkeypatch.setattr(triton_contrastive, "_launch_backward", lambda *a: launches.append(1) or original(*a))
+    original = triton_gradients._launch_backward
+    monkeypatch.setattr(triton_gradients, "_launch_backward", lambda *a: launches.append(1) or original(*a))
     x = _randn(47, 21, generator=generator)
     anchor_labels = labels_with_positives(47, 4, generator).to(DEVICE)
     candidate_labels = anchor_labels if labels == "same_object" else torch.where(
@@ -103,7 +103,7 @@ def test_coexists_with_cpu_backend(generator):
 
 def test_tile_overrides_reach_every_path(monkeypatch):
     """The 'tiled' plan really loops over D, chunks the gradient features and splits the columns."""
-    from synthcl_fast.backends.triton_contrastive import _backward_tiles, _forward_tiles
+    from synthcl_fast.backends.triton_tiles import _backward_tiles, _forward_tiles
 
     monkeypatch.setenv("SYNTHCL_FAST_TRITON_TILES", TILED)
     forward = _forward_tiles(61, 37, 40, torch.float64, DEVICE)
@@ -118,7 +118,7 @@ def test_tile_overrides_reach_every_path(monkeypatch):
 def test_gpu_plan_fills_the_device(monkeypatch):
     """Host-side plan for an H100 (132 SMs): MoCo's 256 queries x 65536 keys split the keys over enough
     programs; SimCLR's 16384 rows do not need to; the gradient accumulator stays within 16K fp32."""
-    from synthcl_fast.backends import triton_contrastive as tc
+    from synthcl_fast.backends import triton_tiles as tc
 
     monkeypatch.setattr(tc, "plan_multiprocessors", lambda device: 132)
     monkeypatch.delenv("SYNTHCL_FAST_TRITON_TILES", raising=False)
@@ -144,7 +144,7 @@ def test_hard_negative_stats_over_split_columns(beta, exclude_self, generator, m
     split with positives only and those of label 1 one with negatives only; row 0 has no positive; beta = -0.5
     gives the negatives' sets scales of both signs (one reference is their max, the other their min), beta = -1.7
     two negative scales."""
-    from synthcl_fast.backends.triton_contrastive import _forward_tiles
+    from synthcl_fast.backends.triton_tiles import _forward_tiles
 
     if BACKENDS["cpu"].unavailable_reason(torch.device("cpu"), torch.float64) is not None:
         pytest.skip("the CPU extension is not available")
@@ -187,7 +187,7 @@ def test_float32_expsum_knob(tiles, generator, monkeypatch):
     """SYNTHCL_FAST_TRITON_EXPSUM=float32 (the GPU sweep's measure of what the float64 sum costs) reaches the
     forward kernel and the split merge: on float64 rows the loss then has float32's accuracy (it differs from the
     float64 sum's, which has float64's), and so do the gradients (the backward reads the forward's log-sum)."""
-    from synthcl_fast.backends.triton_contrastive import _forward_tiles
+    from synthcl_fast.backends.triton_tiles import _forward_tiles
 
     monkeypatch.setenv("SYNTHCL_FAST_TRITON_TILES", tiles)
     anchors, candidates = _randn(45, 7, generator=generator), _randn(64, 7, generator=generator)
@@ -224,7 +224,7 @@ def test_backend_resolution():
 def test_interpreter_plans_split_the_columns_as_a_gpu_would(monkeypatch):
     """Under the interpreter the planner assumes an H200 (triton_support.plan_multiprocessors), so the automatic
     plan of few rows against many columns splits the columns, and the split-K merge runs in CI."""
-    from synthcl_fast.backends import triton_contrastive as tc
+    from synthcl_fast.backends import triton_tiles as tc
 
     monkeypatch.delenv("SYNTHCL_FAST_TRITON_TILES", raising=False)
     plan = tc._forward_tiles(20, 4113, 3, torch.float64, DEVICE)
@@ -258,11 +258,11 @@ def test_float16_gradient_scale_bounds_every_term(option, generator, monkeypatch
     hard negatives, max_i |w_i| for the plain op, over the rows with a positive. Checked on the scale passed to
     the kernels: the interpreter multiplies float16 operands in float32 (INTERPRETER_DIFFERENCES), where no
     overflow shows; tests/test_conformance.py's test_variant_large_positive_weight_in_float16 shows it on a GPU."""
-    from synthcl_fast.backends import triton_contrastive
+    from synthcl_fast.backends import triton_gradients
 
     scales = []
-    original = triton_contrastive._launch_backward
-    monkeypatch.setattr(triton_contrastive, "_launch_backward",
+    original = triton_gradients._launch_backward
+    monkeypatch.setattr(triton_gradients, "_launch_backward",
                         lambda *a: scales.append((a[2], a[6])) or original(*a))
     x = (torch.randn(24, 8, generator=generator) * 3).half().to(DEVICE).requires_grad_()
     labels = (torch.arange(24) // 2).to(DEVICE)
@@ -279,7 +279,7 @@ def test_float16_gradient_scale_bounds_every_term(option, generator, monkeypatch
     live = labels != 99
     for stats, scale in scales:
         if option == "hard_negatives":
-            want = stats.weight.view(-1, 4).abs().sum(dim=1).amax()
+            want = stats.coefficients.abs().sum(dim=1).amax()
         elif option == "plain":
             want = upstream[live].amax()
         else:

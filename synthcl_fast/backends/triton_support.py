@@ -1,7 +1,7 @@
 """What the Triton kernels share that does not need Triton: availability, output allocation, tile overrides.
 
 Nothing here imports triton, so `synthcl_fast` imports (and `backend="auto"` resolves on CPU tensors)
-without it. The kernel modules (triton_contrastive.py, triton_positive_pair.py) are imported on first use.
+without it. The kernel modules (triton_tiles.py lists them) are imported on first use.
 
 Environment variables (TRITON_INTERPRET, SYNTHCL_FAST_TRITON_TILES, SYNTHCL_FAST_TRITON_FP32_PRECISION,
 SYNTHCL_FAST_TRITON_EXPSUM, SYNTHCL_FAST_TRITON_PLAN_SMS, SYNTHCL_FAST_POISON_OUTPUTS): docs/environment.md.
@@ -193,7 +193,7 @@ INTERPRETER_DIFFERENCES = {
                    "SYNTHCL_FAST_TRITON_FP32_PRECISION=ieee, hence the GPU's fp32 tolerance in "
                    "TritonBackend.tolerances. GPU: the float32 cases of test_conformance.py",
     "resources": "num_warps, num_stages, shared memory and registers mean nothing to the interpreter (the "
-                 "OutOfResources retry of triton_contrastive._launch never runs there). GPU: every GPU case; "
+                 "OutOfResources retry of triton_tiles._launch never runs there). GPU: every GPU case; "
                  "benchmarks/results/triton_sm90_resources.md compiles every specialization for sm_90",
 }
 
