@@ -4,8 +4,9 @@ the baseline paired by seed (runs of different methods with the same seed share 
 order). Every table also holds the baselines of evaluate.py, measured by the same evaluation code: the raw pixels
 and the randomly initialized encoder of each seed (cached in <output>/baselines/).
 
-`compare --study data-efficiency` is the data-efficiency study (STUDIES): fixed methods, fractions, seeds and
-training settings, a table, a CSV/JSON and a plot of accuracy against the fraction of training images.
+`compare --study NAME` runs a study of STUDIES (data-efficiency on digits, glyphs-calibration): fixed methods,
+fractions, seeds and training settings, a table, what the study can see (its positive control and the smallest
+difference its seeds detect), a CSV/JSON and a plot of accuracy against the fraction of training images.
 
 Every run lives in its own folder under the comparison folder; a run that already finished there is
 reused and an interrupted one is resumed, so an interrupted comparison continues where it stopped.
