@@ -154,28 +154,34 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
   return out;
 }
 
-// exp(x) for x <= 0 (every caller subtracts a running max first). Cephes' expf: x = n ln2 + r with
-// |r| <= ln2/2, exp(r) by a degree-6 polynomial (relative error ~1e-7), 2^n through the exponent bits.
-// Branch-free and written with plain arithmetic so that GCC vectorizes the loops that call it.
-// Inputs below -87 return ~1e-38 rather than 0; callers that need an exact 0 (the excluded self pair)
-// write it explicitly. NaN propagates.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
+// The range reduction exp_nonpositive and exp_minus share: y = n ln2 + r with |r| <= ln2 / 2 and n an integer
+// (Cody-Waite, y clamped below at -87); returns e^r - 1 (Cephes' expf polynomial) and sets scale = 2^n. Inlined
+// into the callers' loops, which vectorize as before. NaN in, NaN out (through r); the exponent of a NaN is taken
+// as 0 (casting NaN to an integer is undefined).
+inline float expm1_reduced(float y, float& scale) {
+  y = y < -87.0f ? -87.0f : y;
   const float rounding = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const float n = (x * 1.44269504088896341f + rounding) - rounding;
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  const float n = (y * 1.44269504088896341f + rounding) - rounding;
+  const float r = y - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  // NaN in, NaN out (through r); the exponent of a NaN is taken as 0 (casting NaN to an integer is undefined)
   const int32_t bits = (static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
-  float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return p * r * r + r;
+}
+
+// exp(x) for x <= 0 (every caller subtracts a running max first), relative error ~1e-7, 2^n (e^r - 1 + 1).
+// Branch-free and written with plain arithmetic so that GCC vectorizes the loops that call it.
+// Inputs below -87 return ~1e-38 rather than 0; callers that need an exact 0 (the excluded self pair)
+// write it explicitly. NaN propagates.
+inline float exp_nonpositive(float x) {
+  float scale;
+  const float q = expm1_reduced(x, scale);
+  return (q + 1.0f) * scale;
 }
 
 inline double exp_nonpositive(double x) { return std::exp(x); }
@@ -187,20 +193,8 @@ inline double exp_nonpositive(double x) { return std::exp(x); }
 // absolute (eps / loss relative). For other b, 2^n - b rounds by eps |2^n - b|, as e^y - b would. b = 0: e^y.
 // Clamped below at -87 as exp_nonpositive; y may be positive (up to ~88).
 inline float exp_minus(float y, float b) {
-  y = y < -87.0f ? -87.0f : y;
-  const float rounding = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const float n = (y * 1.44269504088896341f + rounding) - rounding;
-  const float r = y - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float q = p * r * r + r;  // e^r - 1
-  const int32_t bits = (static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
   float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
+  const float q = expm1_reduced(y, scale);
   return scale * q + (scale - b);  // 2^n (e^r - 1) + 2^n - b = e^y - b
 }
 
