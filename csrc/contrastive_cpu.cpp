@@ -530,15 +530,28 @@ SYNTHCL_FAST_CLONES double hard_gradient(double* s, int64_t n, const int64_t* la
   return hard_gradient_impl(s, n, labels, label, c, r, l, a, rho);
 }
 
-// Running statistics of rows (arrays indexed by the tile's row): max m, sum of exp(s - m), positive gap
-// sum_p (s_p - m), |P|. S is summed in float64: in float32 every term added to a running S near 1 (the max's
-// own term) would round at 1.2e-7 of S, most of a small loss log S ~ S - 1.
+// Running statistics of rows (arrays indexed by the tile's row): max m, S = sum of exp(s - m) kept as two parts,
+// at_max (the terms at the max, each exactly 1) and rest (the others), positive gap sum_p (s_p - m), |P|. Why two
+// parts: a small loss is log S = log(1 + rest) with rest << 1, and the log of a rounded 1 + rest keeps only eps
+// absolute (eps / loss relative: 2e-7 at a loss of 1e-10 in float64); log_sum_exp forms log1p(rest) instead. S is
+// summed in float64: in float32 every term added to a running S near 1 would round at 1.2e-7 of S.
 template <typename acc_t>
 struct RowStats {
   acc_t *max, *gap;
-  double* sum_exp;
+  double *at_max, *rest;
   int64_t* n_positive;
 };
+
+// log S = log(at_max + rest) without rounding the sum first: log(at_max) + log1p(rest / at_max).
+inline double log_sum_exp(double at_max, double rest) {
+  return at_max > 0.0 ? std::log(at_max) + std::log1p(rest / at_max) : std::log(at_max + rest);
+}
+
+// The terms of S moved to a higher max (factor = e^(old max - new max) < 1): none of them is at it any more.
+inline void move_to_higher_max(double& at_max, double& rest, double factor) {
+  rest = (at_max + rest) * factor;
+  at_max = 0.0;
+}
 
 // Online update of the statistics of the tile's rows with its columns. row_labels / col_labels: the tile's
 // labels; the self column of tile row i is self0 + i (kNoSelf: none).
@@ -559,16 +572,14 @@ void update_row_stats(const acc_t* tile, int64_t bm, int64_t tn, const int64_t* 
     const acc_t shift = new_max == kMinusInf ? acc_t(0) : new_max;
     RowSums<acc_t> sums;
     for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) { row_sums(s + a, b - a, shift, col_labels + a, label, sums); });
-    const double sum_exp = static_cast<double>(sums.n_max) + static_cast<double>(sums.rest);
-    const acc_t positive_gap = sums.gap;
-    const int64_t n_positive = sums.n_positive;
     if (st.max[i] != kMinusInf && shift != st.max[i]) {  // the earlier tiles' terms, moved to the new max
-      st.sum_exp[i] *= static_cast<double>(exp_nonpositive(st.max[i] - shift));
+      move_to_higher_max(st.at_max[i], st.rest[i], static_cast<double>(exp_nonpositive(st.max[i] - shift)));
       st.gap[i] += static_cast<acc_t>(st.n_positive[i]) * (st.max[i] - shift);
     }
-    st.sum_exp[i] += sum_exp;
-    st.gap[i] += positive_gap;
-    st.n_positive[i] += n_positive;
+    st.at_max[i] += static_cast<double>(sums.n_max);
+    st.rest[i] += static_cast<double>(sums.rest);
+    st.gap[i] += sums.gap;
+    st.n_positive[i] += sums.n_positive;
     st.max[i] = shift;
   }
 }
@@ -589,7 +600,7 @@ void update_row_stats_negatives(const acc_t* tile, int64_t bm, int64_t tn, const
     for_each_allowed(0, tn, self, [&](int64_t a, int64_t b) {
       tile_max = std::max(tile_max, row_max_negatives(s + a, b - a, col_labels + a, label));
     });
-    const bool seen = !(st.sum_exp[i] == 0.0);  // a NaN sum counts as seen
+    const bool seen = !(st.at_max[i] + st.rest[i] == 0.0);  // a NaN sum counts as seen
     const acc_t previous = st.max[i] == kMinusInf ? acc_t(0) : st.max[i];
     const acc_t new_max = std::max(seen ? st.max[i] : kMinusInf, tile_max);
     const acc_t shift = new_max == kMinusInf ? previous : new_max;
@@ -598,10 +609,11 @@ void update_row_stats_negatives(const acc_t* tile, int64_t bm, int64_t tn, const
       row_sums_negatives(s + a, b - a, shift, col_labels + a, label, sums);
     });
     if (shift != previous) {  // the earlier tiles' terms, moved to the new shift
-      if (seen) st.sum_exp[i] *= static_cast<double>(exp_nonpositive(previous - shift));
+      if (seen) move_to_higher_max(st.at_max[i], st.rest[i], static_cast<double>(exp_nonpositive(previous - shift)));
       st.gap[i] += static_cast<acc_t>(st.n_positive[i]) * (previous - shift);
     }
-    st.sum_exp[i] += static_cast<double>(sums.n_max) + static_cast<double>(sums.rest);
+    st.at_max[i] += static_cast<double>(sums.n_max);
+    st.rest[i] += static_cast<double>(sums.rest);
     st.gap[i] += sums.gap;
     st.n_positive[i] += sums.n_positive;
     st.max[i] = shift;
@@ -613,12 +625,12 @@ void update_row_stats_negatives(const acc_t* tile, int64_t bm, int64_t tn, const
 // (-inf without negatives: softplus 0, sigmoid 0), in float64.
 template <typename acc_t>
 void positive_terms(const acc_t* tile, int64_t bm, int64_t tn, const int64_t* row_labels, const int64_t* col_labels,
-                    int64_t self0, const acc_t* max, const double* sum_exp, double* softplus_sum,
+                    int64_t self0, const acc_t* max, const double* at_max, const double* rest, double* softplus_sum,
                     double* sigmoid_sum) {
   for (int64_t i = 0; i < bm; ++i) {
     const acc_t* s = tile + i * tn;
     const int64_t self = self0 + i, label = row_labels[i];
-    const double log_sum = std::log(sum_exp[i]), m = static_cast<double>(max[i]);
+    const double log_sum = log_sum_exp(at_max[i], rest[i]), m = static_cast<double>(max[i]);
     for (int64_t j = 0; j < tn; ++j) {
       if (j == self || !(col_labels[j] == label && col_labels[j] >= 0)) continue;
       const double z = log_sum - (static_cast<double>(s[j]) - m);
@@ -766,7 +778,7 @@ int64_t finish_variant_rows(RowStats<acc_t> st, const double* softplus_sum, cons
     const acc_t count = static_cast<acc_t>(std::max<int64_t>(st.n_positive[i], 1));
     const acc_t wp = p.positive_weight ? p.positive_weight[row] : acc_t(1);
     max[row] = st.max[i];
-    log_sum[row] = static_cast<acc_t>(std::log(st.sum_exp[i]));
+    log_sum[row] = static_cast<acc_t>(log_sum_exp(st.at_max[i], st.rest[i]));
     npos[row] = static_cast<int32_t>(st.n_positive[i]);
     const acc_t mean_s = live ? st.max[i] + st.gap[i] / count : acc_t(0);
     positive_mean[row] = mean_s;
@@ -796,7 +808,7 @@ int64_t finish_rows(RowStats<acc_t> st, int64_t r0, int64_t n, ForwardResult& ou
     const int64_t row = r0 + i;
     // A row whose denominator is empty (R = K = 1 with exclude_self) has no positive either: m = -inf.
     max[row] = st.max[i];
-    log_sum[row] = static_cast<acc_t>(std::log(st.sum_exp[i]));
+    log_sum[row] = static_cast<acc_t>(log_sum_exp(st.at_max[i], st.rest[i]));
     npos[row] = static_cast<int32_t>(st.n_positive[i]);
     loss[row] = st.n_positive[i] > 0 ? log_sum[row] - st.gap[i] / static_cast<acc_t>(st.n_positive[i]) : acc_t(0);
     n_valid += st.n_positive[i] > 0;
@@ -906,17 +918,18 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
     const auto [b_lo, b_hi] = group_range(g, groups, plan.n_blocks);
     at::Tensor strip = empty_output({plan.block_rows * plan.tile_cols}, opts);  // scratch: poisoned in tests too
     std::vector<acc_t> max(plan.block_rows), gap(plan.block_rows);
-    std::vector<double> sum_exp(plan.block_rows);
+    std::vector<double> at_max(plan.block_rows), rest(plan.block_rows);
     std::vector<int64_t> npos(plan.block_rows);
     std::vector<double> softplus_sum(p.denominator == kPerPositive ? plan.block_rows : 0),
         sigmoid_sum(p.denominator == kPerPositive ? plan.block_rows : 0);
     for (int64_t b = b_lo; b < b_hi; ++b) {
       const int64_t r0 = b * plan.block_rows, bm = std::min(plan.block_rows, p.n_rows - r0);
       std::fill(max.begin(), max.end(), -std::numeric_limits<acc_t>::infinity());
-      std::fill(sum_exp.begin(), sum_exp.end(), 0.0);
+      std::fill(at_max.begin(), at_max.end(), 0.0);
+      std::fill(rest.begin(), rest.end(), 0.0);
       std::fill(gap.begin(), gap.end(), acc_t(0));
       std::fill(npos.begin(), npos.end(), 0);
-      const RowStats<acc_t> st{max.data(), gap.data(), sum_exp.data(), npos.data()};
+      const RowStats<acc_t> st{max.data(), gap.data(), at_max.data(), rest.data(), npos.data()};
       const at::Tensor u_block = p.u.narrow(0, r0, bm);
       at::Tensor tile;
       for (int64_t c0 = 0; c0 < p.n_cols; c0 += plan.tile_cols) {
@@ -937,7 +950,7 @@ ForwardResult general_forward(const Problem<acc_t>& p, std::optional<Gradients>*
           const int64_t tn = std::min(plan.tile_cols, p.n_cols - c0);
           if (tn != p.n_cols) tile = logits(p, strip, u_block, p.v.narrow(0, c0, tn));  // one tile: still there
           positive_terms(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.candidate_labels + c0,
-                         p.exclude_self ? r0 - c0 : kNoSelf, max.data(), sum_exp.data(), softplus_sum.data(),
+                         p.exclude_self ? r0 - c0 : kNoSelf, max.data(), at_max.data(), rest.data(), softplus_sum.data(),
                          sigmoid_sum.data());
         }
       }
@@ -973,11 +986,13 @@ std::vector<std::pair<int64_t, int64_t>> block_pairs(int64_t n_blocks) {
 template <typename acc_t>
 struct SharedRowStats {
   std::vector<acc_t> max, gap;
-  std::vector<double> sum_exp;
+  std::vector<double> at_max, rest;
   std::vector<int64_t> n_positive;
   explicit SharedRowStats(int64_t n)
-      : max(n, -std::numeric_limits<acc_t>::infinity()), gap(n, 0), sum_exp(n, 0), n_positive(n, 0) {}
-  RowStats<acc_t> at(int64_t r0) { return {max.data() + r0, gap.data() + r0, sum_exp.data() + r0, n_positive.data() + r0}; }
+      : max(n, -std::numeric_limits<acc_t>::infinity()), gap(n, 0), at_max(n, 0), rest(n, 0), n_positive(n, 0) {}
+  RowStats<acc_t> at(int64_t r0) {
+    return {max.data() + r0, gap.data() + r0, at_max.data() + r0, rest.data() + r0, n_positive.data() + r0};
+  }
 };
 
 // Merges the threads' statistics row by row in thread order (the log-sum-exp merge: sums and gaps moved to
@@ -990,14 +1005,19 @@ int64_t merge_row_stats(std::vector<std::optional<SharedRowStats<acc_t>>>& parts
     if (!part) continue;
     for (int64_t i = 0; i < n_rows; ++i) {
       const acc_t m = part->max[i];
-      if (m == -std::numeric_limits<acc_t>::infinity() && part->sum_exp[i] == 0.0) continue;  // untouched
+      if (m == -std::numeric_limits<acc_t>::infinity() && part->at_max[i] + part->rest[i] == 0.0) continue;  // untouched
       const acc_t new_max = std::max(st.max[i], m);
       const acc_t shift = new_max == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : new_max;
-      if (st.max[i] != -std::numeric_limits<acc_t>::infinity()) {
-        st.sum_exp[i] *= static_cast<double>(exp_nonpositive(st.max[i] - shift));
+      if (st.max[i] != -std::numeric_limits<acc_t>::infinity() && st.max[i] != shift) {
+        move_to_higher_max(st.at_max[i], st.rest[i], static_cast<double>(exp_nonpositive(st.max[i] - shift)));
         st.gap[i] += static_cast<acc_t>(st.n_positive[i]) * (st.max[i] - shift);
       }
-      st.sum_exp[i] += part->sum_exp[i] * static_cast<double>(exp_nonpositive(m - shift));
+      if (m == shift) {  // the part's terms at the max stay there
+        st.at_max[i] += part->at_max[i];
+        st.rest[i] += part->rest[i];
+      } else {
+        st.rest[i] += (part->at_max[i] + part->rest[i]) * static_cast<double>(exp_nonpositive(m - shift));
+      }
       st.gap[i] += part->gap[i] + static_cast<acc_t>(part->n_positive[i]) * (part->n_positive[i] > 0 ? m - shift : acc_t(0));
       st.n_positive[i] += part->n_positive[i];
       st.max[i] = shift;

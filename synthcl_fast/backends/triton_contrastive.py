@@ -60,11 +60,22 @@ from .triton_tiles import (_MEAN, _NONE, Mode, _check_inputs, _column_tile, _dev
 
 
 @triton.jit
-def _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
-                     LOSS_ptr):
+def _log_sum_exp(at_max, rest):
+    """log S = log(at_max + rest) without rounding the sum first: log(at_max) + log1p(rest / at_max), log1p(x) as
+    log(u) x / (u - 1) with u = 1 + x rounded (x where u = 1; a few eps relative for every x >= 0). A small loss
+    is log(1 + rest) with rest << 1: the log of a rounded 1 + rest keeps only eps absolute (csrc RowStats)."""
+    x = rest / tl.where(at_max > 0, at_max, 1.0)
+    u = 1.0 + x
+    log1p = tl.where(u == 1.0, x, tl.log(u) * x / tl.where(u == 1.0, 1.0, u - 1.0))
+    return tl.where(at_max > 0, tl.log(tl.where(at_max > 0, at_max, 1.0)) + log1p, tl.log(at_max + rest))
+
+
+@triton.jit
+def _store_row_stats(row_max, row_atmax, row_rest, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr,
+                     NPOS_ptr, LOSS_ptr):
     """m, log S, |P| and L_i = log S - gap / |P| (0 without a positive). An empty denominator (R = K = 1 with
     exclude_self) leaves m = -inf and log S = -inf, with no positive."""
-    log_sum = tl.log(tl.where(mask_m, row_sumexp, 1.0)).to(row_gap.dtype)
+    log_sum = _log_sum_exp(tl.where(mask_m, row_atmax, 1.0), tl.where(mask_m, row_rest, 0.0)).to(row_gap.dtype)
     loss = tl.where(row_npos > 0, log_sum - row_gap / tl.maximum(row_npos, 1).to(row_gap.dtype), 0.0)
     tl.store(MAX_ptr + offs_m, row_max, mask=mask_m)
     tl.store(LOGSUM_ptr + offs_m, log_sum, mask=mask_m)
@@ -73,12 +84,12 @@ def _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX
 
 
 @triton.jit
-def _store_variant_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
-                             LOSS_ptr, POSMEAN_ptr):
+def _store_variant_row_stats(row_max, row_atmax, row_rest, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr,
+                             NPOS_ptr, LOSS_ptr, POSMEAN_ptr):
     """The variants' rows: the shift m (0 without negatives, where log S = -inf), log S over the negatives, |P|,
     LOSS = log S - gap / |P| (the "negatives" loss for w' = 1) and POSMEAN = m + gap / |P| (0 without P)."""
     shift = tl.where(row_max == float("-inf"), 0.0, row_max)
-    log_sum = tl.log(tl.where(mask_m, row_sumexp, 1.0)).to(row_gap.dtype)
+    log_sum = _log_sum_exp(tl.where(mask_m, row_atmax, 1.0), tl.where(mask_m, row_rest, 0.0)).to(row_gap.dtype)
     mean_gap = row_gap / tl.maximum(row_npos, 1).to(row_gap.dtype)
     live = row_npos > 0
     tl.store(MAX_ptr + offs_m, shift, mask=mask_m)
@@ -89,9 +100,22 @@ def _store_variant_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mas
 
 
 @triton.jit
+def _add_terms(row_atmax, row_rest, row_max, new_max, shift, shifted, SUM: tl.constexpr):
+    """A tile's terms exp(shifted) (shifted = s - shift, -inf where excluded) added to the running S = at_max + rest,
+    whose earlier terms all fall below the max where the max rose (moved there by e^(row_max - shift))."""
+    rose = new_max > row_max
+    row_rest = tl.where(rose, (row_atmax + row_rest) * tl.exp(row_max - shift).to(SUM), row_rest)
+    row_atmax = tl.where(rose, 0.0, row_atmax)
+    at_max = shifted == 0.0
+    row_atmax += tl.sum(at_max.to(SUM), axis=1)
+    row_rest += tl.sum(tl.where(at_max, 0.0, tl.exp(shifted)).to(SUM), axis=1)
+    return row_atmax, row_rest
+
+
+@triton.jit
 def _contrastive_forward_kernel(
         X_ptr, Y_ptr, stride_x, stride_y, INV_X_ptr, INV_Y_ptr, LABEL_X_ptr, LABEL_Y_ptr, T_ptr,
-        PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NPOS_ptr,
+        PART_MAX_ptr, PART_ATMAX_ptr, PART_REST_ptr, PART_GAP_ptr, PART_NPOS_ptr,
         MAX_ptr, LOGSUM_ptr, NPOS_ptr, LOSS_ptr,
         n_x, n_y, dim, n_per_split,
         EXCLUDE_SELF: tl.constexpr, FINAL: tl.constexpr,
@@ -106,7 +130,8 @@ def _contrastive_forward_kernel(
     negatives), LOSS = log S - gap / |P|.
 
     FINAL (a single split): writes MAX (m), LOGSUM (log S), NPOS (int32) and the row loss LOSS. Otherwise writes
-    the split's max, sum of exp(s - max), positive gap sum_p (s_p - max) and positive count to PART_*[pid_s]."""
+    the split's max, sum of exp(s - max) in two parts (the terms at the max, and the rest), positive gap
+    sum_p (s_p - max) and positive count to PART_*[pid_s]."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -117,11 +142,13 @@ def _contrastive_forward_kernel(
     if SINGLE_D_CHUNK:
         x_tile = _load_rows(X_ptr, stride_x, offs_m, mask_m, 0, dim, BLOCK_D).to(DOT)
 
-    # S is summed in float64 (SUM): in float32 every term added to a running S near 1 (the max's own term) would
-    # round at 1.2e-7 of S, most of a small loss log S ~ S - 1. SUM = float32 only measures what that costs
-    # (triton_support.expsum_dtype).
+    # S = row_atmax + row_rest: the terms at the max (each exactly 1) counted apart from the others, so that a small
+    # loss log S = log1p(rest) keeps its relative accuracy (_log_sum_exp). Summed in float64 (SUM): in float32
+    # every term added to a running sum near 1 would round at 1.2e-7 of it. SUM = float32 only measures what that
+    # costs (triton_support.expsum_dtype).
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
-    row_sumexp = tl.zeros([BLOCK_M], dtype=SUM)
+    row_atmax = tl.zeros([BLOCK_M], dtype=SUM)
+    row_rest = tl.zeros([BLOCK_M], dtype=SUM)
     row_gap = tl.zeros([BLOCK_M], dtype=ACC)
     row_npos = tl.zeros([BLOCK_M], dtype=tl.int32)
     n_begin = pid_s * n_per_split
@@ -137,8 +164,8 @@ def _contrastive_forward_kernel(
             new_max = tl.maximum(row_max, tl.max(s_negative, axis=1))
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)
             row_gap += row_npos.to(ACC) * (tl.where(row_max == float("-inf"), 0.0, row_max) - shift)
-            row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(SUM)
-                          + tl.sum(tl.exp(s_negative - shift[:, None]).to(SUM), axis=1))
+            row_atmax, row_rest = _add_terms(row_atmax, row_rest, row_max, new_max, shift, s_negative - shift[:, None],
+                                             SUM)
             row_gap += tl.sum(tl.where(positive, s - shift[:, None], 0.0), axis=1)
         else:
             s_allowed = tl.where(allowed, s, float("-inf"))
@@ -147,29 +174,29 @@ def _contrastive_forward_kernel(
             shifted = s_allowed - shift[:, None]
             # the earlier tiles' terms, moved from row_max to the new shift (no positive yet: nothing to move)
             row_gap += row_npos.to(ACC) * (tl.where(row_npos > 0, row_max, shift) - shift)
-            row_sumexp = (row_sumexp * tl.exp(row_max - shift).to(SUM)
-                          + tl.sum(tl.exp(shifted).to(SUM), axis=1))
+            row_atmax, row_rest = _add_terms(row_atmax, row_rest, row_max, new_max, shift, shifted, SUM)
             row_gap += tl.sum(tl.where(positive, shifted, 0.0), axis=1)
         row_npos += tl.sum(positive.to(tl.int32), axis=1)
         row_max = new_max
 
     if FINAL:
         if NEGATIVES_ONLY:
-            _store_variant_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr,
-                                     NPOS_ptr, LOSS_ptr, POSMEAN_ptr)
+            _store_variant_row_stats(row_max, row_atmax, row_rest, row_gap, row_npos, offs_m, mask_m, MAX_ptr,
+                                     LOGSUM_ptr, NPOS_ptr, LOSS_ptr, POSMEAN_ptr)
         else:
-            _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
-                             LOSS_ptr)
+            _store_row_stats(row_max, row_atmax, row_rest, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr,
+                             NPOS_ptr, LOSS_ptr)
     else:
         offs_part = pid_s * n_x + offs_m
         tl.store(PART_MAX_ptr + offs_part, row_max, mask=mask_m)
-        tl.store(PART_SUMEXP_ptr + offs_part, row_sumexp, mask=mask_m)
+        tl.store(PART_ATMAX_ptr + offs_part, row_atmax, mask=mask_m)
+        tl.store(PART_REST_ptr + offs_part, row_rest, mask=mask_m)
         tl.store(PART_GAP_ptr + offs_part, row_gap, mask=mask_m)
         tl.store(PART_NPOS_ptr + offs_part, row_npos, mask=mask_m)
 
 
 @triton.jit
-def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NPOS_ptr,
+def _merge_row_stats_kernel(PART_MAX_ptr, PART_ATMAX_ptr, PART_REST_ptr, PART_GAP_ptr, PART_NPOS_ptr,
                             MAX_ptr, LOGSUM_ptr, NPOS_ptr, LOSS_ptr, n_x, n_splits,
                             ACC: tl.constexpr, BLOCK_M: tl.constexpr, NEGATIVES_ONLY: tl.constexpr = False,
                             POSMEAN_ptr=None, SUM: tl.constexpr = tl.float64):
@@ -183,15 +210,20 @@ def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NP
     for split in range(0, n_splits):
         row_max = tl.maximum(row_max, tl.load(PART_MAX_ptr + split * n_x + offs_m, mask=mask_m, other=0.0))
     shift = tl.where(row_max == float("-inf"), 0.0, row_max)
-    row_sumexp = tl.zeros([BLOCK_M], dtype=SUM)
+    row_atmax = tl.zeros([BLOCK_M], dtype=SUM)
+    row_rest = tl.zeros([BLOCK_M], dtype=SUM)
     row_gap = tl.zeros([BLOCK_M], dtype=ACC)
     row_npos = tl.zeros([BLOCK_M], dtype=tl.int32)
     for split in range(0, n_splits):
         offs_part = split * n_x + offs_m
         part_max = tl.load(PART_MAX_ptr + offs_part, mask=mask_m, other=float("-inf"))
         part_npos = tl.load(PART_NPOS_ptr + offs_part, mask=mask_m, other=0)
-        row_sumexp += (tl.load(PART_SUMEXP_ptr + offs_part, mask=mask_m, other=0.0)
-                       * tl.exp(part_max - shift).to(SUM))
+        part_atmax = tl.load(PART_ATMAX_ptr + offs_part, mask=mask_m, other=0.0)
+        part_rest = tl.load(PART_REST_ptr + offs_part, mask=mask_m, other=0.0)
+        # a split whose max is the row's keeps its terms at the max; the others' terms all lie below it
+        at_row_max = part_max == row_max
+        row_atmax += tl.where(at_row_max, part_atmax, 0.0)
+        row_rest += tl.where(at_row_max, part_rest, (part_atmax + part_rest) * tl.exp(part_max - shift).to(SUM))
         row_gap += tl.load(PART_GAP_ptr + offs_part, mask=mask_m, other=0.0)
         if NEGATIVES_ONLY:
             row_gap += part_npos.to(ACC) * (tl.where(part_max == float("-inf"), 0.0, part_max) - shift)
@@ -199,11 +231,11 @@ def _merge_row_stats_kernel(PART_MAX_ptr, PART_SUMEXP_ptr, PART_GAP_ptr, PART_NP
             row_gap += part_npos.to(ACC) * (tl.where(part_npos > 0, part_max, shift) - shift)
         row_npos += part_npos
     if NEGATIVES_ONLY:
-        _store_variant_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr,
+        _store_variant_row_stats(row_max, row_atmax, row_rest, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr,
                                  NPOS_ptr, LOSS_ptr, POSMEAN_ptr)
     else:
-        _store_row_stats(row_max, row_sumexp, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr, NPOS_ptr,
-                         LOSS_ptr)
+        _store_row_stats(row_max, row_atmax, row_rest, row_gap, row_npos, offs_m, mask_m, MAX_ptr, LOGSUM_ptr,
+                         NPOS_ptr, LOSS_ptr)
 
 
 @triton.jit
@@ -314,8 +346,8 @@ def _row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_self: bool
     npos = empty_output((n_x,), torch.int32, x.device)
     sum_torch, sum_tl = {"float64": (torch.float64, tl.float64), "float32": (torch.float32, tl.float32)}[expsum_dtype()]
     split_launch_and_merge(_contrastive_forward_kernel, _merge_row_stats_kernel, rows, cols, temperature,
-                           exclude_self, parts=(((), acc), ((), sum_torch), ((), acc), ((), torch.int32)),
-                           unsplit=(row_max, row_max, row_max, npos), outputs=(row_max, log_sum, npos, loss),
+                           exclude_self, parts=(((), acc), ((), sum_torch), ((), sum_torch), ((), acc), ((), torch.int32)),
+                           unsplit=(row_max, row_max, row_max, row_max, npos), outputs=(row_max, log_sum, npos, loss),
                            stats_kwargs=dict(SUM=sum_tl), merge_kwargs=dict(SUM=sum_tl))
     return ContrastiveStats(row_max, log_sum, npos), loss
 
@@ -335,8 +367,9 @@ def _variant_row_stats(rows: _Side, cols: _Side, temperature: Tensor, exclude_se
     npos = empty_output((n_x,), torch.int32, x.device)
     negatives_only = dict(NEGATIVES_ONLY=True, POSMEAN_ptr=positive_mean)
     t = split_launch_and_merge(_contrastive_forward_kernel, _merge_row_stats_kernel, rows, cols, temperature,
-                               exclude_self, parts=(((), acc), ((), torch.float64), ((), acc), ((), torch.int32)),
-                               unsplit=(row_max, row_max, row_max, npos), outputs=(row_max, log_sum, npos, loss),
+                               exclude_self, parts=(((), acc), ((), torch.float64), ((), torch.float64), ((), acc),
+                                                    ((), torch.int32)),
+                               unsplit=(row_max, row_max, row_max, row_max, npos), outputs=(row_max, log_sum, npos, loss),
                                stats_kwargs=negatives_only, merge_kwargs=negatives_only)
     live = npos > 0
     count = npos.clamp_min(1).to(acc)
