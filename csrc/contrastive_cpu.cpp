@@ -211,6 +211,19 @@ at::Tensor logits(const Problem<acc_t>& p, at::Tensor& buffer, const at::Tensor&
   return tile;
 }
 
+// A diagonal block's logits U_I U_I^T / t made exactly symmetric (the upper triangle copied onto the lower). The
+// symmetric plan reads s_ji as s_ij (row j's statistics from the transposed pair, M = G + G'^T), but a
+// multi-threaded GEMM does not return an exactly symmetric product (MKL with 2 threads: s_ij and s_ji 1 ulp
+// apart); at a small loss that ulp (2.4e-6 at 1/t = 25) is the size of the positive's gradient term itself, and
+// the gradient came out ~1e-3 off instead of ~1e-6.
+template <typename acc_t>
+void make_symmetric(at::Tensor& tile) {
+  acc_t* s = tile.data_ptr<acc_t>();
+  const int64_t n = tile.size(0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = i + 1; j < n; ++j) s[j * n + i] = s[i * n + j];
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Hot loops: one row of one tile. The build is portable (no -march=native), so these are compiled for several
 // instruction sets and the best one the CPU has is picked when the library loads (target_clones): the exp and
@@ -1047,6 +1060,7 @@ ForwardResult symmetric_forward(const Problem<acc_t>& p) {
       const int64_t r0 = bi * block, c0 = bj * block;
       const int64_t bm = std::min(block, p.n_rows - r0), tn = std::min(block, p.n_rows - c0);
       at::Tensor tile = logits(p, strip, p.u.narrow(0, r0, bm), p.u.narrow(0, c0, tn));
+      if (bi == bj) make_symmetric<acc_t>(tile);
       update_row_stats(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0, p.anchor_labels + c0,
                        p.exclude_self ? r0 - c0 : kNoSelf, part->at(r0));
       if (bi == bj) continue;
@@ -1082,6 +1096,7 @@ Gradients symmetric_gradients(const Problem<acc_t>& p, GradStats<acc_t>& stats) 
       const int64_t bm = std::min(block, p.n_rows - r0), tn = std::min(block, p.n_rows - c0);
       const at::Tensor u_i = p.u.narrow(0, r0, bm), u_j = p.u.narrow(0, c0, tn);
       at::Tensor tile = logits(p, strip, u_i, u_j);
+      if (bi == bj) make_symmetric<acc_t>(tile);  // as in symmetric_forward: the same logits in both passes
       // Both terms of every pair (i, j), i in I, j in J; a diagonal block holds each unordered pair twice.
       const double terms = gradient_tile<acc_t>(tile.data_ptr<acc_t>(), bm, tn, p.anchor_labels + r0,
                                                 p.anchor_labels + c0, p.exclude_self ? r0 - c0 : kNoSelf, stats, r0,
